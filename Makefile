@@ -1,0 +1,46 @@
+# Two commands from a fresh machine: `make run` (a local 5-node cluster) and `make test`.
+# Everything else is set up on demand: the virtualenv, pinned dependencies, helm/kubectl.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+NODES ?= 5
+RF ?= 3
+BASE_PORT ?= 8080
+DATA_DIR ?= .ringkv-data
+
+.PHONY: all venv run test lint fmt bench chaos e2e tools clean
+
+all: test
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,operator]'
+	touch $@
+
+venv: $(STAMP)
+
+run: venv
+	$(BIN)/ringkv up --nodes $(NODES) --rf $(RF) --base-port $(BASE_PORT) --data-dir $(DATA_DIR)
+
+lint: venv
+	$(BIN)/ruff check .
+
+fmt: venv
+	$(BIN)/ruff check --fix .
+
+test: venv tools lint
+	$(BIN)/pytest -m "not e2e and not slow" -p no:cacheprovider
+
+tools: venv
+	$(BIN)/python scripts/fetch_tools.py
+
+bench: venv
+	$(BIN)/python -m ringkv.bench.suite
+
+chaos: venv
+	$(BIN)/pytest -m slow -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) .tools $(DATA_DIR) build *.egg-info

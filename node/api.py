@@ -1,0 +1,380 @@
+"""The public HTTP API (aiohttp): routing, validation, auth, the JSON error shape.
+
+Handlers validate everything a client sends before any replica is touched, so bad input
+costs one 4xx and nothing else. Auth runs in a middleware, before the body is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from aiohttp import web
+
+from .config import Settings
+from .coordinator import (
+    LEVELS,
+    ConflictRetryExhausted,
+    InsufficientStorage,
+    PreconditionFailed,
+    QuorumUnavailable,
+)
+from .openapi import document as openapi_document
+from .records import Record
+from .service import NodeService
+from .storage import StorageFull
+from .transport import PeerError
+from .versions import Version
+
+log = logging.getLogger("ringkv.api")
+
+SERVICE = web.AppKey("service", NodeService)
+MAX_TTL = 315_360_000
+MAX_LIST_LIMIT = 1000
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+KV_PREFIX = "/v1/kv/"
+REPLICAS_PREFIX = "/v1/replicas/"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+STATUS_CODES = {
+    400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+    412: "precondition_failed", 413: "payload_too_large", 503: "quorum_unavailable",
+    507: "insufficient_storage",
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.extra = extra
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    body = {"error": {"code": code, "message": message, **extra}}
+    headers = {"WWW-Authenticate": 'Bearer realm="ringkv"'} if status == 401 else None
+    return web.json_response(body, status=status, headers=headers)
+
+
+def bad(message: str) -> ApiError:
+    return ApiError(400, "bad_request", message)
+
+
+# -- middlewares ------------------------------------------------------------------------
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes the JSON error shape, aiohttp's own 404/405/413 included."""
+    service = request.app[SERVICE]
+    started = time.perf_counter()
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "other"
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = error_response(exc.status, exc.code, str(exc), **exc.extra)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = STATUS_CODES.get(exc.status, "bad_request" if exc.status < 500 else "internal")
+        response = error_response(exc.status, code, exc.reason)
+    except QuorumUnavailable as exc:
+        response = error_response(503, "quorum_unavailable", str(exc), acked=exc.acked,
+                                  needed=exc.needed)
+    except ConflictRetryExhausted as exc:
+        response = error_response(503, "conflict_retry_exhausted", str(exc))
+    except (InsufficientStorage, StorageFull) as exc:
+        response = error_response(507, "insufficient_storage", str(exc))
+    except PreconditionFailed as exc:
+        response = error_response(412, "precondition_failed", str(exc))
+    except (TimeoutError, PeerError) as exc:
+        response = error_response(503, "quorum_unavailable",
+                                  f"replicas did not answer in time ({type(exc).__name__})",
+                                  acked=0, needed=1)
+    except Exception:
+        log.exception("unexpected error serving %s %s", request.method, route)
+        response = error_response(500, "internal", "internal error; see the node's log")
+    service.metrics.observe_request(route, request.method, response.status,
+                                    time.perf_counter() - started)
+    return response
+
+
+def auth_middleware(settings: Settings) -> Any:
+    expected = f"Bearer {settings.api_token}".encode()
+
+    @web.middleware
+    async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if settings.api_token and request.path.startswith("/v1/"):
+            given = request.headers.get("Authorization", "").encode("utf-8", "replace")
+            if not hmac.compare_digest(given, expected):
+                raise ApiError(401, "unauthorized",
+                               "missing or wrong API token: send Authorization: Bearer <token>")
+        return await handler(request)
+
+    return check_token
+
+
+# -- request parsing --------------------------------------------------------------------
+def _key_from_path(request: web.Request, prefix: str, max_bytes: int) -> bytes:
+    """The key exactly as sent: percent-decoded from the raw path, strict UTF-8."""
+    raw = request.raw_path.split("?", 1)[0]
+    if not raw.startswith(prefix):
+        raise bad("malformed key path")
+    key = unquote_to_bytes(raw[len(prefix):])
+    if not key:
+        raise bad("the key is empty")
+    if len(key) > max_bytes:
+        raise bad(f"the key is {len(key)} bytes; the limit is {max_bytes}")
+    try:
+        key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad("the key is not valid UTF-8") from None
+    return key
+
+
+def _consistency(request: web.Request) -> str:
+    level = request.query.get("consistency", "quorum")
+    if level not in LEVELS:
+        raise bad("consistency must be one, quorum or all")
+    return level
+
+
+def _ttl(request: web.Request) -> int | None:
+    raw = request.query.get("ttl")
+    if raw is None:
+        return None
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_TTL:
+        raise bad(f"ttl must be an integer number of seconds from 1 to {MAX_TTL}")
+    return int(raw)
+
+
+def _if_match(request: web.Request) -> str | None:
+    raw = request.headers.get("If-Match")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if raw == "*":
+        return raw
+    if len(raw) < 2 or raw[0] != '"' or raw[-1] != '"':
+        raise bad('If-Match takes one quoted version, e.g. If-Match: "1234.node-0", or *')
+    try:
+        return str(Version.parse(raw[1:-1]))
+    except ValueError:
+        raise bad("If-Match does not hold a valid version") from None
+
+
+def _if_none_match(request: web.Request) -> bool:
+    raw = request.headers.get("If-None-Match")
+    if raw is None:
+        return False
+    if raw.strip() != "*":
+        raise bad("only If-None-Match: * is supported")
+    return True
+
+
+def _content_type(request: web.Request) -> str:
+    ctype = request.headers.get("Content-Type", DEFAULT_CONTENT_TYPE).strip()
+    if not ctype:
+        return DEFAULT_CONTENT_TYPE
+    if len(ctype) > 255 or not ctype.isascii() or not ctype.isprintable():
+        raise bad("Content-Type must be printable ASCII of at most 255 characters")
+    return ctype
+
+
+def _etag(version: Version) -> str:
+    return f'"{version}"'
+
+
+def _check_query(request: web.Request, allowed: frozenset[str]) -> None:
+    unknown = set(request.query) - allowed
+    if unknown:
+        raise bad(f"unknown query parameter(s): {', '.join(sorted(unknown))[:200]}")
+
+
+# -- handlers ---------------------------------------------------------------------------
+class Api:
+    def __init__(self, service: NodeService) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.coordinator = service.coordinator
+
+    def key(self, request: web.Request, prefix: str = KV_PREFIX) -> bytes:
+        return _key_from_path(request, prefix, self.settings.max_key_bytes)
+
+    async def put(self, request: web.Request) -> web.Response:
+        _check_query(request, frozenset({"consistency", "ttl"}))
+        key = self.key(request)
+        level = _consistency(request)
+        ttl = _ttl(request)
+        if_match = _if_match(request)
+        if_none_match = _if_none_match(request)
+        if if_match and if_none_match:
+            raise bad("If-Match and If-None-Match cannot be combined")
+        ctype = _content_type(request)
+        limit = self.settings.max_value_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise ApiError(413, "payload_too_large",
+                           f"the value is {request.content_length} bytes; the limit is {limit}")
+        value = await request.read()
+        if len(value) > limit:
+            raise ApiError(413, "payload_too_large", f"the value exceeds {limit} bytes")
+        if if_match or if_none_match:
+            await self.coordinator.check_condition(key, if_match, if_none_match)
+        rec = await self.coordinator.write(key, value, ctype, level, ttl=ttl)
+        return web.json_response(
+            {"key": key.decode(), "version": str(rec.version)},
+            status=201 if if_none_match else 200,
+            headers={"ETag": _etag(rec.version)},
+        )
+
+    async def _read_live(self, request: web.Request) -> Record:
+        _check_query(request, frozenset({"consistency"}))
+        key = self.key(request)
+        rec = await self.coordinator.read(key, _consistency(request))
+        if rec is None or not rec.live(self.service.clock.physical_ms()):
+            raise ApiError(404, "not_found", "no such key")
+        return rec
+
+    async def get(self, request: web.Request) -> web.Response:
+        rec = await self._read_live(request)
+        resp = web.Response(body=rec.value, headers={"ETag": _etag(rec.version)})
+        resp.headers["Content-Type"] = rec.content_type
+        return resp
+
+    async def head(self, request: web.Request) -> web.Response:
+        try:
+            rec = await self._read_live(request)
+        except ApiError as exc:  # HEAD has no body: status and headers only
+            return web.Response(status=exc.status, content_type="application/json")
+        return web.Response(headers={
+            "ETag": _etag(rec.version),
+            "Content-Type": rec.content_type,
+            "Content-Length": str(len(rec.value)),
+        })
+
+    async def delete(self, request: web.Request) -> web.Response:
+        _check_query(request, frozenset({"consistency"}))
+        key = self.key(request)
+        level = _consistency(request)
+        if_match = _if_match(request)
+        if if_match:
+            await self.coordinator.check_condition(key, if_match, False)
+        rec = await self.coordinator.write(key, b"", DEFAULT_CONTENT_TYPE, level, tombstone=True)
+        return web.Response(status=204, headers={"ETag": _etag(rec.version)})
+
+    async def list(self, request: web.Request) -> web.Response:
+        _check_query(request, frozenset({"prefix", "limit", "cursor"}))
+        prefix = request.query.get("prefix", "").encode()
+        if len(prefix) > self.settings.max_key_bytes:
+            raise bad("the prefix is longer than the key limit")
+        raw_limit = request.query.get("limit", "100")
+        if not raw_limit.isascii() or not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT:
+            raise bad(f"limit must be an integer from 1 to {MAX_LIST_LIMIT}")
+        after = None
+        cursor = request.query.get("cursor")
+        if cursor:
+            try:
+                after = base64.urlsafe_b64decode(cursor.encode() + b"=" * (-len(cursor) % 4))
+            except (binascii.Error, ValueError):
+                raise bad("the cursor is not one this API returned") from None
+        keys, last = await self.coordinator.list_keys(prefix, after, int(raw_limit))
+        next_cursor = (
+            base64.urlsafe_b64encode(last).rstrip(b"=").decode() if last is not None else None
+        )
+        return web.json_response(
+            {"keys": [k.decode("utf-8", "replace") for k in keys], "cursor": next_cursor}
+        )
+
+    async def replicas(self, request: web.Request) -> web.Response:
+        _check_query(request, frozenset())
+        key = self.key(request, REPLICAS_PREFIX)
+        entries = await self.coordinator.replica_versions(key)
+        return web.json_response({"key": key.decode(), "replicas": entries})
+
+    async def cluster(self, request: web.Request) -> web.Response:
+        _check_query(request, frozenset())
+        service = self.service
+        view = service.view
+        names = list(view.by_name)
+        statuses = await asyncio.gather(
+            *(asyncio.wait_for(service.call(n, "status", None), 2.0) for n in names),
+            return_exceptions=True,
+        )
+        members = []
+        for name, status in zip(names, statuses, strict=True):
+            member = view.by_name[name]
+            entry: dict[str, Any] = {**member.to_json(), "reachable": isinstance(status, dict)}
+            if isinstance(status, dict):
+                entry.update(records=status["records"], tombstones=status["tombstones"],
+                             hints_pending=status["hints_pending"], epoch=status["epoch"],
+                             ready=status["ready"])
+            members.append(entry)
+        ownership = view.target.ownership()
+        for entry in members:
+            entry["ownership"] = round(ownership.get(entry["name"], 0.0), 4)
+        doc = view.doc
+        return web.json_response({
+            "node": service.name,
+            "epoch": doc.epoch,
+            "settled": doc.settled,
+            "rf": doc.rf,
+            "replicas_per_key": min(doc.rf, len(doc.members)),
+            "base": list(doc.base_names()),
+            "members": members,
+            "storage": {"engine": service.settings.storage,
+                        "synchronous": service.local.storage.synchronous},
+        })
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "node": self.service.name})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self.service.ready:
+            return web.json_response({"status": "ready", "epoch": self.service.epoch})
+        return error_response(503, "not_ready", "no membership yet or still catching up")
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        self.service.status()  # refresh gauges
+        return web.Response(body=self.service.metrics.render(),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.Response(text=json.dumps(openapi_document(self.settings)),
+                            content_type="application/json")
+
+
+def make_app(settings: Settings) -> web.Application:
+    """The app factory: the node service is owned by the app's cleanup context."""
+    service = NodeService(settings)
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware(settings)],
+        client_max_size=settings.max_value_bytes + 1,
+    )
+    app[SERVICE] = service
+
+    async def lifecycle(app: web.Application) -> Any:
+        await service.start()
+        yield
+        await service.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    api = Api(service)
+    app.router.add_route("PUT", "/v1/kv/{key:.+}", api.put)
+    app.router.add_route("GET", "/v1/kv/{key:.+}", api.get)
+    app.router.add_route("HEAD", "/v1/kv/{key:.+}", api.head)
+    app.router.add_route("DELETE", "/v1/kv/{key:.+}", api.delete)
+    app.router.add_route("GET", "/v1/kv", api.list)
+    app.router.add_route("GET", "/v1/cluster", api.cluster)
+    app.router.add_route("GET", "/v1/replicas/{key:.+}", api.replicas)
+    app.router.add_route("GET", "/healthz", api.healthz)
+    app.router.add_route("GET", "/readyz", api.readyz)
+    app.router.add_route("GET", "/metrics", api.metrics)
+    app.router.add_route("GET", "/openapi.json", api.openapi)
+    return app

@@ -1,0 +1,97 @@
+"""Node settings, layered: defaults < config file (JSON) < RINGKV_* environment < flags.
+
+Every setting is a field here with its default; its environment variable is the field
+name upper-cased with a RINGKV_ prefix (`max_value_bytes` -> RINGKV_MAX_VALUE_BYTES).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    node_name: str = ""  # default: the host name (a pod's name in Kubernetes)
+    data_dir: str = "./data"
+    host: str = "0.0.0.0"
+    port: int = 8080
+    internal_host: str = "0.0.0.0"
+    internal_port: int = 9080
+    api_token: str = ""  # empty: the public API needs no token
+    cluster_token: str = ""  # token of the internal port; required when api_token is set
+    membership_file: str = ""  # initial membership document (local mode)
+    storage: str = "sqlite"  # sqlite | memory
+    sqlite_synchronous: str = "NORMAL"
+    max_key_bytes: int = 1024
+    max_value_bytes: int = 1024 * 1024
+    replica_timeout: float = 2.0  # seconds a coordinator waits for one replica
+    vnodes: int = 64
+    gc_grace: int = 86400  # seconds a tombstone is kept
+    hint_ttl: int = 10800  # seconds a hint is kept; well below gc_grace
+    hint_interval: float = 1.0  # seconds between hint replay rounds
+    anti_entropy_interval: float = 60.0
+    log_format: str = "text"  # text | json
+    log_level: str = "INFO"
+    clock_skew_ms: int = 0  # testing aid: shift this node's physical clock
+
+    def validate(self) -> Settings:
+        if not self.node_name:
+            raise ConfigError("node_name is empty")
+        if self.storage not in ("sqlite", "memory"):
+            raise ConfigError(f"storage must be sqlite or memory, not {self.storage!r}")
+        if self.api_token and not self.cluster_token:
+            raise ConfigError("cluster_token must be set when api_token is set")
+        if self.api_token and self.api_token == self.cluster_token:
+            raise ConfigError("api_token and cluster_token must differ")
+        if self.max_key_bytes < 1 or self.max_value_bytes < 1:
+            raise ConfigError("size limits must be positive")
+        if self.hint_ttl >= self.gc_grace:
+            raise ConfigError("hint_ttl must be shorter than gc_grace")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("log_format must be text or json")
+        return self
+
+
+def _coerce(name: str, kind: Any, raw: Any) -> Any:
+    try:
+        if kind in (int, "int"):
+            return int(raw)
+        if kind in (float, "float"):
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: {raw!r} is not a valid {kind}") from exc
+
+
+def load(
+    file: str | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    if file:
+        with open(file, encoding="utf-8") as fh:
+            values.update(json.load(fh))
+    known = {f.name: f.type for f in fields(Settings)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ConfigError(f"unknown settings in {file}: {sorted(unknown)}")
+    for name in known:
+        key = f"RINGKV_{name.upper()}"
+        if key in env:
+            values[name] = env[key]
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    settings = Settings(**{k: _coerce(k, known[k], v) for k, v in values.items()})
+    if not settings.node_name:
+        settings = replace(settings, node_name=socket.gethostname())
+    return settings.validate()

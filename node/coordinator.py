@@ -1,0 +1,366 @@
+"""The coordinator: serves one client request by talking to the key's replicas.
+
+Writes fan out to every replica of the key in the base and the target ring and succeed
+when W replicas ack in each (rule 3). A replica refuses a client write whose version is
+not newer than the one it stores and answers with that version; the coordinator moves its
+clock past it and writes again, at most MAX_RETRIES times (rule 2). Reads ask one replica
+for the value and the others for the version only (digest reads), wait for R answers from
+base-ring replicas that are not joining, return the newest, and repair every replica seen
+holding an older version (read repair). A replica that misses a write gets a hint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .membership import View
+from .records import Record
+from .ring import key_token
+from .storage import KeyInfo, StorageFull
+from .transport import PeerError, StaleEpoch
+from .versions import COUNTER_BITS, HybridClock, Version
+
+log = logging.getLogger("ringkv.coordinator")
+
+LEVELS = ("one", "quorum", "all")
+MAX_RETRIES = 3
+
+
+class CoordinatorError(Exception):
+    pass
+
+
+class QuorumUnavailable(CoordinatorError):
+    def __init__(self, acked: int, needed: int, what: str) -> None:
+        super().__init__(
+            f"only {acked} of the {needed} replicas needed answered the {what}"
+            + ("; the write may have reached some replicas" if what == "write" else "")
+        )
+        self.acked = acked
+        self.needed = needed
+
+
+class ConflictRetryExhausted(CoordinatorError):
+    pass
+
+
+class InsufficientStorage(CoordinatorError):
+    pass
+
+
+class PreconditionFailed(CoordinatorError):
+    pass
+
+
+def needed(level: str, replicas: int) -> int:
+    """How many of `replicas` must answer at a consistency level."""
+    if level == "one":
+        return min(1, replicas)
+    if level == "all":
+        return replicas
+    return replicas // 2 + 1
+
+
+class Replica(Protocol):
+    suspected: bool
+
+    def submit(self, op: list[Any]) -> asyncio.Future[Any]: ...
+
+
+class Cluster(Protocol):
+    """What the coordinator needs of its node."""
+
+    name: str
+    clock: HybridClock
+
+    @property
+    def view(self) -> View: ...
+
+    def replica(self, name: str) -> Replica: ...
+
+    def store_hint(self, target: str, record: Record) -> None: ...
+
+    def replica_failed(self, name: str, exc: BaseException) -> None: ...
+
+    async def call(self, name: str, method: str, args: Any) -> Any: ...
+
+
+@dataclass
+class _Tally:
+    """Counts write acks per ring until the outcome is decided."""
+
+    base: frozenset[str]
+    target: frozenset[str]
+    need_base: int
+    need_target: int
+    acked: set[str] = field(default_factory=set)
+    answered: set[str] = field(default_factory=set)
+    refused: list[Version] = field(default_factory=list)
+    full: bool = False
+    stale: bool = False
+
+    def ok(self) -> bool:
+        return (len(self.acked & self.base) >= self.need_base
+                and len(self.acked & self.target) >= self.need_target)
+
+    def hopeless(self) -> bool:
+        open_base = len(self.base - self.answered)
+        open_target = len(self.target - self.answered)
+        return (len(self.acked & self.base) + open_base < self.need_base
+                or len(self.acked & self.target) + open_target < self.need_target)
+
+
+class Coordinator:
+    def __init__(self, cluster: Cluster, wait_timeout: float) -> None:
+        self.cluster = cluster
+        self.wait_timeout = wait_timeout
+
+    # -- writes -------------------------------------------------------------------------
+    async def write(self, key: bytes, value: bytes, content_type: str, level: str,
+                    ttl: int | None = None, tombstone: bool = False) -> Record:
+        """Write a new version; returns the record as acknowledged."""
+        clock = self.cluster.clock
+        acked_last, needed_last = 0, 0
+        for _attempt in range(MAX_RETRIES + 1):
+            view = self.cluster.view
+            token = key_token(key)
+            target = view.target.replicas_for_token(token)
+            base = view.base.replicas_for_token(token) if view.transitioning else target
+            hlc = clock.now()
+            expires = (hlc >> COUNTER_BITS) + ttl * 1000 if ttl else 0
+            rec = Record(key, value, content_type, Version(hlc, self.cluster.name), tombstone,
+                         expires)
+            tally = _Tally(frozenset(base), frozenset(target),
+                           needed(level, len(base)), needed(level, len(target)))
+            await self._fan_out(rec, tally)
+            if tally.ok():
+                return rec
+            if tally.refused:
+                clock.observe(max(tally.refused).hlc)
+                continue
+            if tally.stale:
+                continue  # the newer membership is adopted: try again with its rings
+            if tally.full:
+                raise InsufficientStorage("a replica's disk is full")
+            acked_last = max(len(tally.acked & tally.base), len(tally.acked & tally.target))
+            needed_last = max(tally.need_base, tally.need_target)
+            raise QuorumUnavailable(acked_last, needed_last, "write")
+        raise ConflictRetryExhausted(
+            f"the write was refused as not newer {MAX_RETRIES + 1} times (concurrent writers?)"
+        )
+
+    async def _fan_out(self, rec: Record, tally: _Tally) -> None:
+        loop = asyncio.get_running_loop()
+        decided: asyncio.Future[None] = loop.create_future()
+        wire = rec.to_wire()
+        members = self.cluster.view.by_name
+
+        def on_done(name: str, fut: asyncio.Future[Any]) -> None:
+            tally.answered.add(name)
+            exc = fut.exception()
+            if exc is None:
+                res = fut.result()
+                if res is None:
+                    tally.acked.add(name)
+                else:
+                    tally.refused.append(Version(res[0], res[1]))
+            else:
+                self.cluster.replica_failed(name, exc)
+                if isinstance(exc, StaleEpoch):
+                    tally.stale = True
+                elif isinstance(exc, StorageFull):
+                    tally.full = True
+                elif name in members:
+                    self.cluster.store_hint(name, rec)
+            if not decided.done() and (tally.ok() or tally.hopeless()):
+                decided.set_result(None)
+
+        for name in tally.base | tally.target:
+            fut = self.cluster.replica(name).submit(["w", wire, True])
+            fut.add_done_callback(lambda f, n=name: on_done(n, f))
+        await asyncio.wait_for(decided, self.wait_timeout)
+
+    # -- reads --------------------------------------------------------------------------
+    async def read(self, key: bytes, level: str) -> Record | None:
+        """The newest version among R replicas (tombstones and expired records included)."""
+        for _attempt in range(2):
+            try:
+                return await self._read_once(key, level)
+            except StaleEpoch:
+                continue
+        return await self._read_once(key, level)
+
+    async def _read_once(self, key: bytes, level: str) -> Record | None:
+        view = self.cluster.view
+        me = self.cluster.name
+        reps = view.base.replicas_for_token(key_token(key))
+        need = needed(level, len(reps))
+        # A joining member may have lost its data (a wiped volume): it counts for nothing.
+        voters = [n for n in reps if (m := view.by_name.get(n)) is None or m.state != "joining"]
+        if len(voters) < need:
+            raise QuorumUnavailable(0, need, "read")
+        full_from = me if me in voters else next(
+            (n for n in voters if not self.cluster.replica(n).suspected), voters[0]
+        )
+        loop = asyncio.get_running_loop()
+        decided: asyncio.Future[None] = loop.create_future()
+        answers: dict[str, tuple[Version | None, Any]] = {}
+        failed: list[BaseException] = []
+        newest_box: list[Record | None] = []
+
+        def on_done(name: str, fut: asyncio.Future[Any]) -> None:
+            exc = fut.exception()
+            if exc is not None:
+                self.cluster.replica_failed(name, exc)
+                failed.append(exc)
+            else:
+                res = fut.result()
+                version = None if res is None else (
+                    Version(res[3], res[4]) if len(res) == 7 else Version(res[0], res[1])
+                )
+                if newest_box:  # answered after the read was decided: repair if behind
+                    self._repair_if_behind(name, version, newest_box[0])
+                    return
+                answers[name] = (version, res)
+            if not decided.done() and (
+                len(answers) >= need or len(voters) - len(failed) < need
+            ):
+                decided.set_result(None)
+
+        for name in voters:
+            fut = self.cluster.replica(name).submit(["r", key, name == full_from])
+            fut.add_done_callback(lambda f, n=name: on_done(n, f))
+        await asyncio.wait_for(decided, self.wait_timeout)
+        if any(isinstance(e, StaleEpoch) for e in failed) and len(answers) < need:
+            raise StaleEpoch({})
+        if len(answers) < need:
+            raise QuorumUnavailable(len(answers), need, "read")
+        newest = max((v for v, _ in answers.values() if v is not None), default=None)
+        record = None
+        if newest is not None:
+            record = await self._fetch(key, newest, answers)
+        newest_box.append(record)
+        for name, (version, _) in answers.items():
+            self._repair_if_behind(name, version, record)
+        return record
+
+    async def _fetch(self, key: bytes, newest: Version,
+                     answers: dict[str, tuple[Version | None, Any]]) -> Record:
+        """The full record of the newest version: from the answers, or from a holder."""
+        holders = []
+        for name, (version, res) in answers.items():
+            if version == newest:
+                if len(res) == 7:
+                    return Record.from_wire(res)
+                holders.append(name)
+        for name in holders:
+            try:
+                res = await self.cluster.replica(name).submit(["r", key, True])
+            except PeerError as exc:
+                self.cluster.replica_failed(name, exc)
+                continue
+            if res is not None and len(res) == 7 and Version(res[3], res[4]) >= newest:
+                return Record.from_wire(res)
+        raise QuorumUnavailable(0, 1, "read")
+
+    def _repair_if_behind(self, name: str, version: Version | None,
+                          record: Record | None) -> None:
+        if record is None or (version is not None and version >= record.version):
+            return
+        fut = self.cluster.replica(name).submit(["w", record.to_wire(), False])
+        fut.add_done_callback(_ignore_result)
+
+    # -- conditional writes -------------------------------------------------------------
+    async def check_condition(self, key: bytes, if_match: str | None, if_none_match: bool) -> None:
+        """Checked against a quorum read: not linearizable under concurrent writers."""
+        current = await self.read(key, "quorum")
+        now = self.cluster.clock.physical_ms()
+        live = current is not None and current.live(now)
+        if if_none_match and live:
+            raise PreconditionFailed("the key exists (If-None-Match: *)")
+        if if_match is not None:
+            if not live:
+                raise PreconditionFailed("the key does not exist (If-Match)")
+            if if_match != "*" and str(current.version) != if_match:  # type: ignore[union-attr]
+                raise PreconditionFailed(f"the current version is {current.version}")  # type: ignore[union-attr]
+
+    # -- list ---------------------------------------------------------------------------
+    async def list_keys(self, prefix: bytes, after: bytes | None, limit: int) -> tuple[list[bytes], bytes | None]:
+        """Scatter-gather a key page over every member; eventually consistent.
+
+        Each member returns up to `limit` keys after the cursor. Up to the smallest last key
+        of any member whose page was full, the merge is complete; past it, it is not.
+        """
+        view = self.cluster.view
+        names = list(view.by_name)
+        results = await asyncio.gather(
+            *(self.cluster.call(n, "list", [prefix, after, limit]) for n in names),
+            return_exceptions=True,
+        )
+        pages: list[list[KeyInfo]] = []
+        failures = 0
+        for name, res in zip(names, results, strict=True):
+            if isinstance(res, BaseException):
+                self.cluster.replica_failed(name, res)
+                failures += 1
+                continue
+            pages.append([KeyInfo(k, Version(h, n), bool(t), e) for k, h, n, t, e in res])
+        if failures >= max(1, view.doc.rf) or not pages:
+            raise QuorumUnavailable(len(pages), len(names) - view.doc.rf + 1, "list")
+        bound = min((p[-1].key for p in pages if len(p) >= limit), default=None)
+        newest: dict[bytes, KeyInfo] = {}
+        for page in pages:
+            for info in page:
+                if bound is not None and info.key > bound:
+                    break
+                seen = newest.get(info.key)
+                if seen is None or info.version > seen.version:
+                    newest[info.key] = info
+        now = self.cluster.clock.physical_ms()
+        keys = [
+            k for k in sorted(newest)
+            if not newest[k].tombstone and (newest[k].expires_ms == 0 or newest[k].expires_ms > now)
+        ]
+        if len(keys) > limit:
+            return keys[:limit], keys[limit - 1]
+        return keys, bound
+
+    # -- diagnostics --------------------------------------------------------------------
+    async def replica_versions(self, key: bytes) -> list[dict[str, Any]]:
+        """Which nodes should hold the key and what each holds (like nodetool getendpoints)."""
+        view = self.cluster.view
+        token = key_token(key)
+        target = view.target.replicas_for_token(token)
+        base = view.base.replicas_for_token(token)
+        names = list(dict.fromkeys([*target, *base]))
+        futures = [self.cluster.replica(n).submit(["r", key, False]) for n in names]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        now = self.cluster.clock.physical_ms()
+        out = []
+        for name, res in zip(names, results, strict=True):
+            member = view.by_name.get(name)
+            entry: dict[str, Any] = {
+                "node": name,
+                "state": member.state if member else "removed",
+                "in_target": name in target,
+                "in_base": name in base,
+            }
+            if isinstance(res, BaseException):
+                entry["status"] = "unavailable"
+            elif res is None:
+                entry["status"] = "missing"
+            else:
+                entry["status"] = "ok"
+                entry["version"] = str(Version(res[0], res[1]))
+                entry["live"] = not res[2] and (res[3] == 0 or res[3] > now)
+            out.append(entry)
+        return out
+
+
+def _ignore_result(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+

@@ -1,0 +1,84 @@
+"""`ringkv-node`: run one node (public API + internal peer port) until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from . import config, logs
+from .api import make_app
+from .storage import StorageError
+
+log = logging.getLogger("ringkv.node")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="ringkv-node",
+        description="Run one ringkv node. Every setting also reads RINGKV_<NAME> from the "
+        "environment (flags win over the environment, which wins over --config).",
+    )
+    p.add_argument("--config", help="JSON file of settings")
+    p.add_argument("--name", dest="node_name")
+    p.add_argument("--data-dir")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--internal-host")
+    p.add_argument("--internal-port", type=int)
+    p.add_argument("--membership-file")
+    p.add_argument("--storage", choices=["sqlite", "memory"])
+    return p.parse_args(argv)
+
+
+async def serve(settings: config.Settings) -> None:
+    app = make_app(settings)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    await site.start()
+    log.info("serving the API on %s:%d and peers on %s:%d", settings.host, settings.port,
+             settings.internal_host, settings.internal_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k != "config"}
+    try:
+        settings = config.load(args.config, overrides=overrides)
+    except (config.ConfigError, OSError, ValueError) as exc:
+        print(f"ringkv-node: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(settings.log_format, settings.log_level)
+    try:
+        import uvloop  # noqa: PLC0415 - optional speed-up
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        runner(serve(settings))
+    except StorageError as exc:
+        log.error("%s", exc)
+        return 3
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 4
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

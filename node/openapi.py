@@ -1,0 +1,144 @@
+"""The OpenAPI 3 document of the public API, built from the node's own limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import Settings
+
+_ERROR = {"$ref": "#/components/responses/Error"}
+
+
+def _params(*names: str) -> list[dict[str, Any]]:
+    return [{"$ref": f"#/components/parameters/{n}"} for n in names]
+
+
+def document(settings: Settings) -> dict[str, Any]:
+    security = [{"bearer": []}] if settings.api_token else []
+    errors = {"400": _ERROR, "401": _ERROR, "503": _ERROR}
+    kv_path = {
+        "parameters": _params("key"),
+        "put": {
+            "summary": "Create or replace a value",
+            "description": "`If-None-Match: *` creates only (201); `If-Match` replaces only "
+            "the given version. Conditions are checked against a quorum read and are not "
+            "linearizable under concurrent writers of the same key.",
+            "parameters": _params("consistency", "ttl", "ifMatch", "ifNoneMatch"),
+            "requestBody": {"required": False, "content": {"*/*": {"schema": {
+                "type": "string", "format": "binary", "maxLength": settings.max_value_bytes}}}},
+            "responses": {
+                "200": {"description": "Written", "headers": {"ETag": {"$ref": "#/components/headers/ETag"}},
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/WriteResult"}}}},
+                "201": {"description": "Created (If-None-Match: *)",
+                        "headers": {"ETag": {"$ref": "#/components/headers/ETag"}},
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/WriteResult"}}}},
+                "412": _ERROR, "413": _ERROR, "507": _ERROR, **errors,
+            },
+        },
+        "get": {
+            "summary": "Read a value",
+            "parameters": _params("consistency"),
+            "responses": {
+                "200": {"description": "The stored value with its stored Content-Type",
+                        "headers": {"ETag": {"$ref": "#/components/headers/ETag"}},
+                        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
+                "404": _ERROR, **errors,
+            },
+        },
+        "head": {
+            "summary": "Read a value's metadata",
+            "parameters": _params("consistency"),
+            "responses": {"200": {"description": "As GET, without a body"},
+                          "400": {"description": "Bad request"},
+                          "401": {"description": "Unauthorized"},
+                          "404": {"description": "Absent or deleted"},
+                          "503": {"description": "Not enough replicas answered"}},
+        },
+        "delete": {
+            "summary": "Delete a key (writes a tombstone); idempotent",
+            "parameters": _params("consistency", "ifMatch"),
+            "responses": {"204": {"description": "Deleted; ETag holds the tombstone's version",
+                                  "headers": {"ETag": {"$ref": "#/components/headers/ETag"}}},
+                          "412": _ERROR, "507": _ERROR, **errors},
+        },
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "ringkv", "version": "1",
+                 "description": "A replicated, leaderless key-value store. Consistency `one` "
+                 "gives up the guarantee that a later write always wins."},
+        "security": security,
+        "paths": {
+            "/v1/kv/{key}": kv_path,
+            "/v1/kv": {"get": {
+                "summary": "List keys by prefix (eventually consistent)",
+                "parameters": [
+                    {"name": "prefix", "in": "query", "schema": {"type": "string", "maxLength": settings.max_key_bytes}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {"200": {"description": "A page of keys", "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/KeyPage"}}}}, **errors},
+            }},
+            "/v1/cluster": {"get": {"summary": "Membership, epoch, per-node state",
+                                    "responses": {"200": {"description": "Cluster status", "content": {
+                                        "application/json": {"schema": {"type": "object"}}}}, **errors}}},
+            "/v1/replicas/{key}": {"get": {
+                "summary": "Which nodes should hold the key and which version each holds",
+                "parameters": _params("key"),
+                "responses": {"200": {"description": "Replica versions", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Replicas"}}}}, **errors}}},
+            "/healthz": {"get": {"summary": "Liveness", "security": [],
+                                 "responses": {"200": {"description": "Alive", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+            "/readyz": {"get": {"summary": "Readiness: has membership and has caught up", "security": [],
+                                "responses": {"200": {"description": "Ready", "content": {"application/json": {"schema": {"type": "object"}}}},
+                                              "503": _ERROR}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "security": [],
+                                 "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+            "/openapi.json": {"get": {"summary": "This document", "security": [],
+                                      "responses": {"200": {"description": "OpenAPI 3", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "parameters": {
+                "key": {"name": "key", "in": "path", "required": True,
+                        "description": f"UTF-8, 1..{settings.max_key_bytes} bytes after URL decoding; may contain '/'",
+                        "schema": {"type": "string", "minLength": 1}},
+                "consistency": {"name": "consistency", "in": "query",
+                                "schema": {"type": "string", "enum": ["one", "quorum", "all"], "default": "quorum"}},
+                "ttl": {"name": "ttl", "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 315360000}},
+                "ifMatch": {"name": "If-Match", "in": "header",
+                            "description": 'One quoted version ("<hlc>.<node>") or *',
+                            "schema": {"type": "string"}},
+                "ifNoneMatch": {"name": "If-None-Match", "in": "header",
+                                "schema": {"type": "string", "enum": ["*"]}},
+            },
+            "headers": {"ETag": {"description": "The quoted version", "schema": {"type": "string"}}},
+            "responses": {"Error": {"description": "An error", "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/Error"}}}}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                    "type": "object", "required": ["code", "message"], "properties": {
+                        "code": {"type": "string", "enum": [
+                            "bad_request", "unauthorized", "not_found", "method_not_allowed",
+                            "precondition_failed", "payload_too_large", "quorum_unavailable",
+                            "conflict_retry_exhausted", "insufficient_storage", "not_ready",
+                            "internal"]},
+                        "message": {"type": "string"},
+                        "acked": {"type": "integer"}, "needed": {"type": "integer"}}}}},
+                "WriteResult": {"type": "object", "required": ["key", "version"], "properties": {
+                    "key": {"type": "string"}, "version": {"type": "string"}}},
+                "KeyPage": {"type": "object", "required": ["keys", "cursor"], "properties": {
+                    "keys": {"type": "array", "items": {"type": "string"}},
+                    "cursor": {"type": "string", "nullable": True}}},
+                "Replicas": {"type": "object", "required": ["key", "replicas"], "properties": {
+                    "key": {"type": "string"},
+                    "replicas": {"type": "array", "items": {"type": "object", "properties": {
+                        "node": {"type": "string"}, "state": {"type": "string"},
+                        "status": {"type": "string", "enum": ["ok", "missing", "unavailable"]},
+                        "version": {"type": "string"}, "live": {"type": "boolean"},
+                        "in_target": {"type": "boolean"}, "in_base": {"type": "boolean"}}}}}},
+            },
+        },
+    }

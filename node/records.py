@@ -1,0 +1,39 @@
+"""The record: what every replica stores for a key, and its compact wire form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .ring import key_token
+from .versions import Version
+
+WireRecord = tuple[bytes, bytes, str, int, str, bool, int]
+
+
+@dataclass(slots=True)
+class Record:
+    """One version of one key. `expires_ms` is 0 for no expiry (absolute ms otherwise)."""
+
+    key: bytes
+    value: bytes
+    content_type: str
+    version: Version
+    tombstone: bool = False
+    expires_ms: int = 0
+
+    @property
+    def token(self) -> int:
+        return key_token(self.key)
+
+    def live(self, now_ms: int) -> bool:
+        """Neither deleted nor expired: what a client may see."""
+        return not self.tombstone and (self.expires_ms == 0 or self.expires_ms > now_ms)
+
+    def to_wire(self) -> WireRecord:
+        v = self.version
+        return (self.key, self.value, self.content_type, v.hlc, v.node, self.tombstone, self.expires_ms)
+
+    @classmethod
+    def from_wire(cls, w: WireRecord | list) -> Record:
+        key, value, ctype, hlc, node, tomb, expires = w
+        return cls(key, value, ctype, Version(hlc, node), bool(tomb), expires)

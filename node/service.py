@@ -1,0 +1,265 @@
+"""One ringkv node: storage, clock, membership, peer links, coordinator, background work.
+
+This is the composition root the HTTP layer (`api.py`) and the internal server share.
+It knows nothing of aiohttp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from typing import Any
+
+from . import membership
+from .config import Settings
+from .coordinator import Coordinator
+from .membership import Document, InvalidDocument, View
+from .metrics import Metrics
+from .records import Record
+from .replica import LocalReplica
+from .storage import MemoryStorage, SqliteStorage, Storage
+from .transport import InternalServer, PeerLink, RemoteError
+from .versions import COUNTER_BITS, HybridClock
+
+log = logging.getLogger("ringkv.node")
+
+HINT_BATCH = 500
+
+
+class NodeService:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.name = settings.node_name
+        self.clock = HybridClock(settings.clock_skew_ms)
+        self.metrics = Metrics()
+        self._view: View | None = None
+        self._links: dict[str, PeerLink] = {}
+        self._pending_hints: list[tuple[str, int, Record]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.local: LocalReplica
+        self.coordinator = Coordinator(self, wait_timeout=settings.replica_timeout * 2 + 1)
+        self.internal: InternalServer
+        self._membership_path = os.path.join(settings.data_dir, "membership.json")
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def _open_storage(self) -> Storage:
+        if self.settings.storage == "memory":
+            return MemoryStorage()
+        os.makedirs(self.settings.data_dir, exist_ok=True)
+        return SqliteStorage(os.path.join(self.settings.data_dir, "ringkv.sqlite3"),
+                             self.settings.sqlite_synchronous)
+
+    async def start(self) -> None:
+        self.local = LocalReplica(self._open_storage(), self.clock)
+        docs = [membership.load(self._membership_path)]
+        if self.settings.membership_file:
+            docs.append(membership.load(self.settings.membership_file))
+        newest = max((d for d in docs if d is not None), key=lambda d: d.epoch, default=None)
+        if newest is not None:
+            self._install(newest)
+        self.internal = InternalServer(
+            self.name,
+            self.settings.cluster_token,
+            self.local.batch,
+            self.internal_handlers(),
+            epoch=lambda: self.epoch,
+            document=lambda: self._view.doc.to_json() if self._view else None,
+        )
+        await self.internal.start(self.settings.internal_host, self.settings.internal_port)
+        self._tasks = [
+            asyncio.create_task(self._hint_loop(), name="hints"),
+            asyncio.create_task(self._purge_loop(), name="purge"),
+        ]
+        log.info("node %s started (epoch %s, storage %s)", self.name, self.epoch,
+                 self.settings.storage)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.internal.stop()
+        for link in self._links.values():
+            link.close()
+        self._flush_hints()
+        await asyncio.sleep(0)
+        self.local.close()
+        log.info("node %s stopped", self.name)
+
+    # -- membership ---------------------------------------------------------------------
+    @property
+    def view(self) -> View:
+        if self._view is None:
+            raise RemoteError("unavailable", "this node has no membership yet")
+        return self._view
+
+    @property
+    def epoch(self) -> int:
+        return self._view.doc.epoch if self._view else 0
+
+    @property
+    def has_membership(self) -> bool:
+        return self._view is not None and self._view.doc.member(self.name) is not None
+
+    def adopt(self, data: dict[str, Any]) -> bool:
+        """Adopt a document if it is newer than ours; persist it first."""
+        doc = Document.from_json(data)
+        if doc.epoch <= self.epoch:
+            return False
+        membership.save(self._membership_path, doc)
+        self._install(doc)
+        log.info("adopted membership epoch %d (%d members, settled=%s)", doc.epoch,
+                 len(doc.members), doc.settled)
+        return True
+
+    def _install(self, doc: Document) -> None:
+        self._view = View(doc, self.settings.vnodes)
+        self.metrics.epoch.set(doc.epoch)
+        for name in list(self._links):
+            member = doc.member(name)
+            if member is None or member.url != self._links[name].address:
+                self._links.pop(name).close()
+
+    # -- what the coordinator needs -----------------------------------------------------
+    def replica(self, name: str) -> LocalReplica | PeerLink:
+        if name == self.name:
+            return self.local
+        link = self._links.get(name)
+        if link is None:
+            # A base-ring member that has left has no address: its link fails fast.
+            member = self.view.by_name.get(name)
+            address = member.url if member else ""
+            link = PeerLink(name, address, self.settings.cluster_token, self.name,
+                            lambda: self.epoch, self._adopt_quietly, self.settings.replica_timeout)
+            self._links[name] = link
+        return link
+
+    def _adopt_quietly(self, data: dict[str, Any]) -> None:
+        try:
+            self.adopt(data)
+        except InvalidDocument as exc:
+            log.warning("peer sent an invalid membership document: %s", exc)
+
+    async def call(self, name: str, method: str, args: Any) -> Any:
+        if name == self.name:
+            handler = self.internal_handlers()[method]
+            return await handler(args)
+        return await self.replica(name).call(method, args)  # type: ignore[union-attr]
+
+    def internal_handlers(self) -> dict[str, Any]:
+        return {"membership": self._rpc_membership, "list": self._rpc_list,
+                "status": self._rpc_status}
+
+    def replica_failed(self, name: str, exc: BaseException) -> None:
+        self.metrics.replica_errors.labels(name, type(exc).__name__).inc()
+
+    def store_hint(self, target: str, record: Record) -> None:
+        """Queue a hint; all hints of one tick are stored in one transaction."""
+        if not self._pending_hints:
+            asyncio.get_running_loop().call_soon(self._flush_hints)
+        self._pending_hints.append((target, self.clock.physical_ms(), record))
+
+    def _flush_hints(self) -> None:
+        hints, self._pending_hints = self._pending_hints, []
+        if hints:
+            task = asyncio.ensure_future(self.local.run(self.local.storage.add_hints, hints))
+            task.add_done_callback(_log_failure("storing hints"))
+
+    # -- internal RPCs ------------------------------------------------------------------
+    async def _rpc_membership(self, args: Any) -> dict[str, Any]:
+        try:
+            adopted = self.adopt(args)
+        except InvalidDocument as exc:
+            raise RemoteError("bad_request", str(exc)) from exc
+        return {"adopted": adopted, "epoch": self.epoch}
+
+    async def _rpc_list(self, args: Any) -> list[Any]:
+        prefix, after, limit = args
+        infos = self.local.storage.list_keys(prefix, after, int(limit))
+        return [[i.key, i.version.hlc, i.version.node, i.tombstone, i.expires_ms] for i in infos]
+
+    async def _rpc_status(self, _args: Any) -> dict[str, Any]:
+        return self.status()
+
+    def status(self) -> dict[str, Any]:
+        records, tombstones = self.local.storage.counts()
+        self.metrics.keys.set(records)
+        hints = self.local.storage.hint_counts()
+        return {
+            "node": self.name,
+            "epoch": self.epoch,
+            "ready": self.ready,
+            "records": records,
+            "tombstones": tombstones,
+            "hints_pending": sum(hints.values()),
+        }
+
+    @property
+    def ready(self) -> bool:
+        return self.has_membership
+
+    # -- background work ----------------------------------------------------------------
+    async def _hint_loop(self) -> None:
+        """Replay hints to replicas that answer again; drop hints older than hint_ttl."""
+        while True:
+            await asyncio.sleep(self.settings.hint_interval)
+            try:
+                await self.replay_hints()
+            except Exception:
+                log.exception("hint replay failed")
+
+    async def replay_hints(self) -> int:
+        storage = self.local.storage
+        cutoff = self.clock.physical_ms() - self.settings.hint_ttl * 1000
+        await self.local.run(storage.expire_hints, cutoff)
+        counts = storage.hint_counts()
+        self.metrics.hints_pending.clear()
+        for target, count in counts.items():
+            self.metrics.hints_pending.labels(target).set(count)
+        delivered = 0
+        for target in counts:
+            if self._view is None or target not in self._view.by_name:
+                continue
+            link = self.replica(target)
+            while not link.suspected:
+                hints = await self.local.run(storage.hints_for, target, HINT_BATCH)
+                if not hints:
+                    break
+                futures = [link.submit(["w", h.record.to_wire(), False]) for h in hints]
+                results = await asyncio.gather(*futures, return_exceptions=True)
+                done = [h.id for h, r in zip(hints, results, strict=True)
+                        if not isinstance(r, BaseException)]
+                if done:
+                    await self.local.run(storage.drop_hints, done)
+                    delivered += len(done)
+                    self.metrics.hints_replayed.inc(len(done))
+                if len(done) < len(hints):
+                    break
+        return delivered
+
+    async def _purge_loop(self) -> None:
+        """Purge tombstones and expired records once they are older than gc_grace."""
+        interval = max(1.0, min(3600.0, self.settings.gc_grace / 10))
+        while True:
+            await asyncio.sleep(interval)
+            grace_ms = self.settings.gc_grace * 1000
+            bound_ms = self.clock.physical_ms() - grace_ms
+            try:
+                purged = await self.local.run(
+                    self.local.storage.purge, bound_ms << COUNTER_BITS, bound_ms
+                )
+                if purged:
+                    log.info("purged %d tombstones and expired records", purged)
+            except Exception:
+                log.exception("purge failed")
+
+
+def _log_failure(what: str):  # type: ignore[no-untyped-def]
+    def callback(fut: asyncio.Future[Any]) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            log.error("%s failed: %s", what, fut.exception())
+
+    return callback

@@ -1,0 +1,434 @@
+"""Local storage engines behind one interface: SQLite (WAL, the default) and in-memory.
+
+The interface is synchronous on purpose: the SQLite engine runs its writes on one writer
+thread (see `replica.LocalReplica`), which groups every write queued during an event-loop
+tick into one transaction (group commit). `apply` keeps the newer version of each record
+(last-write-wins on `Version`); equal versions are idempotent; an older incoming version
+is not applied and the stored version is returned, which lets a replica refuse a stale
+client write (correctness rule 2) while repairs simply ignore it.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .records import Record
+from .ring import TokenRange
+from .versions import Version
+
+
+class StorageError(Exception):
+    """The engine cannot serve (corrupt file, unreadable directory)."""
+
+
+class StorageFull(StorageError):
+    """The disk is full: writes fail, reads keep working."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """What a list scan needs of a record: no value bytes."""
+
+    key: bytes
+    version: Version
+    tombstone: bool
+    expires_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Hint:
+    id: int
+    target: str
+    created_ms: int
+    record: Record
+
+
+def prefix_upper_bound(prefix: bytes) -> bytes | None:
+    """The smallest byte string greater than every string starting with `prefix`."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        return None
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])
+
+
+class Storage(ABC):
+    """What a node needs from its local engine."""
+
+    synchronous = "n/a"
+
+    @abstractmethod
+    def get(self, key: bytes) -> Record | None: ...
+
+    @abstractmethod
+    def get_version(self, key: bytes) -> tuple[Version, bool, int] | None:
+        """(version, tombstone, expires_ms) without the value: for digest reads."""
+
+    @abstractmethod
+    def apply(self, records: Sequence[Record]) -> list[Version | None]:
+        """Apply a batch atomically; per record None (stored, or already had that version)
+        or the newer version already stored (not applied)."""
+
+    @abstractmethod
+    def scan_range(self, rng: TokenRange, after: tuple[int, bytes] | None, limit: int) -> list[Record]:
+        """Records with lo < token <= hi in (token, key) order, after the given position."""
+
+    @abstractmethod
+    def list_keys(self, prefix: bytes, after: bytes | None, limit: int) -> list[KeyInfo]:
+        """Key metadata in bytewise key order (tombstones included)."""
+
+    @abstractmethod
+    def delete_range(self, rng: TokenRange) -> int: ...
+
+    @abstractmethod
+    def purge(self, tombstone_before_hlc: int, expired_before_ms: int) -> int:
+        """Drop tombstones older than the HLC bound and records expired before the ms bound."""
+
+    @abstractmethod
+    def counts(self) -> tuple[int, int]:
+        """(records, tombstones)."""
+
+    @abstractmethod
+    def add_hints(self, hints: Sequence[tuple[str, int, Record]]) -> None: ...
+
+    @abstractmethod
+    def hints_for(self, target: str, limit: int) -> list[Hint]: ...
+
+    @abstractmethod
+    def drop_hints(self, ids: Sequence[int]) -> None: ...
+
+    @abstractmethod
+    def expire_hints(self, created_before_ms: int) -> int: ...
+
+    @abstractmethod
+    def hint_counts(self) -> dict[str, int]: ...
+
+    def close(self) -> None:  # noqa: B027 - engines without resources need nothing
+        pass
+
+
+class MemoryStorage(Storage):
+    """A dict: for tests and for nodes that need no durability."""
+
+    def __init__(self) -> None:
+        self._data: dict[bytes, Record] = {}
+        self._hints: dict[int, Hint] = {}
+        self._next_hint = 1
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes) -> Record | None:
+        return self._data.get(key)
+
+    def get_version(self, key: bytes) -> tuple[Version, bool, int] | None:
+        rec = self._data.get(key)
+        return None if rec is None else (rec.version, rec.tombstone, rec.expires_ms)
+
+    def apply(self, records: Sequence[Record]) -> list[Version | None]:
+        out: list[Version | None] = []
+        with self._lock:
+            for rec in records:
+                cur = self._data.get(rec.key)
+                if cur is None or rec.version > cur.version:
+                    self._data[rec.key] = rec
+                    out.append(None)
+                elif rec.version == cur.version:
+                    out.append(None)
+                else:
+                    out.append(cur.version)
+        return out
+
+    def scan_range(self, rng: TokenRange, after: tuple[int, bytes] | None, limit: int) -> list[Record]:
+        with self._lock:
+            hits = sorted(
+                ((r.token, r.key), r) for r in self._data.values() if r.token in rng
+            )
+        return [r for pos, r in hits if after is None or pos > after][:limit]
+
+    def list_keys(self, prefix: bytes, after: bytes | None, limit: int) -> list[KeyInfo]:
+        with self._lock:
+            keys = sorted(
+                k for k in self._data if k.startswith(prefix) and (after is None or k > after)
+            )[:limit]
+            return [
+                KeyInfo(k, self._data[k].version, self._data[k].tombstone, self._data[k].expires_ms)
+                for k in keys
+            ]
+
+    def delete_range(self, rng: TokenRange) -> int:
+        with self._lock:
+            doomed = [k for k, r in self._data.items() if r.token in rng]
+            for k in doomed:
+                del self._data[k]
+        return len(doomed)
+
+    def purge(self, tombstone_before_hlc: int, expired_before_ms: int) -> int:
+        with self._lock:
+            doomed = [
+                k
+                for k, r in self._data.items()
+                if (r.tombstone and r.version.hlc < tombstone_before_hlc)
+                or (0 < r.expires_ms < expired_before_ms)
+            ]
+            for k in doomed:
+                del self._data[k]
+        return len(doomed)
+
+    def counts(self) -> tuple[int, int]:
+        with self._lock:
+            tombs = sum(1 for r in self._data.values() if r.tombstone)
+            return len(self._data), tombs
+
+    def add_hints(self, hints: Sequence[tuple[str, int, Record]]) -> None:
+        with self._lock:
+            for target, created, rec in hints:
+                self._hints[self._next_hint] = Hint(self._next_hint, target, created, rec)
+                self._next_hint += 1
+
+    def hints_for(self, target: str, limit: int) -> list[Hint]:
+        with self._lock:
+            return [h for h in self._hints.values() if h.target == target][:limit]
+
+    def drop_hints(self, ids: Sequence[int]) -> None:
+        with self._lock:
+            for i in ids:
+                self._hints.pop(i, None)
+
+    def expire_hints(self, created_before_ms: int) -> int:
+        with self._lock:
+            doomed = [i for i, h in self._hints.items() if h.created_ms < created_before_ms]
+            for i in doomed:
+                del self._hints[i]
+        return len(doomed)
+
+    def hint_counts(self) -> dict[str, int]:
+        with self._lock:
+            counts: dict[str, int] = {}
+            for h in self._hints.values():
+                counts[h.target] = counts.get(h.target, 0) + 1
+            return counts
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    key BLOB PRIMARY KEY,
+    token INTEGER NOT NULL,
+    hlc INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    tombstone INTEGER NOT NULL,
+    expires INTEGER NOT NULL,
+    ctype TEXT NOT NULL,
+    value BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS kv_token ON kv (token, key);
+CREATE TABLE IF NOT EXISTS hints (
+    id INTEGER PRIMARY KEY,
+    target TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    key BLOB NOT NULL,
+    hlc INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    tombstone INTEGER NOT NULL,
+    expires INTEGER NOT NULL,
+    ctype TEXT NOT NULL,
+    value BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS hints_target ON hints (target, id);
+"""
+
+_UPSERT = """
+INSERT INTO kv (key, token, hlc, node, tombstone, expires, ctype, value)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET
+    token = excluded.token, hlc = excluded.hlc, node = excluded.node,
+    tombstone = excluded.tombstone, expires = excluded.expires,
+    ctype = excluded.ctype, value = excluded.value
+"""
+
+_COLUMNS = "key, hlc, node, tombstone, expires, ctype, value"
+
+
+def _row_record(row: tuple) -> Record:
+    key, hlc, node, tomb, expires, ctype, value = row
+    return Record(key, value, ctype, Version(hlc, node), bool(tomb), expires)
+
+
+class SqliteStorage(Storage):
+    """SQLite in WAL mode: crash-safe, inspectable with `sqlite3`, no global lock.
+
+    Two connections: one for the writer thread (batches, scans, maintenance) and one for
+    point reads on the event loop, which WAL lets run beside a writer. With
+    `synchronous=NORMAL` a committed transaction is in the WAL file before the ack, so a
+    SIGKILLed process loses nothing it acknowledged; FULL also survives power loss.
+    """
+
+    def __init__(self, path: str, synchronous: str = "NORMAL") -> None:
+        self.path = path
+        self.synchronous = synchronous.upper()
+        if self.synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"bad synchronous setting: {synchronous}")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        try:
+            self._w = self._connect()
+            self._w.executescript(_SCHEMA)
+            check = self._w.execute("PRAGMA quick_check(1)").fetchone()[0]
+            if check != "ok":
+                raise StorageError(f"{path}: integrity check failed: {check}")
+            self._r = self._connect()
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(
+                f"{path}: cannot open the database ({exc}); refusing to start. Move the "
+                "file away to rebuild this node from its replicas."
+            ) from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA busy_timeout=10000")
+        return conn
+
+    def get(self, key: bytes) -> Record | None:
+        row = self._r.execute(f"SELECT {_COLUMNS} FROM kv WHERE key = ?", (key,)).fetchone()
+        return None if row is None else _row_record(row)
+
+    def get_version(self, key: bytes) -> tuple[Version, bool, int] | None:
+        row = self._r.execute(
+            "SELECT hlc, node, tombstone, expires FROM kv WHERE key = ?", (key,)
+        ).fetchone()
+        return None if row is None else (Version(row[0], row[1]), bool(row[2]), row[3])
+
+    def _write(self, fn, *args):  # type: ignore[no-untyped-def]
+        """Run `fn(cursor, *args)` in one transaction; map disk-full to StorageFull."""
+        cur = self._w.cursor()
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(cur, *args)
+                cur.execute("COMMIT")
+            except BaseException:
+                if self._w.in_transaction:
+                    cur.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc).lower():
+                raise StorageFull(str(exc)) from exc
+            raise
+        return result
+
+    def apply(self, records: Sequence[Record]) -> list[Version | None]:
+        def run(cur: sqlite3.Cursor) -> list[Version | None]:
+            out: list[Version | None] = []
+            for rec in records:
+                row = cur.execute("SELECT hlc, node FROM kv WHERE key = ?", (rec.key,)).fetchone()
+                if row is not None:
+                    stored = Version(row[0], row[1])
+                    if rec.version <= stored:
+                        out.append(None if rec.version == stored else stored)
+                        continue
+                v = rec.version
+                cur.execute(
+                    _UPSERT,
+                    (rec.key, rec.token, v.hlc, v.node, int(rec.tombstone), rec.expires_ms,
+                     rec.content_type, rec.value),
+                )
+                out.append(None)
+            return out
+
+        return self._write(run)
+
+    def scan_range(self, rng: TokenRange, after: tuple[int, bytes] | None, limit: int) -> list[Record]:
+        if after is None:
+            rows = self._w.execute(
+                f"SELECT {_COLUMNS} FROM kv WHERE token > ? AND token <= ? "
+                "ORDER BY token, key LIMIT ?",
+                (rng.lo, rng.hi, limit),
+            )
+        else:
+            rows = self._w.execute(
+                f"SELECT {_COLUMNS} FROM kv WHERE (token, key) > (?, ?) AND token <= ? "
+                "AND token > ? ORDER BY token, key LIMIT ?",
+                (after[0], after[1], rng.hi, rng.lo, limit),
+            )
+        return [_row_record(r) for r in rows]
+
+    def list_keys(self, prefix: bytes, after: bytes | None, limit: int) -> list[KeyInfo]:
+        lower = max(prefix, after) if after is not None else prefix
+        op = ">" if after is not None and after >= prefix else ">="
+        upper = prefix_upper_bound(prefix)
+        sql = f"SELECT key, hlc, node, tombstone, expires FROM kv WHERE key {op} ?"
+        args: list[object] = [lower]
+        if upper is not None:
+            sql += " AND key < ?"
+            args.append(upper)
+        sql += " ORDER BY key LIMIT ?"
+        args.append(limit)
+        rows = self._r.execute(sql, args).fetchall()
+        return [KeyInfo(k, Version(h, n), bool(t), e) for k, h, n, t, e in rows]
+
+    def delete_range(self, rng: TokenRange) -> int:
+        return self._write(
+            lambda cur: cur.execute(
+                "DELETE FROM kv WHERE token > ? AND token <= ?", (rng.lo, rng.hi)
+            ).rowcount
+        )
+
+    def purge(self, tombstone_before_hlc: int, expired_before_ms: int) -> int:
+        return self._write(
+            lambda cur: cur.execute(
+                "DELETE FROM kv WHERE (tombstone = 1 AND hlc < ?) OR (expires > 0 AND expires < ?)",
+                (tombstone_before_hlc, expired_before_ms),
+            ).rowcount
+        )
+
+    def counts(self) -> tuple[int, int]:
+        total, tombs = self._r.execute(
+            "SELECT count(*), coalesce(sum(tombstone), 0) FROM kv"
+        ).fetchone()
+        return total, tombs
+
+    def add_hints(self, hints: Sequence[tuple[str, int, Record]]) -> None:
+        rows = [
+            (t, c, r.key, r.version.hlc, r.version.node, int(r.tombstone), r.expires_ms,
+             r.content_type, r.value)
+            for t, c, r in hints
+        ]
+        self._write(
+            lambda cur: cur.executemany(
+                "INSERT INTO hints (target, created, key, hlc, node, tombstone, expires, ctype, "
+                "value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        )
+
+    def hints_for(self, target: str, limit: int) -> list[Hint]:
+        rows = self._w.execute(
+            f"SELECT id, target, created, {_COLUMNS} FROM hints WHERE target = ? "
+            "ORDER BY id LIMIT ?",
+            (target, limit),
+        ).fetchall()
+        return [Hint(r[0], r[1], r[2], _row_record(r[3:])) for r in rows]
+
+    def drop_hints(self, ids: Sequence[int]) -> None:
+        self._write(
+            lambda cur: cur.executemany("DELETE FROM hints WHERE id = ?", [(i,) for i in ids])
+        )
+
+    def expire_hints(self, created_before_ms: int) -> int:
+        return self._write(
+            lambda cur: cur.execute(
+                "DELETE FROM hints WHERE created < ?", (created_before_ms,)
+            ).rowcount
+        )
+
+    def hint_counts(self) -> dict[str, int]:
+        rows = self._r.execute("SELECT target, count(*) FROM hints GROUP BY target").fetchall()
+        return dict(rows)
+
+    def close(self) -> None:
+        for conn in (getattr(self, "_r", None), getattr(self, "_w", None)):
+            if conn is not None:
+                conn.close()

@@ -281,7 +281,8 @@ class Api:
         cursor = request.query.get("cursor")
         if cursor:
             try:
-                after = base64.urlsafe_b64decode(cursor.encode() + b"=" * (-len(cursor) % 4))
+                padded = cursor.encode() + b"=" * (-len(cursor) % 4)
+                after = base64.b64decode(padded, altchars=b"-_", validate=True)
             except (binascii.Error, ValueError):
                 raise bad("the cursor is not one this API returned") from None
         keys, last = await self.coordinator.list_keys(prefix, after, int(raw_limit))

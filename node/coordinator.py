@@ -106,12 +106,6 @@ class _Tally:
         return (len(self.acked & self.base) >= self.need_base
                 and len(self.acked & self.target) >= self.need_target)
 
-    def hopeless(self) -> bool:
-        open_base = len(self.base - self.answered)
-        open_target = len(self.target - self.answered)
-        return (len(self.acked & self.base) + open_base < self.need_base
-                or len(self.acked & self.target) + open_target < self.need_target)
-
 
 class Coordinator:
     def __init__(self, cluster: Cluster, wait_timeout: float) -> None:
@@ -175,7 +169,9 @@ class Coordinator:
                     tally.full = True
                 elif name in members:
                     self.cluster.store_hint(name, rec)
-            if not decided.done() and (tally.ok() or tally.hopeless()):
+            # A failed write waits for every answer (each bounded by the replica timeout)
+            # so that the 503 reports the true ack count and every refusal is seen.
+            if not decided.done() and (tally.ok() or tally.answered >= tally.base | tally.target):
                 decided.set_result(None)
 
         for name in tally.base | tally.target:
@@ -288,7 +284,9 @@ class Coordinator:
                 raise PreconditionFailed(f"the current version is {current.version}")  # type: ignore[union-attr]
 
     # -- list ---------------------------------------------------------------------------
-    async def list_keys(self, prefix: bytes, after: bytes | None, limit: int) -> tuple[list[bytes], bytes | None]:
+    async def list_keys(
+        self, prefix: bytes, after: bytes | None, limit: int
+    ) -> tuple[list[bytes], bytes | None]:
         """Scatter-gather a key page over every member; eventually consistent.
 
         Each member returns up to `limit` keys after the cursor. Up to the smallest last key

@@ -93,6 +93,12 @@ class LocalReplica:
         if self._queue:
             self._flush()
 
+    async def apply_repairs(self, records: list[Record]) -> None:
+        """Merge records from handoff or anti-entropy: newer wins, nothing is refused."""
+        if records:
+            self.clock.observe(max(r.version.hlc for r in records))
+            await self.run(self.storage.apply, records)
+
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a storage call (scan, hints, purge) on the storage thread."""
         return await self._loop.run_in_executor(self._executor, fn, *args)

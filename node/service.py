@@ -17,8 +17,10 @@ from .config import Settings
 from .coordinator import Coordinator
 from .membership import Document, InvalidDocument, View
 from .metrics import Metrics
+from .rebalance import Rebalancer
 from .records import Record
 from .replica import LocalReplica
+from .ring import TokenRange
 from .storage import MemoryStorage, SqliteStorage, Storage
 from .transport import InternalServer, PeerLink, RemoteError
 from .versions import COUNTER_BITS, HybridClock
@@ -41,6 +43,7 @@ class NodeService:
         self.local: LocalReplica
         self.coordinator = Coordinator(self, wait_timeout=settings.replica_timeout * 2 + 1)
         self.internal: InternalServer
+        self.rebalancer = Rebalancer(self)
         self._membership_path = os.path.join(settings.data_dir, "membership.json")
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -71,6 +74,7 @@ class NodeService:
         self._tasks = [
             asyncio.create_task(self._hint_loop(), name="hints"),
             asyncio.create_task(self._purge_loop(), name="purge"),
+            asyncio.create_task(self._anti_entropy_loop(), name="anti-entropy"),
         ]
         log.info("node %s started (epoch %s, storage %s)", self.name, self.epoch,
                  self.settings.storage)
@@ -118,6 +122,7 @@ class NodeService:
     def _install(self, doc: Document) -> None:
         self._view = View(doc, self.settings.vnodes)
         self.metrics.epoch.set(doc.epoch)
+        self.rebalancer.on_adopt(self._view)
         for name in list(self._links):
             member = doc.member(name)
             if member is None or member.url != self._links[name].address:
@@ -151,7 +156,8 @@ class NodeService:
 
     def internal_handlers(self) -> dict[str, Any]:
         return {"membership": self._rpc_membership, "list": self._rpc_list,
-                "status": self._rpc_status}
+                "status": self._rpc_status, "scan": self._rpc_scan, "digest": self._rpc_digest,
+                "cleanup": self._rpc_cleanup}
 
     def replica_failed(self, name: str, exc: BaseException) -> None:
         self.metrics.replica_errors.labels(name, type(exc).__name__).inc()
@@ -184,22 +190,44 @@ class NodeService:
     async def _rpc_status(self, _args: Any) -> dict[str, Any]:
         return self.status()
 
+    async def _rpc_scan(self, args: Any) -> list[Any]:
+        lo, hi, after, limit = args
+        records = await self.local.run(
+            self.local.storage.scan_range, TokenRange(lo, hi),
+            None if after is None else (after[0], after[1]), min(int(limit), 5000),
+        )
+        return [r.to_wire() for r in records]
+
+    async def _rpc_digest(self, args: Any) -> list[int]:
+        lo, hi, buckets = args
+        return await self.local.run(self.local.storage.digest, TokenRange(lo, hi),
+                                    min(int(buckets), 4096))
+
+    async def _rpc_cleanup(self, epoch: Any) -> int:
+        return await self.rebalancer.cleanup(int(epoch))
+
     def status(self) -> dict[str, Any]:
         records, tombstones = self.local.storage.counts()
         self.metrics.keys.set(records)
         hints = self.local.storage.hint_counts()
+        caught_up = self.rebalancer.caught_up
+        doc = self._view.doc if self._view else None
         return {
             "node": self.name,
             "epoch": self.epoch,
             "ready": self.ready,
+            "caught_up": caught_up,
+            "handoff_done": caught_up,
+            "settled_epoch_acked": doc.epoch if doc is not None and doc.settled else 0,
             "records": records,
             "tombstones": tombstones,
             "hints_pending": sum(hints.values()),
+            "rebalance": self.rebalancer.progress.to_json(),
         }
 
     @property
     def ready(self) -> bool:
-        return self.has_membership
+        return self.has_membership and self.rebalancer.caught_up
 
     # -- background work ----------------------------------------------------------------
     async def _hint_loop(self) -> None:
@@ -239,6 +267,16 @@ class NodeService:
                 if len(done) < len(hints):
                     break
         return delivered
+
+    async def _anti_entropy_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.anti_entropy_interval)
+            try:
+                repaired = await self.rebalancer.anti_entropy_round()
+                if repaired:
+                    log.info("anti-entropy merged %d records from co-replicas", repaired)
+            except Exception:
+                log.exception("anti-entropy round failed")
 
     async def _purge_loop(self) -> None:
         """Purge tombstones and expired records once they are older than gc_grace."""

@@ -17,9 +17,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import xxhash
+
 from .records import Record
 from .ring import TokenRange
 from .versions import Version
+
+MASK64 = (1 << 64) - 1
 
 
 class StorageError(Exception):
@@ -78,6 +82,11 @@ class Storage(ABC):
         """Records with lo < token <= hi in (token, key) order, after the given position."""
 
     @abstractmethod
+    def digest(self, rng: TokenRange, buckets: int) -> list[int]:
+        """Per-bucket hashes of (key, version) over equal slices of the range: replicas
+        compare these and exchange only the buckets that differ (anti-entropy)."""
+
+    @abstractmethod
     def list_keys(self, prefix: bytes, after: bytes | None, limit: int) -> list[KeyInfo]:
         """Key metadata in bytewise key order (tombstones included)."""
 
@@ -109,6 +118,22 @@ class Storage(ABC):
 
     def close(self) -> None:  # noqa: B027 - engines without resources need nothing
         pass
+
+
+def bucket_of(rng: TokenRange, token: int, buckets: int) -> int:
+    return (token - rng.lo - 1) * buckets // rng.width
+
+
+def record_hash(key: bytes, hlc: int, node: str) -> int:
+    return xxhash.xxh3_64_intdigest(b"%b\x00%d\x00%b" % (key, hlc, node.encode()))
+
+
+def bucket_range(rng: TokenRange, bucket: int, buckets: int) -> TokenRange:
+    """The token slice of one bucket: the inverse of `bucket_of`."""
+    def start(b: int) -> int:  # smallest offset (token - lo - 1) that falls in bucket b
+        return -(-b * rng.width // buckets)
+
+    return TokenRange(rng.lo + start(bucket), rng.lo + start(bucket + 1))
 
 
 class MemoryStorage(Storage):
@@ -147,6 +172,16 @@ class MemoryStorage(Storage):
                 ((r.token, r.key), r) for r in self._data.values() if r.token in rng
             )
         return [r for pos, r in hits if after is None or pos > after][:limit]
+
+    def digest(self, rng: TokenRange, buckets: int) -> list[int]:
+        out = [0] * buckets
+        with self._lock:
+            for r in self._data.values():
+                token = r.token
+                if token in rng:
+                    b = bucket_of(rng, token, buckets)
+                    out[b] = (out[b] + record_hash(r.key, r.version.hlc, r.version.node)) & MASK64
+        return out
 
     def list_keys(self, prefix: bytes, after: bytes | None, limit: int) -> list[KeyInfo]:
         with self._lock:
@@ -354,6 +389,16 @@ class SqliteStorage(Storage):
                 (after[0], after[1], rng.hi, rng.lo, limit),
             )
         return [_row_record(r) for r in rows]
+
+    def digest(self, rng: TokenRange, buckets: int) -> list[int]:
+        out = [0] * buckets
+        rows = self._w.execute(
+            "SELECT token, key, hlc, node FROM kv WHERE token > ? AND token <= ?", (rng.lo, rng.hi)
+        )
+        for token, key, hlc, node in rows:
+            b = bucket_of(rng, token, buckets)
+            out[b] = (out[b] + record_hash(key, hlc, node)) & MASK64
+        return out
 
     def list_keys(self, prefix: bytes, after: bytes | None, limit: int) -> list[KeyInfo]:
         lower = max(prefix, after) if after is not None else prefix

@@ -9,8 +9,18 @@ from harness import StaticCluster
 
 @pytest.fixture
 def cluster3(tmp_path: Path) -> Iterator[StaticCluster]:
-    """Three real nodes, rf=3, static membership."""
+    """Three real nodes, rf=3, static membership; a fresh cluster for tests that harm it."""
     cluster = StaticCluster(tmp_path, size=3, rf=3)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def shared3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StaticCluster]:
+    """Three real nodes shared by a module's tests that leave the nodes running."""
+    cluster = StaticCluster(tmp_path_factory.mktemp("shared3"), size=3, rf=3)
     try:
         yield cluster.start()
     finally:

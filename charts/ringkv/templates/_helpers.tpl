@@ -1,0 +1,159 @@
+{{/*
+Names. The full name is capped at 52 characters because the StatefulSet's pods carry a
+`controller-revision-hash` label "<statefulset>-<10-char hash>" that must fit in 63, and
+"<fullname>-operator" / "<fullname>-peers" must stay valid DNS labels.
+*/}}
+{{- define "ringkv.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 52 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "ringkv.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "ringkv.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The headless Service that gives every node a stable DNS name (the StatefulSet's serviceName). */}}
+{{- define "ringkv.peerServiceName" -}}
+{{- printf "%s-peers" (include "ringkv.fullname" .) }}
+{{- end }}
+
+{{/* Created and owned by the operator, never rendered here, so `helm upgrade` cannot reset membership. */}}
+{{- define "ringkv.membershipConfigMap" -}}
+{{- printf "%s-membership" (include "ringkv.fullname" .) }}
+{{- end }}
+
+{{- define "ringkv.operatorName" -}}
+{{- printf "%s-operator" (include "ringkv.fullname" .) }}
+{{- end }}
+
+{{- define "ringkv.secretName" -}}
+{{- .Values.auth.existingSecret | default (printf "%s-tokens" (include "ringkv.fullname" .)) }}
+{{- end }}
+
+{{- define "ringkv.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- .Values.serviceAccount.name | default (include "ringkv.operatorName" .) }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "ringkv.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/* app.kubernetes.io/version: the version actually deployed, made a valid label value. */}}
+{{- define "ringkv.version" -}}
+{{- regexReplaceAll "[^-A-Za-z0-9_.]" (.Values.image.tag | default .Chart.AppVersion) "_" | trunc 63 | trimAll "-_." }}
+{{- end }}
+
+{{/*
+Selector labels: stable for the life of a release (selectors and volumeClaimTemplates are
+immutable). Call with (dict "ctx" $ "component" "node"); component may be empty.
+*/}}
+{{- define "ringkv.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ringkv.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+{{- with .component }}
+app.kubernetes.io/component: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/* Full label set for metadata. Call like ringkv.selectorLabels. */}}
+{{- define "ringkv.labels" -}}
+helm.sh/chart: {{ include "ringkv.chart" .ctx }}
+{{ include "ringkv.selectorLabels" . }}
+app.kubernetes.io/version: {{ include "ringkv.version" .ctx | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: ringkv
+{{- end }}
+
+{{/* The node pods' selector as a label-selector string, for the operator (RINGKV_POD_SELECTOR). */}}
+{{- define "ringkv.nodePodSelector" -}}
+{{- $parts := list }}
+{{- range $k, $v := include "ringkv.selectorLabels" (dict "ctx" . "component" "node") | fromYaml }}
+{{- $parts = append $parts (printf "%s=%s" $k $v) }}
+{{- end }}
+{{- join "," $parts }}
+{{- end }}
+
+{{/* Restricted Pod Security Standard, shared by node, operator and test pods. */}}
+{{- define "ringkv.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "ringkv.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+capabilities:
+  drop:
+    - ALL
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/*
+Token env vars from the Secret. The node needs both; the operator only the cluster token
+(it talks to the internal port and the open health endpoints).
+*/}}
+{{- define "ringkv.clusterTokenEnv" -}}
+- name: RINGKV_CLUSTER_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "ringkv.secretName" . }}
+      key: cluster-token
+{{- end }}
+
+{{- define "ringkv.apiTokenEnv" -}}
+- name: {{ .name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "ringkv.secretName" .ctx }}
+      key: api-token
+{{- end }}
+
+{{/* Extra env from a name -> value map, rendered in a stable (sorted) order. */}}
+{{- define "ringkv.extraEnv" -}}
+{{- range $name, $value := . }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Cross-field checks the JSON schema cannot express. */}}
+{{- define "ringkv.validate" -}}
+{{- if gt (int .Values.replication.rf) (int .Values.replicaCount) }}
+{{- fail (printf "replication.rf (%d) must not exceed replicaCount (%d)" (int .Values.replication.rf) (int .Values.replicaCount)) }}
+{{- end }}
+{{- if .Values.podDisruptionBudget.enabled }}
+{{- $rf := int .Values.replication.rf }}
+{{- $spare := sub $rf (add (div $rf 2) 1) }}
+{{- if gt (int .Values.podDisruptionBudget.maxUnavailable) (int $spare) }}
+{{- fail (printf "podDisruptionBudget.maxUnavailable (%d) would let a drain take a quorum of rf=%d away; use at most %d (or disable the PDB)" (int .Values.podDisruptionBudget.maxUnavailable) $rf $spare) }}
+{{- end }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,57 @@
+"""Python client and CLI for ringkv.
+
+``Client`` (blocking, stdlib ``http.client``) and ``AsyncClient`` (aiohttp) share one set of
+methods: put, get, head, delete, list, pages, cluster, replicas, ready. ``AsyncClient`` is
+imported on first use so that the CLI, which only needs ``Client``, does not load aiohttp.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ringkv.client.errors import (
+    BadRequest,
+    ConflictRetryExhausted,
+    InsufficientStorage,
+    InternalError,
+    NotFound,
+    PayloadTooLarge,
+    PreconditionFailed,
+    QuorumUnavailable,
+    RingkvError,
+    Unauthorized,
+    Unavailable,
+)
+from ringkv.client.syncclient import Client
+from ringkv.client.wire import Entry, Meta, Page, encode_key
+
+if TYPE_CHECKING:
+    from ringkv.client.asyncclient import AsyncClient
+
+__all__ = [
+    "AsyncClient",
+    "BadRequest",
+    "Client",
+    "ConflictRetryExhausted",
+    "Entry",
+    "InsufficientStorage",
+    "InternalError",
+    "Meta",
+    "NotFound",
+    "Page",
+    "PayloadTooLarge",
+    "PreconditionFailed",
+    "QuorumUnavailable",
+    "RingkvError",
+    "Unauthorized",
+    "Unavailable",
+    "encode_key",
+]
+
+
+def __getattr__(name: str) -> object:
+    if name == "AsyncClient":
+        from ringkv.client.asyncclient import AsyncClient  # noqa: PLC0415 - lazy on purpose
+
+        return AsyncClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,197 @@
+"""Asyncio ringkv client on aiohttp, with the same methods as the blocking ``Client``.
+
+Use it as ``async with AsyncClient(urls) as c:`` (or call ``await c.close()``); the aiohttp
+session is created on first use, inside the running loop. Retries follow the rule in
+:mod:`ringkv.client.wire`.
+
+aiohttp itself re-sends a PUT or DELETE once on the same node when a kept-alive connection
+drops mid-request (RFC 9112 section 9.3.1); the client cannot switch that off. It never
+re-sends a write to another node unless no byte of it was sent, which it learns from
+aiohttp's request-headers-sent trace signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from types import SimpleNamespace, TracebackType
+
+import aiohttp
+from yarl import URL
+
+from ringkv.client import wire
+from ringkv.client.wire import Base, Call, Entry, Meta, Page, Reply, TransportFailure
+
+
+class _Attempt:
+    """Per-request trace context: did any request headers leave for the node?"""
+
+    sent = False
+
+
+async def _on_headers_sent(
+    _session: aiohttp.ClientSession,
+    ctx: SimpleNamespace,
+    _params: aiohttp.TraceRequestHeadersSentParams,
+) -> None:
+    if isinstance(ctx.trace_request_ctx, _Attempt):
+        ctx.trace_request_ctx.sent = True
+
+
+class AsyncClient:
+    """Talks to any of ``urls``; every method raises a :class:`RingkvError` subclass."""
+
+    def __init__(
+        self,
+        urls: list[str] | str = wire.DEFAULT_URL,
+        token: str | None = None,
+        timeout: float = wire.DEFAULT_TIMEOUT,
+        attempts: int | None = None,
+        *,
+        connection_limit: int = 100,
+    ) -> None:
+        self._targets = wire.Targets(urls, attempts)
+        self._auth = wire.auth_headers(token)
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._limit = connection_limit
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def urls(self) -> list[str]:
+        """The node URLs, in the order given."""
+        return [b.url for b in self._targets.bases]
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the aiohttp session and its connections."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def put(
+        self,
+        key: str,
+        value: bytes | str,
+        *,
+        content_type: str | None = None,
+        consistency: str | None = None,
+        ttl: int | None = None,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str:
+        """Write ``value``; returns the version written."""
+        call = wire.put_call(
+            key,
+            value,
+            content_type=content_type,
+            consistency=consistency,
+            ttl=ttl,
+            if_match=if_match,
+            if_none_match=if_none_match,
+        )
+        return wire.version_of(await self._call(call))
+
+    async def get(self, key: str, *, consistency: str | None = None) -> Entry:
+        """Read a key; raises NotFound when it is absent, deleted or expired."""
+        return wire.entry_of(key, await self._call(wire.read_call("GET", key, consistency)))
+
+    async def head(self, key: str, *, consistency: str | None = None) -> Meta:
+        """Version and content type of a key without its value; raises NotFound."""
+        return wire.meta_of(key, await self._call(wire.read_call("HEAD", key, consistency)))
+
+    async def delete(self, key: str, *, consistency: str | None = None, if_match: str | None = None) -> str:
+        """Delete a key (also when absent, unless ``if_match`` is given); returns the
+        tombstone's version."""
+        call = wire.delete_call(key, consistency, if_match)
+        return wire.version_of(await self._call(call))
+
+    async def list(self, prefix: str = "", limit: int | None = None, cursor: str | None = None) -> Page:
+        """One page of keys, sorted bytewise; pass ``page.cursor`` back for the next."""
+        return wire.page_of(await self._call(wire.list_call(prefix, limit, cursor)))
+
+    async def pages(self, prefix: str = "", limit: int | None = None) -> AsyncIterator[Page]:
+        """Every page under ``prefix``; ``limit`` is the page size."""
+        cursor: str | None = None
+        while True:
+            page = await self.list(prefix, limit, cursor)
+            yield page
+            if page.cursor is None:
+                return
+            cursor = page.cursor
+
+    async def cluster(self) -> dict[str, object]:
+        """``GET /v1/cluster``: membership, epoch, settled, per-node state, rebalance."""
+        return wire.json_object(await self._call(wire.CLUSTER_CALL))
+
+    async def replicas(self, key: str) -> dict[str, object]:
+        """``GET /v1/replicas/{key}``: the nodes that should hold it and their versions."""
+        return wire.json_object(await self._call(wire.replicas_call(key)))
+
+    async def ready(self, url: str | None = None) -> bool:
+        """Whether the node at ``url`` (default: the first URL) answers /readyz with 200."""
+        base = wire.parse_base(url) if url else self._targets.bases[0]
+        try:
+            reply = await self._send(base, Call("GET", "/readyz"), auth=False)
+        except TransportFailure:
+            return False
+        return reply.status == 200
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            trace = aiohttp.TraceConfig()
+            trace.on_request_headers_sent.append(_on_headers_sent)
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(limit=self._limit),
+                trace_configs=[trace],
+            )
+        return self._session
+
+    async def _call(self, call: Call) -> Reply:
+        tried: list[str] = []
+        outcome: Reply | TransportFailure
+        for attempt, base in enumerate(self._targets.plan()):
+            if attempt:
+                await asyncio.sleep(wire.backoff(attempt))
+            tried.append(base.url)
+            try:
+                outcome = await self._send(base, call)
+            except TransportFailure as failure:
+                outcome = failure
+            if wire.node_failed(outcome):
+                self._targets.failed(base)
+            if not wire.worth_retrying(call, outcome):
+                break
+        return wire.give_up(call, outcome, tried)
+
+    async def _send(self, base: Base, call: Call, *, auth: bool = True) -> Reply:
+        attempt = _Attempt()
+        headers = {**self._auth, **call.headers} if auth else dict(call.headers)
+        try:
+            async with self._get_session().request(
+                call.method,
+                URL(base.url + call.target, encoded=True),
+                data=call.body,
+                headers=headers,
+                allow_redirects=False,
+                trace_request_ctx=attempt,
+            ) as resp:
+                body = await resp.read()
+                headers_lc = {name.lower(): value for name, value in resp.headers.items()}
+                return Reply(resp.status, headers_lc, body)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            not_sent = isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+            timed_out = isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError)
+            raise TransportFailure(
+                base.url, exc, sent=attempt.sent or not not_sent, timed_out=timed_out
+            ) from exc

@@ -1,0 +1,435 @@
+"""``ringkv``: the command line for a ringkv cluster.
+
+Data commands talk to the public HTTP API through the blocking client:
+
+    ringkv put KEY [VALUE | -]    write (VALUE absent or '-' reads stdin); prints the version
+    ringkv get KEY                write the raw value to stdout (or --output FILE)
+    ringkv head KEY               print the version, content type and size
+    ringkv delete KEY             delete; prints the tombstone's version
+    ringkv list                   keys, one a line (--prefix, --limit, --cursor, --all)
+    ringkv status                 epoch, members and rebalance progress (--json for raw)
+    ringkv replicas KEY           which nodes should hold KEY and what each holds (JSON)
+
+Local cluster and tooling (implemented in other modules, arguments passed through):
+
+    ringkv up ...                 run a local cluster (one process per node)
+    ringkv node ...               control a running `ringkv up` (stop or add a node)
+    ringkv bench ...              the load generator
+
+Global options: --url (default http://127.0.0.1:8080; a comma-separated list is tried in
+order), --token (default $RINGKV_TOKEN), --timeout SECONDS.
+
+Exit codes (stable, for scripts):
+    0  ok
+    1  not found (get, head)
+    2  usage error
+    3  precondition failed (--if-match / --if-none-match on put, --if-match on delete)
+    4  authentication failed (token missing or wrong)
+    5  unavailable: no node answered, quorum not reached or conflicting writers; retry later
+    6  other error: bad request, value too large, disk full, server error
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from ringkv.client.errors import (
+    BadRequest,
+    ConflictRetryExhausted,
+    InsufficientStorage,
+    NotFound,
+    PayloadTooLarge,
+    PreconditionFailed,
+    QuorumUnavailable,
+    RingkvError,
+    Unauthorized,
+    Unavailable,
+)
+from ringkv.client.syncclient import Client
+from ringkv.client.wire import (
+    BINARY_TYPE,
+    CONSISTENCY_LEVELS,
+    DEFAULT_TIMEOUT,
+    DEFAULT_URL,
+    TEXT_TYPE,
+)
+
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
+EXIT_PRECONDITION = 3
+EXIT_AUTH = 4
+EXIT_UNAVAILABLE = 5
+EXIT_ERROR = 6
+
+# Subcommands owned by other modules: (module, function, help). They get the rest of argv
+# untouched, so their own options (even ones named like ours) reach them.
+DELEGATES: dict[str, tuple[str, str, str]] = {
+    "up": ("ringkv.operator.launcher", "main", "run a local cluster (one process per node)"),
+    "node": ("ringkv.operator.launcher", "node_command", "control a running `ringkv up`"),
+    "bench": ("ringkv.bench.loadgen", "main", "run the load generator"),
+}
+
+_GLOBAL_WITH_VALUE = ("--url", "--token", "--timeout")
+
+
+def exit_code(exc: RingkvError) -> int:
+    """The documented exit code for an error."""
+    if isinstance(exc, NotFound):
+        return EXIT_NOT_FOUND
+    if isinstance(exc, PreconditionFailed):
+        return EXIT_PRECONDITION
+    if isinstance(exc, Unauthorized):
+        return EXIT_AUTH
+    if isinstance(exc, Unavailable | QuorumUnavailable | ConflictRetryExhausted):
+        return EXIT_UNAVAILABLE
+    return EXIT_ERROR
+
+
+def describe(exc: RingkvError, key: str | None = None) -> str:
+    """One line saying what went wrong and what to do; never the token or a value."""
+    what = f" {key!r}" if key is not None else ""
+    if isinstance(exc, NotFound):
+        return f"not found:{what} is absent, deleted or expired"
+    if isinstance(exc, PreconditionFailed):
+        return (
+            f"precondition failed:{what} does not hold the version given (--if-match) or "
+            "already exists (--if-none-match); read it again (`ringkv head KEY`) and retry"
+        )
+    if isinstance(exc, Unauthorized):
+        return "unauthorized: set RINGKV_TOKEN or pass --token (make run prints it)"
+    if isinstance(exc, QuorumUnavailable):
+        counts = ""
+        if exc.acked is not None and exc.needed is not None:
+            counts = f" ({exc.acked} of {exc.needed} replicas answered)"
+        return (
+            f"quorum unavailable{counts}: a write may still have reached some replicas; "
+            "retry when nodes are back (`ringkv status`) or pass --consistency one"
+        )
+    if isinstance(exc, ConflictRetryExhausted):
+        return f"conflict: concurrent writers to{what} kept winning; retry the write"
+    if isinstance(exc, Unavailable):
+        return _describe_unavailable(exc)
+    if isinstance(exc, PayloadTooLarge):
+        return "value too large: the node's limit is RINGKV_MAX_VALUE_BYTES (default 1 MiB)"
+    if isinstance(exc, InsufficientStorage):
+        return "a replica's disk is full: free space on the nodes or add a node"
+    if isinstance(exc, BadRequest):
+        return f"bad request: {exc.message}"
+    return f"server error ({exc}); see the node's log"
+
+
+def _describe_unavailable(exc: Unavailable) -> str:
+    url = exc.urls[0] if len(exc.urls) == 1 else ", ".join(exc.urls) or "the node"
+    if exc.maybe_applied:
+        return (
+            f"no answer from {url}: the write may or may not have been applied; "
+            "read the key to check before retrying"
+        )
+    if exc.timed_out:
+        return f"no answer in time from {url}: check `ringkv status` or raise --timeout"
+    if exc.status is not None:
+        return f"{url} answered HTTP {exc.status}: {exc.message}; retry later"
+    return f"cannot reach {url}: is a node listening there? start one with `make run`"
+
+
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """Global options, accepted before or after the subcommand (``ringkv get k --url X``)."""
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument(
+        "--url",
+        default=default(DEFAULT_URL),
+        help=f"node URL, or several comma-separated, tried in order (default {DEFAULT_URL})",
+    )
+    parser.add_argument(
+        "--token",
+        default=default(None),
+        help="API bearer token (default: $RINGKV_TOKEN)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=default(DEFAULT_TIMEOUT),
+        help=f"seconds to wait for each node (default {DEFAULT_TIMEOUT:g})",
+    )
+
+
+def _consistency(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--consistency",
+        choices=CONSISTENCY_LEVELS,
+        help="replicas that must answer: one, quorum (server default) or all",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (delegated subcommands appear in help; main() routes them)."""
+    doc = __doc__ or ""
+    parser = argparse.ArgumentParser(
+        prog="ringkv",
+        description="Command line for a ringkv cluster.",
+        epilog=doc[doc.index("Exit codes") :],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _global_options(parser, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, suppress=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("put", parents=[common], help="write a value; prints its version")
+    p.add_argument("key")
+    p.add_argument("value", nargs="?", default="-", help="the value; '-' or absent: stdin")
+    p.add_argument(
+        "--content-type",
+        help="stored Content-Type (default: text for VALUE, application/octet-stream for stdin)",
+    )
+    p.add_argument("--ttl", type=int, help="expire after this many seconds")
+    p.add_argument(
+        "--if-match",
+        metavar="VERSION",
+        help="write only if this is the version stored ('*': only if the key exists)",
+    )
+    p.add_argument("--if-none-match", action="store_true", help="write only if the key is absent")
+    _consistency(p)
+
+    p = sub.add_parser("get", parents=[common], help="write a value's raw bytes to stdout")
+    p.add_argument("key")
+    p.add_argument("--output", "-o", metavar="FILE", help="write to FILE instead of stdout")
+    _consistency(p)
+
+    p = sub.add_parser("head", parents=[common], help="print version, content type and size")
+    p.add_argument("key")
+    _consistency(p)
+
+    p = sub.add_parser("delete", parents=[common], help="delete a key; prints the tombstone version")
+    p.add_argument("key")
+    p.add_argument(
+        "--if-match",
+        metavar="VERSION",
+        help="delete only if this is the version stored ('*': only if the key exists)",
+    )
+    _consistency(p)
+
+    p = sub.add_parser("list", parents=[common], help="list keys, one a line")
+    p.add_argument("--prefix", default="", help="only keys starting with this")
+    p.add_argument("--limit", type=int, help="page size (server default 100, max 1000)")
+    p.add_argument("--cursor", help="continue from a previous page")
+    p.add_argument("--all", action="store_true", help="follow cursors to the last page")
+
+    p = sub.add_parser("status", parents=[common], help="cluster membership and rebalance")
+    p.add_argument("--json", action="store_true", help="print /v1/cluster as JSON")
+
+    p = sub.add_parser("replicas", parents=[common], help="where a key lives (JSON)")
+    p.add_argument("key")
+
+    for name, (_module, _func, text) in DELEGATES.items():
+        p = sub.add_parser(name, help=f"{text} (see `ringkv {name} --help`)", add_help=False)
+        p.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _delegated(argv: Sequence[str]) -> tuple[str, list[str]] | None:
+    """If the first positional word names a delegated subcommand, it and what follows it."""
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word in _GLOBAL_WITH_VALUE:
+            i += 2
+        elif word in ("-h", "--help"):
+            return None
+        elif word.startswith("-"):
+            i += 1
+        else:
+            return (word, list(argv[i + 1 :])) if word in DELEGATES else None
+    return None
+
+
+def _run_delegate(name: str, argv: list[str]) -> int:
+    module_name, func_name, _text = DELEGATES[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not module_name.startswith(exc.name):
+            raise
+        print(f"ringkv {name}: {module_name} is not installed", file=sys.stderr)
+        return EXIT_ERROR
+    func: Callable[[list[str]], int | None] = getattr(module, func_name)
+    return int(func(argv) or 0)
+
+
+def _read_value(args: argparse.Namespace) -> tuple[bytes, str]:
+    """The value's bytes exactly as given (argv bytes via the filesystem encoding, so an
+    undecodable argument is stored as typed) and the Content-Type to store."""
+    if args.value != "-":
+        return os.fsencode(args.value), args.content_type or TEXT_TYPE
+    if sys.stdin.isatty():
+        print("reading the value from stdin (end with Ctrl-D)", file=sys.stderr)
+    return sys.stdin.buffer.read(), args.content_type or BINARY_TYPE
+
+
+def _cmd_put(client: Client, args: argparse.Namespace) -> None:
+    value, content_type = _read_value(args)
+    version = client.put(
+        args.key,
+        value,
+        content_type=content_type,
+        consistency=args.consistency,
+        ttl=args.ttl,
+        if_match=args.if_match,
+        if_none_match=args.if_none_match,
+    )
+    print(version)
+
+
+def _cmd_get(client: Client, args: argparse.Namespace) -> None:
+    entry = client.get(args.key, consistency=args.consistency)
+    if args.output:
+        with open(args.output, "wb") as f:
+            f.write(entry.value)
+    else:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(entry.value)
+        sys.stdout.buffer.flush()
+
+
+def _cmd_head(client: Client, args: argparse.Namespace) -> None:
+    meta = client.head(args.key, consistency=args.consistency)
+    size = "-" if meta.size is None else str(meta.size)
+    print(f"{meta.version}\t{meta.content_type or '-'}\t{size}")
+
+
+def _cmd_delete(client: Client, args: argparse.Namespace) -> None:
+    print(client.delete(args.key, consistency=args.consistency, if_match=args.if_match))
+
+
+def _cmd_list(client: Client, args: argparse.Namespace) -> None:
+    if args.all:
+        for page in client.pages(args.prefix, args.limit):
+            for key in page.keys:
+                print(key)
+        return
+    page = client.list(args.prefix, args.limit, args.cursor)
+    for key in page.keys:
+        print(key)
+    if page.cursor is not None:
+        print(f"more keys: pass --cursor {page.cursor} or --all", file=sys.stderr)
+
+
+def _cmd_status(client: Client, args: argparse.Namespace) -> None:
+    doc = client.cluster()
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        print(format_status(doc))
+
+
+def _cmd_replicas(client: Client, args: argparse.Namespace) -> None:
+    print(json.dumps(client.replicas(args.key), indent=2, sort_keys=True))
+
+
+_COMMANDS: dict[str, Callable[[Client, argparse.Namespace], None]] = {
+    "put": _cmd_put,
+    "get": _cmd_get,
+    "head": _cmd_head,
+    "delete": _cmd_delete,
+    "list": _cmd_list,
+    "status": _cmd_status,
+    "replicas": _cmd_replicas,
+}
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _ready_cell(member: dict[str, object]) -> str:
+    if member.get("reachable") is False:
+        return "unreachable"
+    return _cell(member.get("ready"))
+
+
+def _share_cell(value: object) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value * 100:.1f}%"
+    return _cell(value)
+
+
+def format_status(doc: dict[str, object]) -> str:
+    """A readable table of ``/v1/cluster``.
+
+    Reads ``epoch``, ``settled``, ``rf`` and ``members`` (each ``name``, ``state``,
+    ``reachable``/``ready``, ``api_url`` or ``url``, ``keys`` or ``records``, and
+    ``ownership`` as a fraction of the ring) and, when present, ``rebalance`` (a mapping
+    shown as ``name: value`` lines); anything else is left to ``--json``.
+    """
+    lines = [
+        f"epoch {_cell(doc.get('epoch'))}   settled {_cell(doc.get('settled'))}   rf {_cell(doc.get('rf'))}",
+        "",
+    ]
+    rows = [["NAME", "STATE", "READY", "URL", "KEYS", "OWNS"]]
+    members = doc.get("members")
+    for m in members if isinstance(members, list) else []:
+        if isinstance(m, dict):
+            keys = m.get("keys", m.get("records"))
+            rows.append(
+                [
+                    _cell(m.get("name")),
+                    _cell(m.get("state")),
+                    _ready_cell(m),
+                    _cell(m.get("api_url") or m.get("url")),
+                    _cell(keys),
+                    _share_cell(m.get("ownership")),
+                ]
+            )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+    rebalance = doc.get("rebalance")
+    if isinstance(rebalance, dict) and rebalance:
+        lines.append("")
+        lines.append("rebalance:")
+        lines.extend(f"  {name}: {_cell(value)}" for name, value in rebalance.items())
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code documented in this module's docstring."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    delegated = _delegated(argv)
+    if delegated is not None:
+        return _run_delegate(*delegated)
+    args = build_parser().parse_args(argv)  # exits 2 on a usage error
+    token = args.token if args.token is not None else os.environ.get("RINGKV_TOKEN")
+    try:
+        with Client(args.url, token=token or None, timeout=args.timeout) as client:
+            _COMMANDS[args.command](client, args)
+    except RingkvError as exc:
+        print(f"ringkv {args.command}: {describe(exc, getattr(args, 'key', None))}", file=sys.stderr)
+        return exit_code(exc)
+    except ValueError as exc:  # a bad --url or key, found before any request
+        print(f"ringkv {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:  # `ringkv list --all | head`: the reader is gone, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # quiet exit flush
+        return EXIT_OK
+    except OSError as exc:  # --output FILE could not be written
+        print(f"ringkv {args.command}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

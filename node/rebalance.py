@@ -1,0 +1,209 @@
+"""Re-replication on membership changes, excess-copy cleanup, and anti-entropy.
+
+Handoff is pull-based: on adopting an epoch whose target ring differs from its base ring,
+a node computes the ranges it gained (ring diff) and merges each from R live base-ring
+replicas of that range, in pages, with one page in flight per source (backpressure).
+Before scanning a source it pushes the document to it, so the source has adopted the
+target epoch: from then on every write to the range also reaches this node (coordinators
+on older epochs get "stale epoch" and retry), and the source's scan runs on its storage
+thread after every write it accepted earlier. Once every gained range is merged the node
+is *caught up* for that (base, target) pair and says so in its status; the controller
+promotes and settles on those reports.
+
+Anti-entropy periodically compares bucketed range digests with the other replicas and
+pulls only the buckets that differ, so replicas converge without any client reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .coordinator import needed
+from .membership import View
+from .records import Record
+from .ring import MAX_TOKEN, MIN_LO, TokenRange
+from .storage import bucket_range
+
+if TYPE_CHECKING:
+    from .service import NodeService
+
+log = logging.getLogger("ringkv.rebalance")
+
+PAGE = 1000
+DIGEST_BUCKETS = 64
+
+
+@dataclass
+class Progress:
+    epoch: int = 0
+    ranges_total: int = 0
+    ranges_done: int = 0
+    keys: int = 0
+    bytes: int = 0
+    active: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "ranges_total": self.ranges_total,
+                "ranges_done": self.ranges_done, "ranges_left": self.ranges_total - self.ranges_done,
+                "keys_received": self.keys, "bytes_received": self.bytes, "active": self.active}
+
+
+SyncKey = tuple[tuple[str, ...], tuple[str, ...], bool]
+
+
+def _sync_key(view: View, me: str) -> SyncKey:
+    member = view.by_name.get(me)
+    return (view.base.members, view.target.members, member is not None and member.state == "joining")
+
+
+def ranges_to_pull(view: View, me: str) -> list[tuple[TokenRange, list[str]]]:
+    """The ranges this node must merge for the adopted epoch, each with its sources.
+
+    A `normal` member pulls only the ranges it gained (ring diff). A `joining` member pulls
+    every range it replicates in the target ring: it may come back with a stale or wiped
+    data directory, and must hold everything a quorum acknowledged before it counts
+    toward any read quorum.
+    """
+    member = view.by_name.get(me)
+    if member is not None and member.state == "joining":
+        cuts = view.base.boundaries()
+        return [
+            (rng, [n for n in view.base.replicas_for_token(rng.hi) if n != me])
+            for rng, reps in view.target.segments(cuts)
+            if me in reps
+        ]
+    return [(c.range, [n for n in c.old if n != me]) for c in view.changes() if me in c.gained]
+
+
+class Rebalancer:
+    def __init__(self, service: NodeService) -> None:
+        self.service = service
+        self.progress = Progress()
+        self._synced: SyncKey | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.cleaned_epoch = 0
+
+    @property
+    def caught_up(self) -> bool:
+        view = self.service._view
+        if view is None or self._synced is None:
+            return False
+        key = _sync_key(view, self.service.name)
+        # Having pulled everything as a joining member covers what a normal member needs.
+        return self._synced[:2] == key[:2] and (self._synced[2] or not key[2])
+
+    def on_adopt(self, view: View) -> None:
+        """Start (or restart) pulling for the adopted epoch's (base, target) pair."""
+        if self.caught_up:
+            return
+        if self._task is not None:
+            self._task.cancel()
+        key = _sync_key(view, self.service.name)
+        work = ranges_to_pull(view, self.service.name)
+        if not work:
+            self._synced = key
+            return
+        self.progress = Progress(epoch=view.doc.epoch, ranges_total=len(work), active=True)
+        self._task = asyncio.create_task(self._pull_all(view, work, key), name="handoff")
+
+    async def _pull_all(self, view: View, work: list[tuple[TokenRange, list[str]]],
+                        key: SyncKey) -> None:
+        log.info("epoch %d: pulling %d ranges", view.doc.epoch, len(work))
+        for rng, sources in work:
+            await self._pull_range(view, rng, sources)
+            self.progress.ranges_done += 1
+        self.progress.active = False
+        self._synced = key
+        log.info("epoch %d: caught up (%d keys, %d bytes received)", view.doc.epoch,
+                 self.progress.keys, self.progress.bytes)
+
+    async def _pull_range(self, view: View, rng: TokenRange, sources: list[str]) -> None:
+        """Merge the range from R live sources; retry until enough have answered."""
+        need = needed("quorum", len(sources))
+        done: set[str] = set()
+        delay = 0.2
+        while len(done) < need:
+            live = [s for s in sources if s in view.by_name and s not in done]
+            for source in live:
+                try:
+                    await self.service.call(source, "membership", view.doc.to_json())
+                    await self.pull(source, rng, self.progress)
+                    done.add(source)
+                    if len(done) >= need:
+                        break
+                except Exception as exc:
+                    log.info("pulling %s..%s from %s failed (%s); will retry", rng.lo, rng.hi,
+                             source, exc)
+            if len(done) < need:
+                if not live:
+                    # Every other base replica of this range is gone: nothing more exists.
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def pull(self, source: str, rng: TokenRange, progress: Progress | None = None) -> int:
+        """Stream one range from one source into local storage; LWW merge, never refuse."""
+        after: list[Any] | None = None
+        merged = 0
+        while True:
+            page = await self.service.call(source, "scan", [rng.lo, rng.hi, after, PAGE])
+            if not page:
+                return merged
+            records = [Record.from_wire(w) for w in page]
+            await self.service.local.apply_repairs(records)
+            merged += len(records)
+            if progress is not None:
+                progress.keys += len(records)
+                progress.bytes += sum(len(r.key) + len(r.value) for r in records)
+            if len(page) < PAGE:
+                return merged
+            last = records[-1]
+            after = [last.token, last.key]
+
+    async def cleanup(self, epoch: int) -> int:
+        """Drop copies of ranges this node no longer replicates (only on a settled epoch)."""
+        view = self.service.view
+        if not view.doc.settled or view.doc.epoch != epoch or self.cleaned_epoch >= epoch:
+            return 0
+        keep = view.target.ranges_of(self.service.name)
+        dropped = 0
+        lo = MIN_LO
+        for rng in [*keep, TokenRange(MAX_TOKEN, MAX_TOKEN)]:
+            if rng.lo > lo:
+                dropped += await self.service.local.run(
+                    self.service.local.storage.delete_range, TokenRange(lo, rng.lo)
+                )
+            lo = max(lo, rng.hi)
+        self.cleaned_epoch = epoch
+        if dropped:
+            log.info("epoch %d settled: dropped %d records of ranges this node no longer holds",
+                     epoch, dropped)
+        return dropped
+
+    async def anti_entropy_round(self) -> int:
+        """Compare digests of every range this node replicates with its co-replicas."""
+        view = self.service._view
+        if view is None or view.transitioning:
+            return 0
+        me = self.service.name
+        repaired = 0
+        for rng, reps in view.target.segments():
+            if me not in reps:
+                continue
+            mine = await self.service.local.run(self.service.local.storage.digest, rng, DIGEST_BUCKETS)
+            for peer in reps:
+                if peer == me:
+                    continue
+                try:
+                    theirs = await self.service.call(peer, "digest", [rng.lo, rng.hi, DIGEST_BUCKETS])
+                except Exception:
+                    continue
+                for bucket, (a, b) in enumerate(zip(mine, theirs, strict=True)):
+                    if a != b:
+                        with contextlib.suppress(Exception):
+                            repaired += await self.pull(peer, bucket_range(rng, bucket, DIGEST_BUCKETS))
+        return repaired

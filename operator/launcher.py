@@ -1,0 +1,368 @@
+"""`ringkv up`: a local cluster of node processes that behaves like the StatefulSet.
+
+The launcher plays Kubernetes' and the operator's roles on one machine: it starts one OS
+process per node (node i: public API on base_port+i, internal port on base_port+1000+i),
+restarts a node that dies on the same data directory after `--restart-delay` (as a
+StatefulSet recreates a deleted pod on its PVC), and runs the same membership reconciler
+as the kopf operator, with a JSON file as the store and its children as the member source.
+A control endpoint on base_port-1 takes commands: `ringkv node list|kill|stop|add`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from ringkv.node import membership
+from ringkv.node.logs import setup as setup_logging
+from ringkv.node.membership import Document
+
+from .controller import Observed
+from .nodes import NodeClient
+from .reconciler import Reconciler
+
+log = logging.getLogger("ringkv.launcher")
+
+HOST = "127.0.0.1"
+
+
+@dataclass
+class Child:
+    """One node slot: its ports, data directory and current process."""
+
+    index: int
+    name: str
+    port: int
+    internal_port: int
+    data_dir: Path
+    log_path: Path
+    proc: asyncio.subprocess.Process | None = None
+    wanted: bool = True  # False once stopped for good (a scale-down)
+    restarts: int = 0
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def observed(self) -> Observed:
+        return Observed(self.name, f"{HOST}:{self.internal_port}", f"http://{HOST}:{self.port}",
+                        self.alive)
+
+
+class FileStore:
+    """The membership store of a local cluster: one JSON file, replaced atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    async def load(self) -> Document | None:
+        return membership.load(str(self.path))
+
+    async def save(self, doc: Document) -> None:
+        membership.save(str(self.path), doc)
+
+
+class LocalCluster:
+    def __init__(self, nodes: int, rf: int, base_port: int, data_dir: Path, token: str | None,
+                 restart_delay: float, node_env: dict[str, str] | None = None) -> None:
+        self.rf = rf
+        self.base_port = base_port
+        self.data_dir = data_dir.resolve()
+        self.restart_delay = restart_delay
+        self.node_env = node_env or {}
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.api_token = self._secret("token", token)
+        self.cluster_token = self._secret("cluster-token", None)
+        self.children: list[Child] = []
+        for _ in range(nodes):
+            self._new_child()
+        self.nodes = NodeClient(self.cluster_token, caller="launcher")
+        self.reconciler = Reconciler(FileStore(self.data_dir / "membership.json"), self,
+                                     self.nodes, rf)
+        self.wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stopping = False
+
+    @property
+    def control_url(self) -> str:
+        return f"http://{HOST}:{self.base_port - 1}"
+
+    def _secret(self, filename: str, given: str | None) -> str:
+        path = self.data_dir / filename
+        if given:
+            value = given
+        elif path.exists():
+            value = path.read_text().strip()
+        else:
+            value = secrets.token_urlsafe(24)
+        path.write_text(value + "\n")
+        path.chmod(0o600)
+        return value
+
+    def _new_child(self) -> Child:
+        i = len(self.children)
+        child = Child(i, f"node-{i}", self.base_port + i, self.base_port + 1000 + i,
+                      self.data_dir / f"node-{i}", self.data_dir / f"node-{i}.log")
+        self.children.append(child)
+        return child
+
+    # -- member source for the reconciler -----------------------------------------------
+    async def observe(self) -> list[Observed]:
+        return [c.observed() for c in self.children if c.wanted or c.alive]
+
+    # -- processes ----------------------------------------------------------------------
+    async def spawn(self, child: Child) -> None:
+        child.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "RINGKV_NODE_NAME": child.name,
+            "RINGKV_DATA_DIR": str(child.data_dir),
+            "RINGKV_HOST": HOST,
+            "RINGKV_PORT": str(child.port),
+            "RINGKV_INTERNAL_HOST": HOST,
+            "RINGKV_INTERNAL_PORT": str(child.internal_port),
+            "RINGKV_API_TOKEN": self.api_token,
+            "RINGKV_CLUSTER_TOKEN": self.cluster_token,
+            **self.node_env,
+        }
+        with open(child.log_path, "ab") as logfile:  # noqa: ASYNC230 - a local file, instant
+            child.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "ringkv.node.main", env=env, stdout=logfile,
+                stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+            )
+        log.info("started %s (pid %d) on port %d", child.name, child.proc.pid, child.port)
+        self._watch(child, child.proc)
+
+    def _watch(self, child: Child, proc: asyncio.subprocess.Process) -> None:
+        async def wait_exit() -> None:
+            code = await proc.wait()
+            if self._stopping or proc is not child.proc:
+                return
+            log.warning("%s exited (%s)%s", child.name, _describe_exit(code),
+                        f"; restarting in {self.restart_delay:g}s" if child.wanted else "")
+            self.wake.set()
+            if child.wanted:
+                await asyncio.sleep(self.restart_delay)
+                if child.wanted and not child.alive and not self._stopping:
+                    child.restarts += 1
+                    await self.spawn(child)
+                    self.wake.set()
+
+        self._tasks.append(asyncio.create_task(wait_exit()))
+
+    async def _listening(self, child: Child, timeout: float = 30.0) -> None:
+        """Wait until a fresh node accepts peer connections, so the first push lands."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while child.alive and asyncio.get_running_loop().time() < deadline:
+            try:
+                _, writer = await asyncio.open_connection(HOST, child.internal_port)
+                writer.close()
+                return
+            except OSError:
+                await asyncio.sleep(0.05)
+
+    def signal_child(self, child: Child, sig: int) -> bool:
+        if child.proc is None or child.proc.returncode is not None:
+            return False
+        child.proc.send_signal(sig)
+        return True
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        for child in self.children:
+            await self.spawn(child)
+        await asyncio.gather(*(self._listening(c) for c in self.children))
+        self._tasks.append(asyncio.create_task(self.reconciler.run(0.5, self.wake)))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for child in self.children:
+            self.signal_child(child, signal.SIGTERM)
+        for child in self.children:
+            if child.proc is not None and child.proc.returncode is None:
+                try:
+                    await asyncio.wait_for(child.proc.wait(), 20)
+                except TimeoutError:
+                    child.proc.kill()
+                    await child.proc.wait()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.nodes.close()
+
+    # -- control endpoint ---------------------------------------------------------------
+    def control_app(self) -> web.Application:
+        app = web.Application()
+
+        def find(request: web.Request) -> Child:
+            name = request.match_info["name"]
+            for child in self.children:
+                if child.name == name:
+                    return child
+            raise web.HTTPNotFound(text=json.dumps({"error": f"no node {name}"}),
+                                   content_type="application/json")
+
+        async def nodes(_request: web.Request) -> web.Response:
+            return web.json_response([
+                {"name": c.name, "pid": c.proc.pid if c.proc else None, "alive": c.alive,
+                 "wanted": c.wanted, "port": c.port, "internal_port": c.internal_port,
+                 "restarts": c.restarts}
+                for c in self.children
+            ])
+
+        async def kill(request: web.Request) -> web.Response:
+            child = find(request)
+            sig = signal.Signals[request.query.get("signal", "SIGKILL")]
+            return web.json_response({"signalled": self.signal_child(child, sig)})
+
+        async def stop(request: web.Request) -> web.Response:
+            child = find(request)
+            child.wanted = False
+            self.signal_child(child, signal.SIGTERM)
+            self.wake.set()
+            return web.json_response({"stopped": child.name})
+
+        async def start(request: web.Request) -> web.Response:
+            child = find(request)
+            child.wanted = True
+            if not child.alive:
+                await self.spawn(child)
+            self.wake.set()
+            return web.json_response({"started": child.name})
+
+        async def add(_request: web.Request) -> web.Response:
+            child = self._new_child()
+            await self.spawn(child)
+            self.wake.set()
+            return web.json_response({"added": child.name, "port": child.port})
+
+        app.router.add_get("/nodes", nodes)
+        app.router.add_post("/nodes", add)
+        app.router.add_post("/nodes/{name}/kill", kill)
+        app.router.add_post("/nodes/{name}/stop", stop)
+        app.router.add_post("/nodes/{name}/start", start)
+        return app
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="ringkv up", description="Run a local ringkv cluster.")
+    p.add_argument("--nodes", type=int, default=5)
+    p.add_argument("--rf", type=int, default=3)
+    p.add_argument("--base-port", type=int, default=8080)
+    p.add_argument("--data-dir", default=".ringkv-data")
+    p.add_argument("--token", help="API token (default: generated once, kept in DATA_DIR/token)")
+    p.add_argument("--restart-delay", type=float, default=3.0,
+                   help="seconds before a dead node is restarted on its data directory")
+    p.add_argument("--storage", choices=["sqlite", "memory"], default="sqlite")
+    args = p.parse_args(argv)
+    if args.nodes < 1 or args.rf < 1:
+        p.error("--nodes and --rf must be at least 1")
+    return args
+
+
+async def _run(args: argparse.Namespace) -> int:
+    cluster = LocalCluster(args.nodes, args.rf, args.base_port, Path(args.data_dir), args.token,
+                           args.restart_delay, node_env={"RINGKV_STORAGE": args.storage})
+    runner = web.AppRunner(cluster.control_app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, HOST, args.base_port - 1).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await cluster.start()
+    print(_banner(cluster), flush=True)
+    try:
+        await stop.wait()
+    finally:
+        print("stopping the cluster...", flush=True)
+        await cluster.stop()
+        await runner.cleanup()
+    return 0
+
+
+def _banner(cluster: LocalCluster) -> str:
+    first = cluster.children[0].port
+    lines = [
+        f"ringkv: {len(cluster.children)} nodes, rf={cluster.rf}, data in {cluster.data_dir}",
+        *(f"  {c.name}: http://{HOST}:{c.port}  (peers {HOST}:{c.internal_port}, log {c.log_path})"
+          for c in cluster.children),
+        "",
+        f"export RINGKV_TOKEN={cluster.api_token}",
+        f"curl -X PUT http://{HOST}:{first}/v1/kv/hello -d world -H \"Authorization: Bearer $RINGKV_TOKEN\"",
+        f"curl http://{HOST}:{first + min(3, len(cluster.children) - 1)}/v1/kv/hello "
+        "-H \"Authorization: Bearer $RINGKV_TOKEN\"",
+        "",
+        f"control: ringkv node list | kill NAME | stop NAME | start NAME | add "
+        f"(--control {cluster.control_url})",
+        "Ctrl-C stops every node.",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(os.environ.get("RINGKV_LOG_FORMAT", "text"), "INFO")
+    try:
+        import uvloop  # noqa: PLC0415 - optional speed-up
+
+        return uvloop.run(_run(args))
+    except ImportError:
+        return asyncio.run(_run(args))
+
+
+def node_command(argv: list[str] | None = None) -> int:
+    """`ringkv node list|kill|stop|start|add`: talk to a running launcher."""
+    p = argparse.ArgumentParser(prog="ringkv node", description="Control a local cluster.")
+    p.add_argument("--control", default=os.environ.get("RINGKV_CONTROL", "http://127.0.0.1:8079"))
+    sub = p.add_subparsers(dest="action", required=True)
+    sub.add_parser("list")
+    sub.add_parser("add")
+    for action in ("kill", "stop", "start"):
+        sp = sub.add_parser(action)
+        sp.add_argument("name")
+        if action == "kill":
+            sp.add_argument("--signal", default="SIGKILL")
+    args = p.parse_args(argv)
+    if args.action == "list":
+        method, path = "GET", "/nodes"
+    elif args.action == "add":
+        method, path = "POST", "/nodes"
+    else:
+        method, path = "POST", f"/nodes/{args.name}/{args.action}"
+        if args.action == "kill":
+            path += f"?signal={args.signal}"
+    req = urllib.request.Request(args.control + path, method=method, data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            print(json.dumps(json.load(resp), indent=2))
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(f"ringkv node: {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"ringkv node: no launcher at {args.control} ({exc}); start one with `make run`",
+              file=sys.stderr)
+        return 5

@@ -1,0 +1,62 @@
+"""Talking to nodes on their internal port: status polls, membership pushes, cleanup.
+
+Both the local launcher and the kopf operator use this adapter; it speaks the same framed
+protocol as the nodes (`ringkv.node.transport`), authenticated with the cluster token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ringkv.node.membership import Document, Member
+from ringkv.node.transport import PeerLink
+
+from .controller import Report
+
+
+class NodeClient:
+    """Implements the reconciler's `Nodes` protocol over one PeerLink per node address."""
+
+    def __init__(self, cluster_token: str, timeout: float = 5.0, caller: str = "controller") -> None:
+        self._token = cluster_token
+        self._timeout = timeout
+        self._caller = caller
+        self._links: dict[str, PeerLink] = {}
+
+    def _link(self, member: Member) -> PeerLink:
+        link = self._links.get(member.name)
+        if link is None or link.address != member.url:
+            if link is not None:
+                link.close()
+            link = PeerLink(member.name, member.url, self._token, self._caller,
+                            epoch=lambda: 0, on_stale=lambda _doc: None, timeout=self._timeout)
+            self._links[member.name] = link
+        return link
+
+    async def _call(self, member: Member, method: str, args: Any) -> Any:
+        link = self._link(member)
+        # The controller must reach a node that just restarted: never wait out suspicion.
+        link.failures = 0
+        return await link.call(method, args, check_epoch=False)
+
+    async def status(self, member: Member) -> Report:
+        s = await self._call(member, "status", None)
+        return Report(
+            name=str(s["node"]),  # the node's own word: a reused address cannot speak for another
+            epoch=int(s["epoch"]),
+            caught_up=bool(s["caught_up"]),
+            handoff_done=bool(s["handoff_done"]),
+            settled_epoch_acked=int(s.get("settled_epoch_acked", 0)),
+        )
+
+    async def push(self, member: Member, doc: Document) -> None:
+        await self._call(member, "membership", doc.to_json())
+
+    async def cleanup(self, member: Member, epoch: int) -> None:
+        await self._call(member, "cleanup", epoch)
+
+    def close(self) -> None:
+        for link in self._links.values():
+            link.close()
+        self._links.clear()
+

@@ -1,0 +1,200 @@
+"""The reconcile loop shared by the local launcher and the kopf operator.
+
+It is level-triggered: every round re-reads the store, re-observes the nodes and re-polls
+their status, so a missed event, a failed push or an operator restart costs at most one
+interval. The external systems sit behind three small protocols (the ConfigMap or a JSON
+file; pods or child processes; the nodes' internal API), so the loop itself has no I/O
+dependency and is tested with in-memory fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from ringkv.node.membership import Document, Member
+
+from .controller import Observed, Report, alive_nodes, cleanup_due, describe, next_document
+
+log = logging.getLogger("ringkv.operator")
+
+
+class Store(Protocol):
+    """Where the membership document lives (ConfigMap, JSON file). Must read its writes."""
+
+    async def load(self) -> Document | None: ...
+
+    async def save(self, doc: Document) -> None: ...
+
+
+class MemberSource(Protocol):
+    """The nodes that exist (pods, launcher children)."""
+
+    async def observe(self) -> list[Observed]: ...
+
+
+class Nodes(Protocol):
+    """The nodes' control endpoints. `status` raises when the node cannot answer."""
+
+    async def status(self, member: Member) -> Report: ...
+
+    async def push(self, member: Member, doc: Document) -> None: ...
+
+    async def cleanup(self, member: Member, epoch: int) -> None: ...
+
+
+OnChange = Callable[[Document | None, Document, str], Awaitable[None] | None]
+
+
+class Reconciler:
+    """Drives the membership from whatever is stored to what the controller computes."""
+
+    def __init__(
+        self,
+        store: Store,
+        source: MemberSource,
+        nodes: Nodes,
+        rf: int,
+        on_change: OnChange | None = None,
+        *,
+        status_timeout: float = 2.0,
+        push_timeout: float = 5.0,
+        max_steps: int = 8,
+    ) -> None:
+        self.store = store
+        self.source = source
+        self.nodes = nodes
+        self.rf = rf
+        self.on_change = on_change
+        self.status_timeout = status_timeout
+        self.push_timeout = push_timeout
+        self.max_steps = max_steps
+        # Cleanup is sent once per settled epoch to each member; members whose cleanup
+        # failed are retried next round.
+        self._cleanup_epoch = 0
+        self._cleaned: set[str] = set()
+
+    async def reconcile_once(self) -> Document | None:
+        """One round: load, observe, poll, step the document, publish, re-push, clean up.
+
+        Returns the document in force after the round (None while no node was ever alive).
+        """
+        doc = await self.store.load()
+        observed = await self.source.observe()
+        alive = alive_nodes(observed)
+        reports = await self._poll([_as_member(o, doc) for o in alive.values()])
+        seed_epoch = max((r.epoch for r in reports.values()), default=0)
+
+        stepped = False
+        for _ in range(self.max_steps):
+            new = next_document(doc, observed, reports, self.rf, seed_epoch)
+            if new is None:
+                break
+            await self._publish(doc, new, alive)
+            doc, stepped = new, True
+        if doc is None:
+            return None
+
+        if not stepped:
+            # Nodes that missed a push (down, timed out, restarted on an old data dir) get
+            # the current document again; a node ignores an epoch it already holds.
+            lagging = [
+                m for m in doc.members
+                if m.name in alive
+                and (m.name not in reports or reports[m.name].epoch < doc.epoch)
+            ]
+            if lagging:
+                await self._push(lagging, doc)
+
+        if cleanup_due(doc, reports):
+            await self._cleanup(doc)
+        return doc
+
+    async def run(self, interval: float, wake: asyncio.Event | None = None) -> None:
+        """Reconcile every `interval` seconds, or sooner when `wake` is set (pod events).
+
+        A failed round is logged and retried next time; cancel the task to stop.
+        """
+        while True:
+            if wake is not None:
+                # Cleared before the round: an event arriving during it triggers another.
+                wake.clear()
+            try:
+                await self.reconcile_once()
+            except Exception:
+                log.exception("reconcile round failed; retrying in %.1fs", interval)
+            if wake is None:
+                await asyncio.sleep(interval)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), interval)
+
+    async def _poll(self, members: list[Member]) -> dict[str, Report]:
+        """Status of every alive node, concurrently; a failure or timeout is no report."""
+
+        async def one(m: Member) -> Report | None:
+            try:
+                report = await asyncio.wait_for(self.nodes.status(m), self.status_timeout)
+            except Exception as exc:
+                log.debug("status of %s failed: %r", m.name, exc)
+                return None
+            # An address reused by another node must not speak for this one.
+            return report if report.name == m.name else None
+
+        results = await asyncio.gather(*(one(m) for m in members))
+        return {m.name: r for m, r in zip(members, results, strict=True) if r is not None}
+
+    async def _publish(
+        self, old: Document | None, new: Document, alive: dict[str, Observed]
+    ) -> None:
+        """Save first (the store is the source of truth), then tell every alive member.
+
+        A failed push is only logged: the next round re-pushes to any node still behind.
+        """
+        await self.store.save(new)
+        description = describe(old, new)
+        log.info("membership %s", description)
+        if self.on_change is not None:
+            try:
+                result = self.on_change(old, new, description)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("on_change callback failed")
+        await self._push([m for m in new.members if m.name in alive], new)
+
+    async def _push(self, members: list[Member], doc: Document) -> None:
+        async def one(m: Member) -> None:
+            try:
+                await asyncio.wait_for(self.nodes.push(m, doc), self.push_timeout)
+            except Exception as exc:
+                log.warning("push of epoch %d to %s failed: %r", doc.epoch, m.name, exc)
+
+        await asyncio.gather(*(one(m) for m in members))
+
+    async def _cleanup(self, doc: Document) -> None:
+        if self._cleanup_epoch != doc.epoch:
+            self._cleanup_epoch, self._cleaned = doc.epoch, set()
+        todo = [m for m in doc.members if m.name not in self._cleaned]
+
+        async def one(m: Member) -> None:
+            try:
+                await asyncio.wait_for(self.nodes.cleanup(m, doc.epoch), self.push_timeout)
+            except Exception as exc:
+                log.warning("cleanup of epoch %d on %s failed: %r", doc.epoch, m.name, exc)
+                return
+            self._cleaned.add(m.name)
+
+        if todo:
+            log.info("epoch %d acknowledged by every member: dropping excess copies", doc.epoch)
+            await asyncio.gather(*(one(m) for m in todo))
+
+
+def _as_member(o: Observed, doc: Document | None) -> Member:
+    """The Member to address an observed node by: its document entry, at its current address."""
+    known = doc.member(o.name) if doc is not None else None
+    return Member(o.name, o.url, o.api_url, known.state if known is not None else "joining")

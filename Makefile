@@ -16,7 +16,7 @@ all: test
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,operator]'
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,operator,bench]'
 	touch $@
 
 venv: $(STAMP)

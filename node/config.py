@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from .versions import valid_node_name
+
 
 class ConfigError(ValueError):
     pass
@@ -44,8 +46,10 @@ class Settings:
     clock_skew_ms: int = 0  # testing aid: shift this node's physical clock
 
     def validate(self) -> Settings:
-        if not self.node_name:
-            raise ConfigError("node_name is empty")
+        if not valid_node_name(self.node_name):
+            raise ConfigError(
+                f"node_name {self.node_name[:64]!r} must be 1-253 letters, digits, '.', '_' or '-'"
+            )
         if self.storage not in ("sqlite", "memory"):
             raise ConfigError(f"storage must be sqlite or memory, not {self.storage!r}")
         if self.api_token and not self.cluster_token:

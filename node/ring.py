@@ -144,7 +144,8 @@ def diff(old: Ring, new: Ring) -> list[RangeChange]:
     """
     cuts = sorted(set(old.boundaries()) | set(new.boundaries()))
     changes: list[RangeChange] = []
-    for rng, new_reps in new.segments(cuts):
+    pieces = new.segments(cuts) if len(new) else [(r, ()) for r, _ in old.segments(cuts)]
+    for rng, new_reps in pieces:
         old_reps = old.replicas_for_token(rng.hi)
         if frozenset(old_reps) == frozenset(new_reps):
             continue

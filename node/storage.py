@@ -154,16 +154,19 @@ class MemoryStorage(Storage):
 
     def apply(self, records: Sequence[Record]) -> list[Version | None]:
         out: list[Version | None] = []
+        winners: dict[bytes, Record] = {}
         with self._lock:
+            # Decide every record before changing anything: a batch applies atomically.
             for rec in records:
-                cur = self._data.get(rec.key)
+                cur = winners.get(rec.key) or self._data.get(rec.key)
                 if cur is None or rec.version > cur.version:
-                    self._data[rec.key] = rec
+                    winners[rec.key] = rec
                     out.append(None)
                 elif rec.version == cur.version:
                     out.append(None)
                 else:
                     out.append(cur.version)
+            self._data.update(winners)
         return out
 
     def scan_range(self, rng: TokenRange, after: tuple[int, bytes] | None, limit: int) -> list[Record]:
@@ -260,7 +263,7 @@ CREATE TABLE IF NOT EXISTS kv (
 );
 CREATE INDEX IF NOT EXISTS kv_token ON kv (token, key);
 CREATE TABLE IF NOT EXISTS hints (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a replay drops exactly what it sent
     target TEXT NOT NULL,
     created INTEGER NOT NULL,
     key BLOB NOT NULL,

@@ -13,8 +13,9 @@ import time
 from typing import NamedTuple
 
 COUNTER_BITS = 16
-_NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
-_VERSION_RE = re.compile(r"^(\d{1,20})\.([A-Za-z0-9][A-Za-z0-9_.-]{0,252})$")
+_NODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}")
+_VERSION_RE = re.compile(r"([0-9]{1,19})\.([A-Za-z0-9][A-Za-z0-9_.-]{0,252})")
+MAX_HLC = (1 << 63) - 1  # versions are stored in SQLite's signed 64-bit INTEGER
 
 
 class Version(NamedTuple):
@@ -33,8 +34,8 @@ class Version(NamedTuple):
     @classmethod
     def parse(cls, text: str) -> Version:
         """Parse `<hlc>.<node>`; raises ValueError on anything else."""
-        match = _VERSION_RE.match(text)
-        if match is None:
+        match = _VERSION_RE.fullmatch(text)
+        if match is None or int(match.group(1)) > MAX_HLC:
             raise ValueError(f"not a version: {text[:64]!r}")
         return cls(int(match.group(1)), match.group(2))
 
@@ -43,7 +44,7 @@ ZERO = Version(0, "")
 
 
 def valid_node_name(name: str) -> bool:
-    return bool(_NODE_RE.match(name))
+    return _NODE_RE.fullmatch(name) is not None
 
 
 class HybridClock:

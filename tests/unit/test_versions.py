@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ringkv.node.versions import COUNTER_BITS, HybridClock, Version, valid_node_name
+from ringkv.node.versions import COUNTER_BITS, MAX_HLC, HybridClock, Version, valid_node_name
 
 NODE_NAMES = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}", fullmatch=True)
-HLCS = st.integers(0, 10**20 - 1)
+HLCS = st.integers(0, MAX_HLC)
 
 
 class StalledClock(HybridClock):
@@ -197,3 +197,10 @@ def test_slow_clock_issues_greater_value_after_observing_a_normal_one() -> None:
     newer = slow.now()
     assert newer > seen
     assert Version(newer, "a-slow-node") > Version(seen, "z-normal-node")
+
+
+def test_parse_rejects_hlc_beyond_int64() -> None:
+    """SQLite stores the hlc in a signed 64-bit INTEGER: larger values are not versions."""
+    assert Version.parse(f"{MAX_HLC}.n") == Version(MAX_HLC, "n")
+    with pytest.raises(ValueError):
+        Version.parse(f"{MAX_HLC + 1}.n")

@@ -73,6 +73,7 @@ DELEGATES: dict[str, tuple[str, str, str]] = {
     "up": ("ringkv.operator.launcher", "main", "run a local cluster (one process per node)"),
     "node": ("ringkv.operator.launcher", "node_command", "control a running `ringkv up`"),
     "bench": ("ringkv.bench.loadgen", "main", "run the load generator"),
+    "demo": ("ringkv.client.demo", "main", "watch a 5-node cluster lose a node and recover"),
 }
 
 _GLOBAL_WITH_VALUE = ("--url", "--token", "--timeout")

@@ -315,12 +315,14 @@ class Api:
             if isinstance(status, dict):
                 entry.update(records=status["records"], tombstones=status["tombstones"],
                              hints_pending=status["hints_pending"], epoch=status["epoch"],
-                             ready=status["ready"])
+                             ready=status["ready"], caught_up=status["caught_up"],
+                             rebalance=status["rebalance"])
             members.append(entry)
         ownership = view.target.ownership()
         for entry in members:
             entry["ownership"] = round(ownership.get(entry["name"], 0.0), 4)
         doc = view.doc
+        reachable = [m for m in members if m["reachable"]]
         return web.json_response({
             "node": service.name,
             "epoch": doc.epoch,
@@ -329,6 +331,12 @@ class Api:
             "replicas_per_key": min(doc.rf, len(doc.members)),
             "base": list(doc.base_names()),
             "members": members,
+            "rebalance": {
+                "active": any(m["rebalance"]["active"] for m in reachable),
+                "ranges_left": sum(m["rebalance"]["ranges_left"] for m in reachable),
+                "keys_received": sum(m["rebalance"]["keys_received"] for m in reachable),
+                "bytes_received": sum(m["rebalance"]["bytes_received"] for m in reachable),
+            },
             "storage": {"engine": service.settings.storage,
                         "synchronous": service.local.storage.synchronous},
         })

@@ -36,6 +36,16 @@ class Metrics:
                           registry=self.registry)
         self.epoch = Gauge("ringkv_membership_epoch", "Adopted membership epoch",
                            registry=self.registry)
+        self.rebalance_ranges_left = Gauge(
+            "ringkv_rebalance_ranges_left", "Ranges this node still has to pull for its epoch",
+            registry=self.registry)
+        self.rebalance_keys = Counter(
+            "ringkv_rebalance_keys_received", "Records merged by handoff", registry=self.registry)
+        self.rebalance_bytes = Counter(
+            "ringkv_rebalance_bytes_received", "Key and value bytes merged by handoff",
+            registry=self.registry)
+        self.anti_entropy_repaired = Counter(
+            "ringkv_anti_entropy_records", "Records merged by anti-entropy", registry=self.registry)
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:

@@ -17,7 +17,6 @@ pulls only the buckets that differ, so replicas converge without any client read
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -116,6 +115,8 @@ class Rebalancer:
         for rng, sources in work:
             await self._pull_range(view, rng, sources)
             self.progress.ranges_done += 1
+            self.service.metrics.rebalance_ranges_left.set(
+                self.progress.ranges_total - self.progress.ranges_done)
         self.progress.active = False
         self._synced = key
         log.info("epoch %d: caught up (%d keys, %d bytes received)", view.doc.epoch,
@@ -131,7 +132,10 @@ class Rebalancer:
             for source in live:
                 try:
                     await self.service.call(source, "membership", view.doc.to_json())
-                    await self.pull(source, rng, self.progress)
+                    if done:  # the range is here already: fetch only what this source adds
+                        await self.sync_buckets(source, rng, self.progress)
+                    else:
+                        await self.pull(source, rng, self.progress)
                     done.add(source)
                     if len(done) >= need:
                         break
@@ -157,8 +161,11 @@ class Rebalancer:
             await self.service.local.apply_repairs(records)
             merged += len(records)
             if progress is not None:
+                size = sum(len(r.key) + len(r.value) for r in records)
                 progress.keys += len(records)
-                progress.bytes += sum(len(r.key) + len(r.value) for r in records)
+                progress.bytes += size
+                self.service.metrics.rebalance_keys.inc(len(records))
+                self.service.metrics.rebalance_bytes.inc(size)
             if len(page) < PAGE:
                 return merged
             last = records[-1]
@@ -184,6 +191,17 @@ class Rebalancer:
                      epoch, dropped)
         return dropped
 
+    async def sync_buckets(self, peer: str, rng: TokenRange, progress: Progress | None = None) -> int:
+        """Compare bucketed digests of a range with a peer; pull only the differing buckets."""
+        local = self.service.local
+        mine = await local.run(local.storage.digest, rng, DIGEST_BUCKETS)
+        theirs = await self.service.call(peer, "digest", [rng.lo, rng.hi, DIGEST_BUCKETS])
+        merged = 0
+        for bucket, (a, b) in enumerate(zip(mine, theirs, strict=True)):
+            if a != b:
+                merged += await self.pull(peer, bucket_range(rng, bucket, DIGEST_BUCKETS), progress)
+        return merged
+
     async def anti_entropy_round(self) -> int:
         """Compare digests of every range this node replicates with its co-replicas."""
         view = self.service._view
@@ -194,16 +212,11 @@ class Rebalancer:
         for rng, reps in view.target.segments():
             if me not in reps:
                 continue
-            mine = await self.service.local.run(self.service.local.storage.digest, rng, DIGEST_BUCKETS)
             for peer in reps:
-                if peer == me:
-                    continue
-                try:
-                    theirs = await self.service.call(peer, "digest", [rng.lo, rng.hi, DIGEST_BUCKETS])
-                except Exception:
-                    continue
-                for bucket, (a, b) in enumerate(zip(mine, theirs, strict=True)):
-                    if a != b:
-                        with contextlib.suppress(Exception):
-                            repaired += await self.pull(peer, bucket_range(rng, bucket, DIGEST_BUCKETS))
+                if peer != me:
+                    try:
+                        repaired += await self.sync_buckets(peer, rng)
+                    except Exception as exc:
+                        log.debug("anti-entropy with %s failed: %s", peer, exc)
+        self.service.metrics.anti_entropy_repaired.inc(repaired)
         return repaired

@@ -16,8 +16,10 @@ import contextlib
 import json
 import logging
 import os
+import random
 import secrets
 import signal
+import socket
 import sys
 import urllib.error
 import urllib.request
@@ -222,6 +224,7 @@ class LocalCluster:
             return web.json_response([
                 {"name": c.name, "pid": c.proc.pid if c.proc else None, "alive": c.alive,
                  "wanted": c.wanted, "port": c.port, "internal_port": c.internal_port,
+                 "url": f"http://{HOST}:{c.port}", "data_dir": str(c.data_dir),
                  "restarts": c.restarts}
                 for c in self.children
             ])
@@ -258,6 +261,27 @@ class LocalCluster:
         app.router.add_post("/nodes/{name}/stop", stop)
         app.router.add_post("/nodes/{name}/start", start)
         return app
+
+
+def free_port_block(count: int, attempts: int = 200) -> int:
+    """A base port P where P-1..P+count and P+1000..P+1000+count are all free."""
+    rng = random.Random()
+    for _ in range(attempts):
+        base = rng.randrange(20000, 55000)
+        ports = [base - 1, *range(base, base + count), *range(base + 1000, base + 1000 + count)]
+        socks = []
+        try:
+            for port in ports:
+                s = socket.socket()
+                s.bind((HOST, port))
+                socks.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free block of ports found")
 
 
 def _describe_exit(code: int | None) -> str:

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import StaticCluster
+from harness import LocalCluster, StaticCluster
 
 
 @pytest.fixture
@@ -21,6 +21,16 @@ def cluster3(tmp_path: Path) -> Iterator[StaticCluster]:
 def shared3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StaticCluster]:
     """Three real nodes shared by a module's tests that leave the nodes running."""
     cluster = StaticCluster(tmp_path_factory.mktemp("shared3"), size=3, rf=3)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def local5(tmp_path: Path) -> Iterator[LocalCluster]:
+    """`ringkv up --nodes 5 --rf 3`: real launcher, controller and node processes."""
+    cluster = LocalCluster(tmp_path, nodes=5, rf=3)
     try:
         yield cluster.start()
     finally:

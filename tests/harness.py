@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ringkv.operator.launcher import free_port_block
+
 API_TOKEN = "test-api-token"
 CLUSTER_TOKEN = "test-cluster-token"
 
@@ -198,3 +200,109 @@ class StaticCluster:
 
     def url(self, i: int) -> str:
         return self.nodes[i].url
+
+
+@dataclass
+class LocalCluster:
+    """`ringkv up` as a subprocess: the launcher with its controller, as `make run` runs it."""
+
+    root: Path
+    nodes: int = 5
+    rf: int = 3
+    restart_delay: float = 1.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    base_port: int = 0
+
+    def start(self) -> LocalCluster:
+        self.base_port = free_port_block(self.nodes + 4)
+        env = {**os.environ, "RINGKV_REPLICA_TIMEOUT": "1.0", "RINGKV_HINT_INTERVAL": "0.2",
+               **self.extra_env}
+        log = open(self.root / "launcher.log", "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ringkv.client.cli", "up", "--nodes", str(self.nodes),
+             "--rf", str(self.rf), "--base-port", str(self.base_port), "--data-dir",
+             str(self.root / "data"), "--token", API_TOKEN, "--restart-delay",
+             str(self.restart_delay)],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        wait_for(lambda: self._alive() and self.settled(self.nodes), 90, "the cluster to settle")
+        return self
+
+    def _alive(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise AssertionError(f"launcher exited:\n{self.log_tail()}")
+        return True
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            text = (self.root / "launcher.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    @property
+    def control(self) -> str:
+        return f"http://127.0.0.1:{self.base_port - 1}"
+
+    def url(self, i: int) -> str:
+        return f"http://127.0.0.1:{self.base_port + i}"
+
+    def urls(self) -> list[str]:
+        return [n["url"] for n in self.node_list() if n["alive"]]
+
+    def node_list(self) -> list[dict[str, Any]]:
+        return http("GET", self.control + "/nodes", token=None).json()
+
+    def command(self, name: str, action: str, query: str = "") -> dict[str, Any]:
+        r = http("POST", f"{self.control}/nodes/{name}/{action}{query}", b"", token=None)
+        assert r.status == 200, r.body
+        return r.json()
+
+    def add_node(self) -> dict[str, Any]:
+        return http("POST", self.control + "/nodes", b"", token=None).json()
+
+    def cluster_info(self, via: str | None = None) -> dict[str, Any]:
+        for url in [via] if via else self.urls():
+            try:
+                r = http("GET", url + "/v1/cluster", timeout=5)
+            except OSError:
+                continue
+            if r.status == 200:
+                return r.json()
+        raise AssertionError("no node answered /v1/cluster")
+
+    def settled(self, members: int) -> bool:
+        """Settled with `members` members, all normal, every member ready and on that epoch."""
+        try:
+            info = self.cluster_info()
+        except (AssertionError, OSError):
+            return False
+        ms = info["members"]
+        return (info["settled"] and len(ms) == members
+                and all(m["state"] == "normal" and m.get("ready") and m.get("epoch") == info["epoch"]
+                        for m in ms))
+
+    def wait_settled(self, members: int, after_epoch: int = 0, timeout: float = 120) -> dict[str, Any]:
+        def done() -> dict[str, Any] | None:
+            self._alive()
+            if self.settled(members):
+                info = self.cluster_info()
+                if info["epoch"] > after_epoch:
+                    return info
+            return None
+
+        try:
+            return wait_for(done, timeout, f"a settled epoch > {after_epoch} with {members} members")
+        except AssertionError:
+            raise AssertionError(f"not settled; launcher log:\n{self.log_tail()}") from None

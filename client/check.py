@@ -1,0 +1,672 @@
+"""``ringkv check``: record a history of concurrent reads and writes, optionally while
+faulting the nodes of a local cluster, then check it (:mod:`ringkv.client.history`).
+
+    ringkv check --url http://127.0.0.1:8080,http://127.0.0.1:8081,http://127.0.0.1:8082 \\
+        --duration 30 --nemesis kill --control http://127.0.0.1:8079
+
+Workers are threads, each with its own blocking ``Client`` (first URL rotated per worker,
+so every node coordinates): a thread stamps ``time.monotonic()`` right around one call and
+does nothing else, so an operation's interval is the call plus scheduling noise. Noise only
+widens intervals, which can hide a violation but never invent one. Keys are fresh for every
+run (``check-<run id>/k<i>``), so data left by earlier runs cannot look like phantom reads.
+
+The nemesis (``kill``, ``pause``, ``restart-wipe``) drives a ``ringkv up`` launcher through
+its control endpoint and faults at most one node at a time, waiting until the node is ready
+again before the next fault. At the end every fault is healed, every node must become
+ready, and each key gets a final quorum read for the lost-write check.
+
+Exit codes: 0 the history is valid; 1 violations found, or the cluster did not recover;
+2 usage error, or the check could not start (no cluster, no launcher, wrong token).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import random
+import secrets
+import shutil
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ringkv.client.errors import (
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    PreconditionFailed,
+    RingkvError,
+    Unauthorized,
+    Unavailable,
+)
+from ringkv.client.history import Kind, Op, Outcome, Verdict, check
+from ringkv.client.syncclient import Client
+from ringkv.client.wire import CONSISTENCY_LEVELS, DEFAULT_URL, parse_urls
+
+EXIT_VALID = 0
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+
+NEMESES = ("none", "kill", "pause", "restart-wipe")
+DEFAULT_CONTROL = "http://127.0.0.1:8079"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+# Errors after which the server definitely did not apply a write.
+_NOT_APPLIED = (BadRequest, Unauthorized, PayloadTooLarge, PreconditionFailed, NotFound)
+
+
+class CheckAborted(Exception):
+    """The check cannot start or go on; the message says why and what to do."""
+
+
+def classify(kind: Kind, exc: RingkvError) -> Outcome:
+    """The outcome of an operation that raised ``exc``.
+
+    Only an answer that rules the write out is ``fail``: a 4xx, or a request that never
+    left the client. A 503 (quorum unavailable, conflict retries exhausted), a 5xx, a
+    timeout or a dropped connection may have left the write on some replica: ``unknown``.
+    """
+    if isinstance(exc, _NOT_APPLIED):
+        return "fail"
+    if isinstance(exc, Unavailable):
+        if kind == "write":
+            return "unknown" if exc.maybe_applied or exc.status is not None else "fail"
+        return "unknown" if exc.timed_out else "fail"
+    return "unknown"
+
+
+@dataclass
+class Fault:
+    """One nemesis action; times are seconds since the run started."""
+
+    action: str
+    node: str
+    start: float
+    end: float | None = None
+    note: str = ""
+
+
+class Log:
+    """Timestamped progress lines on stdout, one writer at a time."""
+
+    def __init__(self, t0: float) -> None:
+        self.t0 = t0
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def __call__(self, message: str) -> None:
+        with self._lock:
+            print(f"[{self.now():7.2f}s] {message}", flush=True)
+
+
+# ------------------------------------------------------------------------- launcher
+
+
+def _http_json(method: str, url: str, timeout: float = 10.0) -> Any:
+    data = b"" if method == "POST" else None
+    req = urllib.request.Request(url, method=method, data=data)
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.load(resp)
+
+
+def node_ready(url: str, timeout: float = 2.0) -> bool:
+    """``GET /readyz`` answered 200 (open endpoint: no token)."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/readyz", timeout=timeout) as resp:
+            return bool(resp.status == 200)
+    except (OSError, ValueError):
+        return False
+
+
+class Launcher:
+    """The control endpoint of ``ringkv up`` (GET /nodes, POST /nodes/{name}/...)."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url.rstrip("/"))
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"--control must be an http URL, not {url!r}")
+        self.url = url.rstrip("/")
+        self.host = parts.hostname
+
+    def nodes(self) -> list[dict[str, Any]]:
+        doc = _http_json("GET", self.url + "/nodes")
+        if not isinstance(doc, list):
+            raise CheckAborted(f"{self.url}/nodes did not answer a list of nodes")
+        return doc
+
+    def node(self, name: str) -> dict[str, Any]:
+        for node in self.nodes():
+            if node.get("name") == name:
+                return node
+        raise CheckAborted(f"the launcher no longer lists {name}")
+
+    def post(self, name: str, action: str, sig: str | None = None) -> None:
+        query = f"?signal={sig}" if sig else ""
+        _http_json("POST", f"{self.url}/nodes/{name}/{action}{query}")
+
+    def api_url(self, node: dict[str, Any]) -> str:
+        return f"http://{self.host}:{node['port']}"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+class Nemesis:
+    """Faults one node at a time through the launcher and remembers how to undo it."""
+
+    def __init__(
+        self,
+        action: str,
+        launcher: Launcher,
+        interval: float,
+        fault_duration: float,
+        ready_timeout: float,
+        rng: random.Random,
+        log: Log,
+    ) -> None:
+        self.action = action
+        self.launcher = launcher
+        self.interval = interval
+        self.fault_duration = fault_duration
+        self.ready_timeout = ready_timeout
+        self.rng = rng
+        self.log = log
+        self.faults: list[Fault] = []
+        self.paused: set[str] = set()
+        self.stopped: set[str] = set()
+
+    def run(self, stop: threading.Event) -> None:
+        """Fault a random live node every ``interval`` seconds until ``stop``."""
+        while not stop.wait(self.interval):
+            candidates = [n for n in self.launcher.nodes() if n.get("alive") and n.get("wanted", True)]
+            if not candidates:
+                self.log("nemesis: no live node to fault")
+                continue
+            node = self.rng.choice(candidates)
+            fault = Fault(self.action, str(node["name"]), self.log.now())
+            self.faults.append(fault)
+            back = self._fault(node, fault, stop)
+            fault.end = self.log.now()
+            if not back:
+                fault.note = f"not ready within {self.ready_timeout:g}s"
+                self.log(f"nemesis: {fault.node} is not ready after {self.ready_timeout:g}s; no more faults")
+                return
+            self.log(f"nemesis: {fault.node} is ready again")
+
+    def _fault(self, node: dict[str, Any], fault: Fault, stop: threading.Event) -> bool:
+        name = fault.node
+        if self.action == "kill":
+            self.log(f"nemesis: kill -9 {name} (the launcher restarts it)")
+            old_pid = node.get("pid")
+            self.launcher.post(name, "kill", "SIGKILL")
+            fault.note = "SIGKILL"
+            return self._back(name, lambda n: n.get("alive") and n.get("pid") != old_pid)
+        if self.action == "pause":
+            self.log(f"nemesis: pause {name} (SIGSTOP) for {self.fault_duration:g}s")
+            self.paused.add(name)
+            self.launcher.post(name, "kill", "SIGSTOP")
+            stop.wait(self.fault_duration)
+            self.launcher.post(name, "kill", "SIGCONT")
+            self.paused.discard(name)
+            fault.note = "SIGSTOP, SIGCONT"
+            self.log(f"nemesis: resume {name} (SIGCONT)")
+            return self._back(name, lambda n: bool(n.get("alive")))
+        self.log(f"nemesis: stop {name}, wipe its data, start it")
+        data_dir = Path(str(node["data_dir"]))
+        self.stopped.add(name)
+        self.launcher.post(name, "stop")
+        if not wait_until(lambda: not self.launcher.node(name).get("alive"), self.ready_timeout):
+            raise CheckAborted(f"{name} did not stop within {self.ready_timeout:g}s")
+        shutil.rmtree(data_dir, ignore_errors=True)
+        self.launcher.post(name, "start")
+        self.stopped.discard(name)
+        fault.note = f"wiped {data_dir}"
+        return self._back(name, lambda n: bool(n.get("alive")))
+
+    def _back(self, name: str, alive: Callable[[dict[str, Any]], Any]) -> bool:
+        def ready() -> bool:
+            node = self.launcher.node(name)
+            return bool(alive(node)) and node_ready(self.launcher.api_url(node))
+
+        return wait_until(ready, self.ready_timeout, 0.2)
+
+    def heal(self) -> None:
+        """Resume paused nodes and start stopped ones (after an interrupted fault)."""
+        for name in sorted(self.paused):
+            self.launcher.post(name, "kill", "SIGCONT")
+            self.log(f"heal: resumed {name}")
+        self.paused.clear()
+        for name in sorted(self.stopped):
+            self.launcher.post(name, "start")
+            self.log(f"heal: started {name}")
+        self.stopped.clear()
+
+
+# -------------------------------------------------------------------------- workers
+
+
+@dataclass
+class Workload:
+    """What the workers do and where."""
+
+    urls: list[str]
+    token: str | None
+    timeout: float
+    keys: list[str]
+    read_ratio: float
+    consistency: str | None
+    seed: int
+    t0: float
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def client(self, process: int) -> Client:
+        """A client whose first URL differs per worker, so every node coordinates."""
+        shift = process % len(self.urls)
+        return Client(self.urls[shift:] + self.urls[:shift], token=self.token, timeout=self.timeout)
+
+
+def read_op(
+    client: Client, process: int, key: str, consistency: str | None, t0: float, final: bool = False
+) -> Op:
+    """One GET, timed around the call."""
+    value: str | None = None
+    version: str | None = None
+    outcome: Outcome = "ok"
+    invoke = time.monotonic()
+    try:
+        entry = client.get(key, consistency=consistency)
+    except NotFound:
+        pass
+    except RingkvError as exc:
+        outcome = classify("read", exc)
+    else:
+        value, version = entry.value.decode("utf-8", "replace"), entry.version or None
+    complete = time.monotonic()
+    return Op(process, "read", key, value, version, invoke - t0, complete - t0, outcome, final)
+
+
+def write_op(client: Client, process: int, key: str, value: str, consistency: str | None, t0: float) -> Op:
+    """One PUT of a unique value, timed around the call."""
+    version: str | None = None
+    outcome: Outcome = "ok"
+    invoke = time.monotonic()
+    try:
+        version = client.put(key, value, consistency=consistency)
+    except RingkvError as exc:
+        outcome = classify("write", exc)
+    complete = time.monotonic()
+    return Op(process, "write", key, value, version, invoke - t0, complete - t0, outcome)
+
+
+def run_worker(work: Workload, process: int, out: list[Op]) -> None:
+    """Random reads and writes of unique values ``<worker>-<seq>`` until ``work.stop``."""
+    rng = random.Random(f"{work.seed}-{process}")
+    seq = 0
+    with work.client(process) as client:
+        while not work.stop.is_set():
+            key = rng.choice(work.keys)
+            if rng.random() < work.read_ratio:
+                out.append(read_op(client, process, key, work.consistency, work.t0))
+            else:
+                seq += 1
+                out.append(write_op(client, process, key, f"{process}-{seq}", work.consistency, work.t0))
+
+
+def final_reads(work: Workload, timeout: float) -> list[Op]:
+    """A quorum read of every key, each retried until it answers or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    ops: list[Op] = []
+    with Client(work.urls, token=work.token, timeout=work.timeout) as client:
+        for key in work.keys:
+            while True:
+                op = read_op(client, -1, key, "quorum", work.t0, final=True)
+                if op.outcome == "ok" or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.2)
+            ops.append(op)
+    return ops
+
+
+# --------------------------------------------------------------------------- output
+
+
+def write_history(
+    path: Path, meta: dict[str, object], ops: Iterable[Op], faults: Iterable[Fault], verdict: Verdict
+) -> None:
+    """JSON lines: the run's parameters, every operation, every fault, the verdict."""
+    with path.open("w", encoding="utf-8") as f:
+        f.write(json.dumps({"type": "run", **meta}) + "\n")
+        for op in ops:
+            f.write(json.dumps({"type": "op", **op.to_json()}) + "\n")
+        for fault in faults:
+            f.write(json.dumps({"type": "fault", **asdict(fault)}) + "\n")
+        f.write(json.dumps({"type": "verdict", "valid": verdict.valid, "violations": verdict.by_kind}) + "\n")
+
+
+_COLORS = {"ok": "tab:green", "unknown": "tab:orange", "fail": "tab:red"}
+
+
+def plot_timeline(
+    path: Path, ops: Sequence[Op], faults: Sequence[Fault], verdict: Verdict, workers: int
+) -> str | None:
+    """A PNG: one row per worker (final reads on top), a bar per operation coloured by
+    outcome (writes thick, reads thin), faults shaded, violating operations marked.
+    Returns why no plot was drawn, or None."""
+    try:
+        import matplotlib  # noqa: PLC0415 - optional dependency
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+        from matplotlib.lines import Line2D  # noqa: PLC0415
+    except ImportError:
+        return "matplotlib is not installed, so no timeline was drawn (pip install matplotlib)"
+
+    def row(op: Op) -> int:
+        return workers if op.final else op.process
+
+    end = max(verdict.end, *(f.end or 0.0 for f in faults)) if faults else verdict.end
+    fig, ax = plt.subplots(figsize=(14, max(3.0, 0.35 * (workers + 2))))
+    for fault in faults:
+        ax.axvspan(fault.start, fault.end if fault.end is not None else end, color="0.85", zorder=0)
+        ax.text(fault.start, workers + 0.6, f"{fault.action} {fault.node}", fontsize=7, va="bottom")
+    for kind, width in (("read", 2.0), ("write", 5.0)):
+        for outcome, color in _COLORS.items():
+            chosen = [op for op in ops if op.kind == kind and op.outcome == outcome]
+            if chosen:
+                ax.hlines(
+                    [row(op) for op in chosen],
+                    [op.invoke for op in chosen],
+                    [end if op.complete is None else op.complete for op in chosen],
+                    colors=color,
+                    linewidth=width,
+                    zorder=2,
+                )
+    bad = [op for v in verdict.violations for op in v.ops]
+    if bad:
+        ax.scatter(
+            [op.invoke if op.complete is None else (op.invoke + op.complete) / 2 for op in bad],
+            [row(op) for op in bad],
+            marker="x",
+            color="black",
+            s=60,
+            zorder=3,
+        )
+    ax.set_yticks(range(workers + 1), [f"p{i}" for i in range(workers)] + ["final"])
+    ax.set_ylim(-1, workers + 1.5)
+    ax.set_xlabel("seconds since start")
+    ax.set_title(f"ringkv check: {'valid' if verdict.valid else f'{len(verdict.violations)} violations'}")
+    handles = [Line2D([], [], color=c, linewidth=4, label=o) for o, c in _COLORS.items()]
+    handles.append(Line2D([], [], color="black", marker="x", linestyle="", label="violation"))
+    ax.legend(handles=handles, loc="upper right", fontsize=8, ncols=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="ringkv check",
+        description="Record concurrent reads and writes (optionally under faults) and check "
+        "them against ringkv's guarantees: no stale or phantom reads, no lost or reordered "
+        "acknowledged writes.",
+        epilog="exit codes: 0 valid, 1 violations (or the cluster did not recover), "
+        "2 usage error or the check could not start",
+    )
+    p.add_argument("--url", default=DEFAULT_URL, help="node URLs, comma-separated (use every node)")
+    p.add_argument("--token", default=None, help="API bearer token (default: $RINGKV_TOKEN)")
+    p.add_argument(
+        "--timeout", type=float, default=3.0, help="seconds before a request counts as unknown (default 3)"
+    )
+    p.add_argument("--duration", type=float, default=20.0, help="seconds of load (default 20)")
+    p.add_argument("--workers", type=int, default=8, help="concurrent clients (default 8)")
+    p.add_argument("--keys", type=int, default=10, help="size of the keyspace (default 10)")
+    p.add_argument("--read-ratio", type=float, default=0.5, help="fraction of reads (default 0.5)")
+    p.add_argument(
+        "--consistency",
+        choices=CONSISTENCY_LEVELS,
+        default="quorum",
+        help="consistency of the workload's requests (default quorum)",
+    )
+    p.add_argument("--key-prefix", help="key prefix (default: check-<run id>/, fresh per run)")
+    p.add_argument(
+        "--nemesis",
+        choices=NEMESES,
+        default="none",
+        help="fault to inject into a local `ringkv up` cluster (default none)",
+    )
+    p.add_argument(
+        "--control",
+        default=os.environ.get("RINGKV_CONTROL", DEFAULT_CONTROL),
+        help=f"the launcher's control URL (default $RINGKV_CONTROL or {DEFAULT_CONTROL})",
+    )
+    p.add_argument("--interval", type=float, default=5.0, help="seconds between faults (default 5)")
+    p.add_argument(
+        "--fault-duration", type=float, default=3.0, help="seconds a paused node stays paused (default 3)"
+    )
+    p.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for nodes to become ready (default 60)",
+    )
+    p.add_argument("--history", type=Path, help="history file (default ringkv-check-<run id>.jsonl)")
+    p.add_argument("--plot", type=Path, help="also draw a PNG timeline here (needs matplotlib)")
+    p.add_argument("--seed", type=int, help="seed of the random choices (default: random)")
+    args = p.parse_args(argv)
+    if args.workers < 1 or args.keys < 1 or args.duration <= 0 or args.timeout <= 0:
+        p.error("--workers and --keys must be at least 1, --duration and --timeout positive")
+    if not 0.0 <= args.read_ratio <= 1.0:
+        p.error("--read-ratio must be between 0 and 1")
+    if args.interval <= 0 or args.fault_duration <= 0 or args.ready_timeout <= 0:
+        p.error("--interval, --fault-duration and --ready-timeout must be positive")
+    try:
+        args.urls = [b.url for b in parse_urls(args.url)]
+    except ValueError as exc:
+        p.error(str(exc))
+    args.token = args.token if args.token is not None else os.environ.get("RINGKV_TOKEN") or None
+    return args
+
+
+def _preflight_launcher(args: argparse.Namespace) -> Launcher | None:
+    if args.nemesis == "none":
+        return None
+    launcher = Launcher(args.control)
+    try:
+        nodes = launcher.nodes()
+    except (OSError, ValueError) as exc:
+        raise CheckAborted(
+            f"no `ringkv up` control endpoint at {launcher.url} ({exc}); "
+            "start one, or pass --control or --nemesis none"
+        ) from exc
+    if args.nemesis == "restart-wipe":
+        if launcher.host not in LOOPBACK:
+            raise CheckAborted(
+                "restart-wipe deletes data directories on this machine: --control must be a loopback URL"
+            )
+        if not all(n.get("data_dir") for n in nodes):
+            raise CheckAborted(
+                "the launcher's GET /nodes does not say where each node keeps its "
+                "data (no data_dir field), so restart-wipe cannot wipe it"
+            )
+    return launcher
+
+
+def _node_urls(args: argparse.Namespace, launcher: Launcher | None) -> list[str]:
+    """Every node to wait for: the client URLs, and every wanted node of the launcher."""
+    urls = list(args.urls)
+    if launcher is not None:
+        urls += [launcher.api_url(n) for n in launcher.nodes() if n.get("wanted", True)]
+    return list(dict.fromkeys(urls))
+
+
+def _wait_all_ready(urls: list[str], timeout: float) -> list[str]:
+    """Wait until every URL is ready; returns the ones that never were."""
+    deadline = time.monotonic() + timeout
+    for url in urls:
+        wait_until(functools.partial(node_ready, url), max(0.0, deadline - time.monotonic()), 0.2)
+    return [u for u in urls if not node_ready(u)]
+
+
+def _preflight_cluster(args: argparse.Namespace, launcher: Launcher | None, work: Workload) -> None:
+    missing = _wait_all_ready(_node_urls(args, launcher), args.ready_timeout)
+    if missing:
+        raise CheckAborted(f"not ready after {args.ready_timeout:g}s: {', '.join(missing)}")
+    with Client(args.urls, token=args.token, timeout=args.timeout) as client:
+        try:
+            client.get(work.keys[0])
+        except NotFound:
+            pass
+        except Unauthorized as exc:
+            raise CheckAborted(
+                "unauthorized: pass --token or set RINGKV_TOKEN (`ringkv up` writes it to DATA_DIR/token)"
+            ) from exc
+        except RingkvError as exc:
+            raise CheckAborted(f"the cluster does not serve reads: {exc}") from exc
+
+
+def _run_load(
+    args: argparse.Namespace, work: Workload, nemesis: Nemesis | None, log: Log
+) -> tuple[list[Op], str | None]:
+    """Workers (and the nemesis) until the duration ends or Ctrl-C; then heal. Returns the
+    operations and, if the nemesis failed, why."""
+    per_worker: list[list[Op]] = [[] for _ in range(args.workers)]
+    nemesis_error: str | None = None
+    with ThreadPoolExecutor(max_workers=args.workers + 1, thread_name_prefix="check") as pool:
+        futures = [pool.submit(run_worker, work, i, per_worker[i]) for i in range(args.workers)]
+        nemesis_future = pool.submit(nemesis.run, work.stop) if nemesis is not None else None
+        try:
+            stop_at = time.monotonic() + args.duration
+            while not work.stop.wait(min(5.0, max(0.0, stop_at - time.monotonic()))):
+                if time.monotonic() >= stop_at:
+                    break
+                done = [op for ops in per_worker for op in list(ops)]
+                acked = sum(op.kind == "write" and op.outcome == "ok" for op in done)
+                unknown = sum(op.outcome == "unknown" for op in done)
+                log(f"{len(done)} operations, {acked} acknowledged writes, {unknown} unknown")
+        except KeyboardInterrupt:
+            log("interrupted: stopping the load early and checking what was recorded")
+        finally:
+            work.stop.set()
+            log("load stopped; waiting for in-flight requests")
+            try:
+                for future in futures:
+                    future.result()
+                if nemesis_future is not None:
+                    try:
+                        nemesis_future.result()
+                    except (CheckAborted, OSError) as exc:
+                        nemesis_error = f"the nemesis failed: {exc}"
+                        log(nemesis_error)
+            finally:
+                if nemesis is not None:
+                    nemesis.heal()
+    return [op for ops in per_worker for op in ops], nemesis_error
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a check; returns the exit code documented in this module's docstring."""
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    run_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+    seed = args.seed if args.seed is not None else random.randrange(1 << 32)
+    prefix = args.key_prefix if args.key_prefix is not None else f"check-{run_id}/"
+    history_path: Path = args.history or Path(f"ringkv-check-{run_id}.jsonl")
+    t0 = time.monotonic()
+    log = Log(t0)
+    work = Workload(
+        args.urls,
+        args.token,
+        args.timeout,
+        [f"{prefix}k{i}" for i in range(args.keys)],
+        args.read_ratio,
+        args.consistency,
+        seed,
+        t0,
+    )
+    try:
+        launcher = _preflight_launcher(args)
+        _preflight_cluster(args, launcher, work)
+    except (CheckAborted, ValueError) as exc:
+        print(f"ringkv check: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    nemesis = None
+    if launcher is not None:
+        nemesis = Nemesis(
+            args.nemesis,
+            launcher,
+            args.interval,
+            args.fault_duration,
+            args.ready_timeout,
+            random.Random(seed),
+            log,
+        )
+    print(
+        f"ringkv check: {args.workers} workers, {args.keys} keys under {prefix!r}, "
+        f"{args.read_ratio:.0%} reads, {args.duration:g}s, nemesis {args.nemesis}, seed {seed}",
+        flush=True,
+    )
+
+    ops, nemesis_error = _run_load(args, work, nemesis, log)
+    problems = [nemesis_error] if nemesis_error else []
+    log("waiting for every node to be ready")
+    missing = _wait_all_ready(_node_urls(args, launcher), args.ready_timeout)
+    if missing:
+        problems.append(f"not ready {args.ready_timeout:g}s after the faults healed: {', '.join(missing)}")
+    log("final quorum reads")
+    ops += final_reads(work, args.ready_timeout)
+    verdict = check(ops)
+    faults = nemesis.faults if nemesis is not None else []
+
+    meta = {
+        "run": run_id,
+        "urls": args.urls,
+        "keys": work.keys,
+        "workers": args.workers,
+        "read_ratio": args.read_ratio,
+        "duration": args.duration,
+        "consistency": args.consistency,
+        "nemesis": args.nemesis,
+        "interval": args.interval,
+        "seed": seed,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(time.time() - log.now())),
+    }
+    write_history(history_path, meta, ops, faults, verdict)
+    print()
+    print(verdict.summary())
+    if faults:
+        listed = ", ".join(f"{f.action} {f.node} at {f.start:.1f}s" for f in faults)
+        print(f"faults: {len(faults)} ({listed})")
+    for problem in problems:
+        print(f"problem: {problem}")
+    print(f"history: {history_path}")
+    if args.plot is not None:
+        note = plot_timeline(args.plot, ops, faults, verdict, args.workers)
+        print(f"timeline: {note}" if note else f"timeline: {args.plot}")
+    return EXIT_VALID if verdict.valid and not problems else EXIT_INVALID
+
+
+if __name__ == "__main__":
+    sys.exit(main())

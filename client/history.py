@@ -1,0 +1,372 @@
+"""A Jepsen-style history of client operations and a checker for ringkv's guarantees.
+
+Pure functions over recorded operations, no I/O: ``ringkv check`` records a history
+against a live cluster (:mod:`ringkv.client.check`) and hands it here; tests hand-build
+histories. Every written value is unique, so a value read names the write that produced
+it, and every acknowledged write reports its version, so the checker compares versions
+(``(int(hlc), node)``) instead of searching for a linearization.
+
+What it checks per key (DESIGN.md correctness rules 1, 2 and 5):
+
+* ``stale-read``: an ok read returned an older version (or not-found) than an ok write
+  that completed before the read was invoked (rule 1).
+* ``lost-write``: a final read, taken after every fault healed, returned an older version
+  than some acknowledged write (rules 1 and 5).
+* ``reordered-writes``: an ok write invoked after another ok write completed got a version
+  that is not newer (rule 2).
+* ``phantom-read``: an ok read returned a value no write to that key ever invoked, or one
+  whose write was invoked only after the read completed.
+* ``corrupt-read``: a read paired a value with a version other than the one its write got
+  (or than another read of the same value saw).
+* ``aborted-read``: an ok read returned the value of a write that definitely failed.
+* ``bad-version``: a version that does not parse, or is missing where one is required.
+* ``missing-final-read``: final reads were given, but a key with acknowledged writes has
+  no ok final read, so ``lost-write`` could not be checked for it.
+
+An ``unknown`` write (timeout, dropped connection, 503 after it may have reached replicas)
+may take effect at any time after its invocation, or never; the checker constrains it
+only through the versions reads report for its value.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Literal, cast
+
+Kind = Literal["write", "read"]
+Outcome = Literal["ok", "fail", "unknown"]
+KINDS: tuple[Kind, ...] = ("write", "read")
+OUTCOMES: tuple[Outcome, ...] = ("ok", "fail", "unknown")
+VersionKey = tuple[int, str]
+
+SUMMARY_VIOLATIONS = 10
+
+
+def parse_version(version: str) -> VersionKey:
+    """``<hlc>.<node>`` as its sort key ``(hlc, node)``; raises ValueError otherwise."""
+    hlc, dot, node = version.partition(".")
+    if not dot or not hlc.isdigit() or not node:
+        raise ValueError(f"not a version: {version[:64]!r}")
+    return int(hlc), node
+
+
+@dataclass(frozen=True)
+class Op:
+    """One client operation.
+
+    Writes: ``value`` is the unique value written, ``version`` what the server answered
+    (ok only). Reads: ``value``/``version`` as read, both None for not-found. ``complete``
+    is when the answer came or the client gave up (None: never); the checker ignores it
+    for unknown operations, which may take effect later. ``final`` marks the reads taken
+    after the faults healed, which the lost-write check uses.
+    """
+
+    process: int
+    kind: Kind
+    key: str
+    value: str | None
+    version: str | None
+    invoke: float
+    complete: float | None
+    outcome: Outcome
+    final: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        """A JSON-ready dict (one line of a history file)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, object]) -> Op:
+        """The inverse of :meth:`to_json`; raises ValueError on a malformed document."""
+        kind, outcome = doc.get("kind"), doc.get("outcome")
+        if kind not in KINDS or outcome not in OUTCOMES:
+            raise ValueError(f"not an operation: {dict(doc)!r}")
+        complete = doc.get("complete")
+        return cls(
+            process=int(cast(int, doc["process"])),
+            kind=cast(Kind, kind),
+            key=str(doc["key"]),
+            value=_opt_str(doc.get("value")),
+            version=_opt_str(doc.get("version")),
+            invoke=float(cast(float, doc["invoke"])),
+            complete=None if complete is None else float(cast(float, complete)),
+            outcome=cast(Outcome, outcome),
+            final=bool(doc.get("final", False)),
+        )
+
+    def describe(self, start: float = 0.0) -> str:
+        """One line: who did what, what came back, and when (relative to ``start``)."""
+        who = "final" if self.final else f"p{self.process}"
+        if self.kind == "write":
+            what = f"write {self.key!r} := {self.value!r}"
+            result = f" -> {self.version}" if self.version else ""
+        else:
+            what = f"read  {self.key!r}"
+            if self.outcome != "ok":
+                result = ""
+            elif self.value is None:
+                result = " -> not found"
+            else:
+                result = f" -> {self.value!r} @ {self.version}"
+        end = "..." if self.complete is None else f"{self.complete - start:.3f}s"
+        return f"{who:>5} {what}{result}  [{self.invoke - start:.3f}s .. {end}] {self.outcome}"
+
+
+def _opt_str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One broken guarantee and the operations that show it."""
+
+    kind: str
+    key: str
+    message: str
+    ops: tuple[Op, ...]
+
+    @property
+    def time(self) -> float:
+        """When the evidence starts (used to order the report)."""
+        return min((op.invoke for op in self.ops), default=0.0)
+
+
+@dataclass
+class Verdict:
+    """What :func:`check` found: counts, violations, and a readable summary."""
+
+    counts: dict[str, dict[str, int]]
+    keys: int
+    acknowledged_writes: int
+    final_reads: int
+    violations: list[Violation]
+    start: float = 0.0
+    end: float = 0.0
+    by_kind: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.violations.sort(key=lambda v: v.time)
+        self.by_kind = dict(Counter(v.kind for v in self.violations))
+
+    @property
+    def valid(self) -> bool:
+        return not self.violations
+
+    def summary(self) -> str:
+        """Counts, the verdict, then the first violations with their operations."""
+        total = sum(sum(c.values()) for c in self.counts.values())
+        lines = [
+            f"history: {total} operations on {self.keys} keys over {self.end - self.start:.1f}s",
+        ]
+        for kind in KINDS:
+            c = self.counts.get(kind, {})
+            lines.append(
+                f"  {kind + 's':<7}{c.get('ok', 0):>7} ok {c.get('unknown', 0):>6} unknown "
+                f"{c.get('fail', 0):>6} failed"
+            )
+        lines.append(f"  acknowledged writes: {self.acknowledged_writes}, final reads: {self.final_reads}")
+        if self.valid:
+            lines.append("result: VALID (no violations)")
+            return "\n".join(lines)
+        kinds = ", ".join(f"{k}: {n}" for k, n in sorted(self.by_kind.items()))
+        lines.append(f"result: INVALID, {len(self.violations)} violations ({kinds})")
+        shown = self.violations[:SUMMARY_VIOLATIONS]
+        if len(self.violations) > len(shown):
+            lines.append(f"first {len(shown)} violations (times relative to the first operation):")
+        for n, v in enumerate(shown, 1):
+            lines.append(f"{n:>3}. {v.kind} on {v.key!r}: {v.message}")
+            lines.extend(f"       {op.describe(self.start)}" for op in v.ops)
+        return "\n".join(lines)
+
+
+def check(ops: Iterable[Op], final_reads: Iterable[Op] | None = None) -> Verdict:
+    """Check a history. Final reads come flagged ``final`` in ``ops``, or separately in
+    ``final_reads`` (then they count as final whatever their flag); without any, the
+    lost-write check is skipped."""
+    history: list[Op] = []
+    finals: list[Op] = []
+    for op in ops:
+        (finals if op.final else history).append(op)
+    finals.extend(replace(op, final=True) for op in final_reads or ())
+    check_final = bool(finals)
+
+    counts: dict[str, dict[str, int]] = {kind: dict.fromkeys(OUTCOMES, 0) for kind in KINDS}
+    for op in history:
+        counts[op.kind][op.outcome] += 1
+    by_key: dict[str, list[Op]] = defaultdict(list)
+    final_by_key: dict[str, list[Op]] = defaultdict(list)
+    for op in history:
+        by_key[op.key].append(op)
+    for op in finals:
+        final_by_key[op.key].append(op)
+
+    violations: list[Violation] = []
+    for key in sorted(by_key.keys() | final_by_key.keys()):
+        violations.extend(_check_key(key, by_key[key], final_by_key[key], check_final))
+    everything = history + finals
+    return Verdict(
+        counts=counts,
+        keys=len(by_key.keys() | final_by_key.keys()),
+        acknowledged_writes=counts["write"]["ok"],
+        final_reads=sum(op.outcome == "ok" for op in finals),
+        violations=violations,
+        start=min((op.invoke for op in everything), default=0.0),
+        end=max((op.invoke if op.complete is None else op.complete for op in everything), default=0.0),
+    )
+
+
+@dataclass(frozen=True)
+class _Versioned:
+    """An ok operation whose version parsed (None: a not-found read)."""
+
+    op: Op
+    version: VersionKey | None
+
+
+def _versioned(key: str, ops: Iterable[Op], out: list[Violation]) -> list[_Versioned]:
+    """Parse the versions of ok operations; the malformed ones become violations."""
+    good: list[_Versioned] = []
+    for op in ops:
+        if op.outcome != "ok":
+            continue
+        if op.version is None:
+            if op.kind == "read" and op.value is None:
+                good.append(_Versioned(op, None))
+            else:
+                what = "an acknowledged write" if op.kind == "write" else "a read value"
+                out.append(Violation("bad-version", key, f"{what} came without a version", (op,)))
+            continue
+        if op.kind == "read" and op.value is None:
+            out.append(Violation("bad-version", key, f"not-found read carries version {op.version}", (op,)))
+            continue
+        try:
+            good.append(_Versioned(op, parse_version(op.version)))
+        except ValueError:
+            out.append(Violation("bad-version", key, f"unparseable version {op.version!r}", (op,)))
+    return good
+
+
+def _check_key(key: str, ops: list[Op], finals: list[Op], check_final: bool) -> list[Violation]:
+    out: list[Violation] = []
+    writes = [op for op in ops if op.kind == "write"]
+    ok_writes = _versioned(key, writes, out)
+    reads = _versioned(key, (op for op in ops if op.kind == "read"), out)
+    final_reads = _versioned(key, (op for op in finals if op.kind == "read"), out)
+
+    out.extend(_stale_reads(key, ok_writes, reads))
+    out.extend(_reordered_writes(key, ok_writes))
+    out.extend(_bad_values(key, writes, ok_writes, reads + final_reads))
+    if check_final:
+        out.extend(_lost_writes(key, ok_writes, final_reads))
+    return out
+
+
+def _done(op: Op) -> float:
+    """Completion time; an ok write recorded without one never counts as completed."""
+    return float("inf") if op.complete is None else op.complete
+
+
+def _newest_completed_before(
+    ok_writes: list[_Versioned], probes: list[_Versioned]
+) -> Iterable[tuple[_Versioned, _Versioned]]:
+    """For each probe (by invocation time), the newest ok write that completed before the
+    probe was invoked: one sweep instead of comparing every pair."""
+    done = sorted(ok_writes, key=lambda w: _done(w.op))
+    i = 0
+    newest: _Versioned | None = None
+    for probe in sorted(probes, key=lambda p: p.op.invoke):
+        while i < len(done) and _done(done[i].op) < probe.op.invoke:
+            if newest is None or cast(VersionKey, done[i].version) > cast(VersionKey, newest.version):
+                newest = done[i]
+            i += 1
+        if newest is not None:
+            yield probe, newest
+
+
+def _older(read: VersionKey | None, write: VersionKey) -> bool:
+    return read is None or read < write
+
+
+def _stale_reads(key: str, ok_writes: list[_Versioned], reads: list[_Versioned]) -> Iterable[Violation]:
+    for read, write in _newest_completed_before(ok_writes, reads):
+        if _older(read.version, cast(VersionKey, write.version)):
+            seen = "not found" if read.version is None else f"version {read.op.version}"
+            yield Violation(
+                "stale-read",
+                key,
+                f"read {seen} after the write of {write.op.version} had been acknowledged",
+                (write.op, read.op),
+            )
+
+
+def _reordered_writes(key: str, ok_writes: list[_Versioned]) -> Iterable[Violation]:
+    for later, earlier in _newest_completed_before(ok_writes, ok_writes):
+        if cast(VersionKey, later.version) <= cast(VersionKey, earlier.version):
+            yield Violation(
+                "reordered-writes",
+                key,
+                f"write invoked after {earlier.op.version} was acknowledged got the older "
+                f"version {later.op.version}",
+                (earlier.op, later.op),
+            )
+
+
+def _bad_values(
+    key: str, writes: list[Op], ok_writes: list[_Versioned], reads: list[_Versioned]
+) -> Iterable[Violation]:
+    """Phantom, aborted and corrupt reads: a read value must belong to a write of this key
+    that was invoked before the read completed, and always carry that write's version."""
+    write_of = {w.value: w for w in writes if w.value is not None}
+    version_of: dict[str, _Versioned] = {w.op.value: w for w in ok_writes if w.op.value is not None}
+    for read in sorted(reads, key=lambda r: r.op.invoke):
+        value = read.op.value
+        if value is None:
+            continue
+        write = write_of.get(value)
+        if write is None:
+            message = f"read {value!r}, which no write to this key wrote"
+            yield Violation("phantom-read", key, message, (read.op,))
+            continue
+        if write.invoke > _done(read.op):
+            yield Violation(
+                "phantom-read", key, f"read {value!r} before its write was invoked", (write, read.op)
+            )
+        if write.outcome == "fail":
+            yield Violation(
+                "aborted-read", key, f"read {value!r}, whose write definitely failed", (write, read.op)
+            )
+        known = version_of.setdefault(value, read)
+        if known.version != read.version:
+            yield Violation(
+                "corrupt-read",
+                key,
+                f"read {value!r} at version {read.op.version}, but it was "
+                f"{'written' if known.op.kind == 'write' else 'read'} at {known.op.version}",
+                (known.op, read.op),
+            )
+
+
+def _lost_writes(key: str, ok_writes: list[_Versioned], finals: list[_Versioned]) -> Iterable[Violation]:
+    if not finals:
+        if ok_writes:
+            yield Violation(
+                "missing-final-read",
+                key,
+                f"no final read succeeded, so {len(ok_writes)} acknowledged writes are unverified",
+                (),
+            )
+        return
+    for final in finals:
+        newer = [w for w in ok_writes if _older(final.version, cast(VersionKey, w.version))]
+        if newer:
+            newest = max(newer, key=lambda w: cast(VersionKey, w.version))
+            seen = "not found" if final.version is None else f"version {final.op.version}"
+            yield Violation(
+                "lost-write",
+                key,
+                f"final read returned {seen}, older than {len(newer)} acknowledged writes "
+                f"(newest {newest.op.version})",
+                (newest.op, final.op),
+            )

@@ -39,6 +39,11 @@ tools: venv
 bench: venv
 	$(BIN)/python -m ringkv.bench.suite
 
+# The chart on a real Kubernetes: ../shared/k8s here, kind where Docker exists; skips
+# (and says why) when neither is available.
+e2e: venv tools
+	$(BIN)/python scripts/e2e.py
+
 chaos: venv
 	$(BIN)/pytest -m slow -p no:cacheprovider
 

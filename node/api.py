@@ -29,7 +29,7 @@ from .coordinator import (
 )
 from .openapi import document as openapi_document
 from .records import Record
-from .service import NodeService
+from .service import NodeService, NotReady
 from .storage import StorageFull
 from .transport import PeerError
 from .versions import Version
@@ -92,6 +92,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = error_response(503, "conflict_retry_exhausted", str(exc))
     except (InsufficientStorage, StorageFull) as exc:
         response = error_response(507, "insufficient_storage", str(exc))
+    except NotReady as exc:
+        response = error_response(503, "not_ready", str(exc))
     except PreconditionFailed as exc:
         response = error_response(412, "precondition_failed", str(exc))
     except (TimeoutError, PeerError) as exc:

@@ -27,6 +27,13 @@ from .versions import COUNTER_BITS, HybridClock
 
 log = logging.getLogger("ringkv.node")
 
+
+class NotReady(RemoteError):
+    """This node has no membership document yet: it cannot coordinate."""
+
+    def __init__(self) -> None:
+        super().__init__("not_ready", "this node has not joined a cluster yet (no membership)")
+
 HINT_BATCH = 500
 
 
@@ -97,7 +104,7 @@ class NodeService:
     @property
     def view(self) -> View:
         if self._view is None:
-            raise RemoteError("unavailable", "this node has no membership yet")
+            raise NotReady()
         return self._view
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -268,3 +269,20 @@ def test_list_cursor_is_opaque_bytes(shared3: StaticCluster) -> None:
     assert base64.urlsafe_b64decode(page["cursor"] + "==") == "üc2".encode()
     rest = http("GET", shared3.url(1) + f"/v1/kv?prefix=%C3%BCc&limit=2&cursor={page['cursor']}").json()
     assert rest == {"keys": ["üc3"], "cursor": None}
+
+
+def test_node_without_membership_answers_503_not_ready(tmp_path: Path) -> None:
+    """A node that was never given a membership document (a fresh pod) is not ready."""
+    cluster = StaticCluster(tmp_path, size=1, rf=1)
+    node = cluster.nodes[0]
+    node.env.pop("RINGKV_MEMBERSHIP_FILE")
+    node.start()
+    try:
+        wait_for(lambda: http("GET", node.url + "/healthz", token=None).status == 200, 60, "healthz")
+        ready = http("GET", node.url + "/readyz", token=None)
+        assert ready.status == 503 and ready.json()["error"]["code"] == "not_ready"
+        for method in ("GET", "PUT"):
+            r = http(method, node.url + "/v1/kv/k", b"v" if method == "PUT" else None)
+            assert r.status == 503 and r.json()["error"]["code"] == "not_ready"
+    finally:
+        node.stop()

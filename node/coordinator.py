@@ -108,9 +108,10 @@ class _Tally:
 
 
 class Coordinator:
-    def __init__(self, cluster: Cluster, wait_timeout: float) -> None:
+    def __init__(self, cluster: Cluster, wait_timeout: float, speculative_delay: float = 0.05) -> None:
         self.cluster = cluster
         self.wait_timeout = wait_timeout
+        self.speculative_delay = speculative_delay
 
     # -- writes -------------------------------------------------------------------------
     async def write(self, key: bytes, value: bytes, content_type: str, level: str,
@@ -198,20 +199,30 @@ class Coordinator:
         voters = [n for n in reps if (m := view.by_name.get(n)) is None or m.state != "joining"]
         if len(voters) < need:
             raise QuorumUnavailable(0, need, "read")
-        full_from = me if me in voters else next(
-            (n for n in voters if not self.cluster.replica(n).suspected), voters[0]
-        )
+        # Ask only as many replicas as needed, this node and unsuspected peers first; the
+        # others are asked when one fails or after the speculative delay (as Cassandra's
+        # speculative retry), so a healthy read costs R replica operations, not rf.
+        voters.sort(key=lambda n: (n != me, self.cluster.replica(n).suspected))
+        full_from = voters[0]
         loop = asyncio.get_running_loop()
         decided: asyncio.Future[None] = loop.create_future()
         answers: dict[str, tuple[Version | None, Any]] = {}
         failed: list[BaseException] = []
         newest_box: list[Record | None] = []
+        waiting = list(voters)
+
+        def ask(count: int) -> None:
+            for _ in range(min(count, len(waiting))):
+                name = waiting.pop(0)
+                fut = self.cluster.replica(name).submit(["r", key, name == full_from])
+                fut.add_done_callback(lambda f, n=name: on_done(n, f))
 
         def on_done(name: str, fut: asyncio.Future[Any]) -> None:
             exc = fut.exception()
             if exc is not None:
                 self.cluster.replica_failed(name, exc)
                 failed.append(exc)
+                ask(1)
             else:
                 res = fut.result()
                 version = None if res is None else (
@@ -226,10 +237,12 @@ class Coordinator:
             ):
                 decided.set_result(None)
 
-        for name in voters:
-            fut = self.cluster.replica(name).submit(["r", key, name == full_from])
-            fut.add_done_callback(lambda f, n=name: on_done(n, f))
-        await asyncio.wait_for(decided, self.wait_timeout)
+        ask(need)
+        speculate = loop.call_later(self.speculative_delay, ask, len(voters))
+        try:
+            await asyncio.wait_for(decided, self.wait_timeout)
+        finally:
+            speculate.cancel()
         if any(isinstance(e, StaleEpoch) for e in failed) and len(answers) < need:
             raise StaleEpoch({})
         if len(answers) < need:

@@ -24,6 +24,10 @@ T = TypeVar("T")
 #   ["r", key, full]            -> None | wire_record (full) | [hlc, node, tombstone, expires]
 WRITE, READ = "w", "r"
 
+# A queued unit of the group commit: its records, its future, and whether the future
+# resolves to one result (a local write) or to the list (a peer's batch).
+_Entry = tuple[list[Record], "asyncio.Future[Any]", bool]
+
 
 class LocalReplica:
     def __init__(self, storage: Storage, clock: HybridClock) -> None:
@@ -31,7 +35,7 @@ class LocalReplica:
         self.clock = clock
         # One thread owns the SQLite write connection: writes, scans and maintenance.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ringkv-storage")
-        self._queue: list[tuple[Record, asyncio.Future[Any]]] = []
+        self._queue: list[_Entry] = []
         self._busy = False
         self._scheduled = False
         self._loop = asyncio.get_running_loop()
@@ -45,9 +49,21 @@ class LocalReplica:
         return fut
 
     async def batch(self, ops: list[Any]) -> list[Any]:
-        """Serve one peer batch frame: all its writes join the same group commit."""
-        futures = [self.submit(op) for op in ops]
-        return list(await asyncio.gather(*futures))
+        """Serve one peer batch frame: its writes join one group commit as one unit."""
+        results: list[Any] = [None] * len(ops)
+        slots: list[int] = []
+        records: list[Record] = []
+        for i, op in enumerate(ops):
+            if op[0] == WRITE:
+                slots.append(i)
+                records.append(Record.from_wire(op[1]))
+            else:
+                results[i] = self.read(op[1], op[2])
+        if records:
+            written = await self._enqueue(records, single=False)
+            for i, res in zip(slots, written, strict=True):
+                results[i] = res
+        return results
 
     def read(self, key: bytes, full: bool) -> Any:
         if full:
@@ -61,9 +77,12 @@ class LocalReplica:
 
     def write(self, rec: Record) -> asyncio.Future[Any]:
         """Apply-if-newer; resolves to None or the newer stored version as [hlc, node]."""
-        self.clock.observe(rec.version.hlc)
+        return self._enqueue([rec], single=True)
+
+    def _enqueue(self, records: list[Record], single: bool) -> asyncio.Future[Any]:
+        self.clock.observe(max(r.version.hlc for r in records))
         fut: asyncio.Future[Any] = self._loop.create_future()
-        self._queue.append((rec, fut))
+        self._queue.append((records, fut, single))
         if not self._busy and not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._flush)
@@ -75,21 +94,25 @@ class LocalReplica:
             return
         batch, self._queue = self._queue, []
         self._busy = True
-        job = self._loop.run_in_executor(self._executor, self.storage.apply, [r for r, _ in batch])
+        records = [r for recs, _, _ in batch for r in recs]
+        job = self._loop.run_in_executor(self._executor, self.storage.apply, records)
         job.add_done_callback(lambda done: self._committed(batch, done))
 
-    def _committed(self, batch: list[tuple[Record, asyncio.Future[Any]]],
-                   done: asyncio.Future[list[Version | None]]) -> None:
+    def _committed(self, batch: list[_Entry], done: asyncio.Future[list[Version | None]]) -> None:
         self._busy = False
         exc = done.exception()
         if exc is not None:
-            for _, fut in batch:
+            for _, fut, _ in batch:
                 if not fut.done():
                     fut.set_exception(exc)
         else:
-            for (_, fut), res in zip(batch, done.result(), strict=True):
+            results = [None if v is None else [v.hlc, v.node] for v in done.result()]
+            at = 0
+            for recs, fut, single in batch:
+                part = results[at : at + len(recs)]
+                at += len(recs)
                 if not fut.done():
-                    fut.set_result(None if res is None else [res.hlc, res.node])
+                    fut.set_result(part[0] if single else part)
         if self._queue:
             self._flush()
 

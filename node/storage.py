@@ -260,7 +260,7 @@ CREATE TABLE IF NOT EXISTS kv (
     expires INTEGER NOT NULL,
     ctype TEXT NOT NULL,
     value BLOB NOT NULL
-);
+) STRICT;
 CREATE INDEX IF NOT EXISTS kv_token ON kv (token, key);
 CREATE TABLE IF NOT EXISTS hints (
     id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a replay drops exactly what it sent
@@ -273,7 +273,7 @@ CREATE TABLE IF NOT EXISTS hints (
     expires INTEGER NOT NULL,
     ctype TEXT NOT NULL,
     value BLOB NOT NULL
-);
+) STRICT;
 CREATE INDEX IF NOT EXISTS hints_target ON hints (target, id);
 """
 
@@ -284,6 +284,7 @@ ON CONFLICT (key) DO UPDATE SET
     token = excluded.token, hlc = excluded.hlc, node = excluded.node,
     tombstone = excluded.tombstone, expires = excluded.expires,
     ctype = excluded.ctype, value = excluded.value
+WHERE (excluded.hlc, excluded.node) > (kv.hlc, kv.node)
 """
 
 _COLUMNS = "key, hlc, node, tombstone, expires, ctype, value"
@@ -361,19 +362,19 @@ class SqliteStorage(Storage):
         def run(cur: sqlite3.Cursor) -> list[Version | None]:
             out: list[Version | None] = []
             for rec in records:
-                row = cur.execute("SELECT hlc, node FROM kv WHERE key = ?", (rec.key,)).fetchone()
-                if row is not None:
-                    stored = Version(row[0], row[1])
-                    if rec.version <= stored:
-                        out.append(None if rec.version == stored else stored)
-                        continue
                 v = rec.version
                 cur.execute(
                     _UPSERT,
                     (rec.key, rec.token, v.hlc, v.node, int(rec.tombstone), rec.expires_ms,
                      rec.content_type, rec.value),
                 )
-                out.append(None)
+                if cur.rowcount == 1:
+                    out.append(None)
+                    continue
+                # Not newer: read what is stored (the rare path) to refuse or ignore.
+                row = cur.execute("SELECT hlc, node FROM kv WHERE key = ?", (rec.key,)).fetchone()
+                stored = Version(row[0], row[1])
+                out.append(None if stored == v else stored)
             return out
 
         return self._write(run)

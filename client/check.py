@@ -4,11 +4,12 @@ faulting the nodes of a local cluster, then check it (:mod:`ringkv.client.histor
     ringkv check --url http://127.0.0.1:8080,http://127.0.0.1:8081,http://127.0.0.1:8082 \\
         --duration 30 --nemesis kill --control http://127.0.0.1:8079
 
-Workers are threads, each with its own blocking ``Client`` (first URL rotated per worker,
-so every node coordinates): a thread stamps ``time.monotonic()`` right around one call and
-does nothing else, so an operation's interval is the call plus scheduling noise. Noise only
-widens intervals, which can hide a violation but never invent one. Keys are fresh for every
-run (``check-<run id>/k<i>``), so data left by earlier runs cannot look like phantom reads.
+Workers are threads, each with its own blocking clients (one per node; every operation
+goes to a random node, so every node coordinates). A thread stamps ``time.monotonic()``
+right around one call and does nothing else, so an operation's interval is the call plus
+scheduling noise; noise only widens intervals, which can hide a violation but never
+invent one. Keys are fresh for every run (``check-<run id>/k<i>``), so data left by
+earlier runs cannot look like phantom reads.
 
 The nemesis (``kill``, ``pause``, ``restart-wipe``) drives a ``ringkv up`` launcher through
 its control endpoint and faults at most one node at a time, waiting until the node is ready
@@ -60,6 +61,7 @@ EXIT_USAGE = 2
 NEMESES = ("none", "kill", "pause", "restart-wipe")
 DEFAULT_CONTROL = "http://127.0.0.1:8079"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+FAILURE_PAUSE = 0.05
 
 # Errors after which the server definitely did not apply a write.
 _NOT_APPLIED = (BadRequest, Unauthorized, PayloadTooLarge, PreconditionFailed, NotFound)
@@ -157,7 +159,8 @@ class Launcher:
         _http_json("POST", f"{self.url}/nodes/{name}/{action}{query}")
 
     def api_url(self, node: dict[str, Any]) -> str:
-        return f"http://{self.host}:{node['port']}"
+        """The node's public URL (older launchers list only its port)."""
+        return str(node.get("url") or f"http://{self.host}:{node['port']}")
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
@@ -233,11 +236,14 @@ class Nemesis:
             return self._back(name, lambda n: bool(n.get("alive")))
         self.log(f"nemesis: stop {name}, wipe its data, start it")
         data_dir = Path(str(node["data_dir"]))
+        if not data_dir.is_absolute() or data_dir == Path(data_dir.anchor):
+            raise CheckAborted(f"refusing to wipe {data_dir!s} (the launcher's data_dir for {name})")
         self.stopped.add(name)
         self.launcher.post(name, "stop")
         if not wait_until(lambda: not self.launcher.node(name).get("alive"), self.ready_timeout):
             raise CheckAborted(f"{name} did not stop within {self.ready_timeout:g}s")
-        shutil.rmtree(data_dir, ignore_errors=True)
+        if data_dir.exists():
+            shutil.rmtree(data_dir)
         self.launcher.post(name, "start")
         self.stopped.discard(name)
         fault.note = f"wiped {data_dir}"
@@ -252,13 +258,16 @@ class Nemesis:
 
     def heal(self) -> None:
         """Resume paused nodes and start stopped ones (after an interrupted fault)."""
-        for name in sorted(self.paused):
-            self.launcher.post(name, "kill", "SIGCONT")
-            self.log(f"heal: resumed {name}")
+        undo = [(name, "kill", "SIGCONT") for name in sorted(self.paused)]
+        undo += [(name, "start", None) for name in sorted(self.stopped)]
+        for name, action, sig in undo:
+            try:
+                self.launcher.post(name, action, sig)
+            except OSError as exc:
+                self.log(f"heal: could not {action} {name} {sig or ''}: {exc}")
+            else:
+                self.log(f"heal: {action} {name} {sig or ''}".rstrip())
         self.paused.clear()
-        for name in sorted(self.stopped):
-            self.launcher.post(name, "start")
-            self.log(f"heal: started {name}")
         self.stopped.clear()
 
 
@@ -279,10 +288,11 @@ class Workload:
     t0: float
     stop: threading.Event = field(default_factory=threading.Event)
 
-    def client(self, process: int) -> Client:
-        """A client whose first URL differs per worker, so every node coordinates."""
-        shift = process % len(self.urls)
-        return Client(self.urls[shift:] + self.urls[:shift], token=self.token, timeout=self.timeout)
+    def clients(self) -> list[Client]:
+        """One single-attempt client per node. Each operation goes to a random node, so
+        every node coordinates all along; a client's own failover would settle on the
+        nodes that never failed and spare the faulted one once it is back."""
+        return [Client(url, token=self.token, timeout=self.timeout, attempts=1) for url in self.urls]
 
 
 def read_op(
@@ -322,14 +332,21 @@ def run_worker(work: Workload, process: int, out: list[Op]) -> None:
     """Random reads and writes of unique values ``<worker>-<seq>`` until ``work.stop``."""
     rng = random.Random(f"{work.seed}-{process}")
     seq = 0
-    with work.client(process) as client:
+    clients = work.clients()
+    try:
         while not work.stop.is_set():
-            key = rng.choice(work.keys)
+            client, key = rng.choice(clients), rng.choice(work.keys)
             if rng.random() < work.read_ratio:
-                out.append(read_op(client, process, key, work.consistency, work.t0))
+                op = read_op(client, process, key, work.consistency, work.t0)
             else:
                 seq += 1
-                out.append(write_op(client, process, key, f"{process}-{seq}", work.consistency, work.t0))
+                op = write_op(client, process, key, f"{process}-{seq}", work.consistency, work.t0)
+            out.append(op)
+            if op.outcome != "ok":
+                work.stop.wait(FAILURE_PAUSE)  # a refused connection fails at once: do not spin
+    finally:
+        for client in clients:
+            client.close()
 
 
 def final_reads(work: Workload, timeout: float) -> list[Op]:
@@ -378,13 +395,15 @@ def plot_timeline(
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt  # noqa: PLC0415
         from matplotlib.lines import Line2D  # noqa: PLC0415
+        from matplotlib.patches import Patch  # noqa: PLC0415
     except ImportError:
         return "matplotlib is not installed, so no timeline was drawn (pip install matplotlib)"
 
     def row(op: Op) -> int:
         return workers if op.final else op.process
 
-    end = max(verdict.end, *(f.end or 0.0 for f in faults)) if faults else verdict.end
+    end = max([verdict.end, *(f.end or 0.0 for f in faults)])
+    least = (end - verdict.start) / 1500  # about a pixel: millisecond operations stay visible
     fig, ax = plt.subplots(figsize=(14, max(3.0, 0.35 * (workers + 2))))
     for fault in faults:
         ax.axvspan(fault.start, fault.end if fault.end is not None else end, color="0.85", zorder=0)
@@ -396,7 +415,7 @@ def plot_timeline(
                 ax.hlines(
                     [row(op) for op in chosen],
                     [op.invoke for op in chosen],
-                    [end if op.complete is None else op.complete for op in chosen],
+                    [max(end if op.complete is None else op.complete, op.invoke + least) for op in chosen],
                     colors=color,
                     linewidth=width,
                     zorder=2,
@@ -414,10 +433,12 @@ def plot_timeline(
     ax.set_yticks(range(workers + 1), [f"p{i}" for i in range(workers)] + ["final"])
     ax.set_ylim(-1, workers + 1.5)
     ax.set_xlabel("seconds since start")
-    ax.set_title(f"ringkv check: {'valid' if verdict.valid else f'{len(verdict.violations)} violations'}")
+    result = "valid" if verdict.valid else f"{len(verdict.violations)} violations"
+    ax.set_title(f"ringkv check: {result}", loc="left")
     handles = [Line2D([], [], color=c, linewidth=4, label=o) for o, c in _COLORS.items()]
     handles.append(Line2D([], [], color="black", marker="x", linestyle="", label="violation"))
-    ax.legend(handles=handles, loc="upper right", fontsize=8, ncols=4)
+    handles.append(Patch(color="0.85", label="fault, until the node is ready"))
+    ax.legend(handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=8, ncols=5)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -661,7 +682,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"faults: {len(faults)} ({listed})")
     for problem in problems:
         print(f"problem: {problem}")
-    print(f"history: {history_path}")
+    print(f"history file: {history_path}")
     if args.plot is not None:
         note = plot_timeline(args.plot, ops, faults, verdict, args.workers)
         print(f"timeline: {note}" if note else f"timeline: {args.plot}")

@@ -73,6 +73,7 @@ DELEGATES: dict[str, tuple[str, str, str]] = {
     "up": ("ringkv.operator.launcher", "main", "run a local cluster (one process per node)"),
     "node": ("ringkv.operator.launcher", "node_command", "control a running `ringkv up`"),
     "bench": ("ringkv.bench.loadgen", "main", "run the load generator"),
+    "check": ("ringkv.client.check", "main", "check consistency under faults (Jepsen-style)"),
     "demo": ("ringkv.client.demo", "main", "watch a 5-node cluster lose a node and recover"),
 }
 
@@ -238,7 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _delegated(argv: Sequence[str]) -> tuple[str, list[str]] | None:
-    """If the first positional word names a delegated subcommand, it and what follows it."""
+    """If the first positional word names a delegated subcommand: it, and its arguments.
+
+    Global options given before the subcommand (`ringkv --url X check`) are passed on
+    ahead of its own (so its own win when both are given): a subcommand that takes them
+    gets them, and one that does not says so instead of silently ignoring them.
+    """
     i = 0
     while i < len(argv):
         word = argv[i]
@@ -249,7 +255,7 @@ def _delegated(argv: Sequence[str]) -> tuple[str, list[str]] | None:
         elif word.startswith("-"):
             i += 1
         else:
-            return (word, list(argv[i + 1 :])) if word in DELEGATES else None
+            return (word, [*argv[:i], *argv[i + 1 :]]) if word in DELEGATES else None
     return None
 
 

@@ -16,8 +16,8 @@ What it checks per key (DESIGN.md correctness rules 1, 2 and 5):
   that is not newer (rule 2).
 * ``phantom-read``: an ok read returned a value no write to that key ever invoked, or one
   whose write was invoked only after the read completed.
-* ``corrupt-read``: a read paired a value with a version other than the one its write got
-  (or than another read of the same value saw).
+* ``corrupt-read``: a read paired a value with a version other than the one its ok write
+  got (except the note below).
 * ``aborted-read``: an ok read returned the value of a write that definitely failed.
 * ``bad-version``: a version that does not parse, or is missing where one is required.
 * ``missing-final-read``: final reads were given, but a key with acknowledged writes has
@@ -26,6 +26,13 @@ What it checks per key (DESIGN.md correctness rules 1, 2 and 5):
 An ``unknown`` write (timeout, dropped connection, 503 after it may have reached replicas)
 may take effect at any time after its invocation, or never; the checker constrains it
 only through the versions reads report for its value.
+
+Notes are anomalies the design allows, reported without making the history invalid:
+
+* ``superseded-version``: a read that overlapped a write saw the written value at an older
+  version than the write's acknowledgement. Rule 2's retry does this: a replica that
+  accepted the refused first attempt serves it until the retry's newer version lands.
+  A value read at a newer version, or after its write was acknowledged, is corrupt.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ OUTCOMES: tuple[Outcome, ...] = ("ok", "fail", "unknown")
 VersionKey = tuple[int, str]
 
 SUMMARY_VIOLATIONS = 10
+NOTE_KINDS = frozenset({"superseded-version"})
 
 
 def parse_version(version: str) -> VersionKey:
@@ -142,12 +150,14 @@ class Verdict:
     acknowledged_writes: int
     final_reads: int
     violations: list[Violation]
+    notes: list[Violation] = field(default_factory=list)
     start: float = 0.0
     end: float = 0.0
     by_kind: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
         self.violations.sort(key=lambda v: v.time)
+        self.notes.sort(key=lambda v: v.time)
         self.by_kind = dict(Counter(v.kind for v in self.violations))
 
     @property
@@ -167,6 +177,9 @@ class Verdict:
                 f"{c.get('fail', 0):>6} failed"
             )
         lines.append(f"  acknowledged writes: {self.acknowledged_writes}, final reads: {self.final_reads}")
+        for kind, n in sorted(Counter(v.kind for v in self.notes).items()):
+            first = next(v for v in self.notes if v.kind == kind)
+            lines.append(f"note: {n} x {kind} (allowed by the design), first: {first.message}")
         if self.valid:
             lines.append("result: VALID (no violations)")
             return "\n".join(lines)
@@ -203,8 +216,10 @@ def check(ops: Iterable[Op], final_reads: Iterable[Op] | None = None) -> Verdict
         final_by_key[op.key].append(op)
 
     violations: list[Violation] = []
+    notes: list[Violation] = []
     for key in sorted(by_key.keys() | final_by_key.keys()):
-        violations.extend(_check_key(key, by_key[key], final_by_key[key], check_final))
+        for found in _check_key(key, by_key[key], final_by_key[key], check_final):
+            (notes if found.kind in NOTE_KINDS else violations).append(found)
     everything = history + finals
     return Verdict(
         counts=counts,
@@ -212,6 +227,7 @@ def check(ops: Iterable[Op], final_reads: Iterable[Op] | None = None) -> Verdict
         acknowledged_writes=counts["write"]["ok"],
         final_reads=sum(op.outcome == "ok" for op in finals),
         violations=violations,
+        notes=notes,
         start=min((op.invoke for op in everything), default=0.0),
         end=max((op.invoke if op.complete is None else op.complete for op in everything), default=0.0),
     )
@@ -317,9 +333,9 @@ def _bad_values(
     key: str, writes: list[Op], ok_writes: list[_Versioned], reads: list[_Versioned]
 ) -> Iterable[Violation]:
     """Phantom, aborted and corrupt reads: a read value must belong to a write of this key
-    that was invoked before the read completed, and always carry that write's version."""
+    that was invoked before the read completed, and carry the version its write got."""
     write_of = {w.value: w for w in writes if w.value is not None}
-    version_of: dict[str, _Versioned] = {w.op.value: w for w in ok_writes if w.op.value is not None}
+    version_of = {w.op.value: w for w in ok_writes if w.op.value is not None}
     for read in sorted(reads, key=lambda r: r.op.invoke):
         value = read.op.value
         if value is None:
@@ -337,14 +353,23 @@ def _bad_values(
             yield Violation(
                 "aborted-read", key, f"read {value!r}, whose write definitely failed", (write, read.op)
             )
-        known = version_of.setdefault(value, read)
-        if known.version != read.version:
+        acked = version_of.get(value)
+        if acked is None or acked.version == read.version:
+            continue
+        if _older(read.version, cast(VersionKey, acked.version)) and read.op.invoke < _done(write):
+            yield Violation(
+                "superseded-version",
+                key,
+                f"read {value!r} at {read.op.version} while its write was in flight; the write "
+                f"was acknowledged at {acked.op.version}",
+                (write, read.op),
+            )
+        else:
             yield Violation(
                 "corrupt-read",
                 key,
-                f"read {value!r} at version {read.op.version}, but it was "
-                f"{'written' if known.op.kind == 'write' else 'read'} at {known.op.version}",
-                (known.op, read.op),
+                f"read {value!r} at version {read.op.version}, but it was written at {acked.op.version}",
+                (write, read.op),
             )
 
 

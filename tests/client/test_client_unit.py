@@ -608,7 +608,7 @@ def test_cli_help_documents_exit_codes(capsys: pytest.CaptureFixture[str]) -> No
     assert "Exit codes" in out and "5  unavailable" in out
 
 
-def test_delegated_commands_get_argv_untouched(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_delegated_commands_get_their_argv_and_the_globals(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[str, list[str]]] = []
     launcher = types.ModuleType("ringkv.operator.launcher")
     launcher.main = lambda argv: calls.append(("up", argv)) or 0  # type: ignore[attr-defined]
@@ -622,7 +622,9 @@ def test_delegated_commands_get_argv_untouched(monkeypatch: pytest.MonkeyPatch) 
     assert cli.main(["--url", "http://a:1", "up", *up]) == 0
     assert cli.main(["node", "stop", "node-2"]) == 3
     assert cli.main(["--timeout=3", "bench", "--timeout", "9"]) == 0
-    assert calls == [("up", up), ("node", ["stop", "node-2"]), ("bench", ["--timeout", "9"])]
+    # Globals given before the subcommand go first, so the subcommand's own options win.
+    assert calls == [("up", ["--url", "http://a:1", *up]), ("node", ["stop", "node-2"]),
+                     ("bench", ["--timeout=3", "--timeout", "9"])]
 
 
 def test_exit_code_mapping() -> None:

@@ -154,6 +154,7 @@ class PeerLink:
         self.failures = 0
         self._retry_at = 0.0
         self._closed = False
+        self.last_error = ""  # why the last connection attempt failed, for messages
         self._loop = asyncio.get_running_loop()
 
     # -- health -------------------------------------------------------------------------
@@ -202,7 +203,7 @@ class PeerLink:
             assert self._connecting is not None
             await asyncio.shield(self._connecting)
             if self._proto is None:
-                raise PeerUnavailable(f"{self.name}: not connected")
+                raise PeerUnavailable(f"{self.name}: not connected ({self.last_error})")
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._send(method, args, [fut], timeout, check_epoch)
         return await fut
@@ -284,6 +285,7 @@ class PeerLink:
                 proto.close()
                 raise PeerUnavailable(f"{self.name} refused us: {frame[2]}")
         except (OSError, TimeoutError, PeerError, ValueError) as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             self._failed()
             self._fail_pending(PeerUnavailable(f"{self.name} at {self.address}: {exc}"))
             return

@@ -76,6 +76,7 @@ class Reconciler:
         # Cleanup is sent once per settled epoch to each member; members whose cleanup
         # failed are retried next round.
         self._cleanup_epoch = 0
+        self._push_failed: dict[str, int] = {}  # node -> epoch whose push failure was logged
         self._cleaned: set[str] = set()
 
     async def reconcile_once(self) -> Document | None:
@@ -172,7 +173,14 @@ class Reconciler:
             try:
                 await asyncio.wait_for(self.nodes.push(m, doc), self.push_timeout)
             except Exception as exc:
-                log.warning("push of epoch %d to %s failed: %r", doc.epoch, m.name, exc)
+                # Re-pushed every round until it lands: warn once per node and epoch.
+                first = self._push_failed.get(m.name) != doc.epoch
+                self._push_failed[m.name] = doc.epoch
+                log.log(logging.WARNING if first else logging.DEBUG,
+                        "push of epoch %d to %s failed: %r (retrying every round)",
+                        doc.epoch, m.name, exc)
+            else:
+                self._push_failed.pop(m.name, None)
 
         await asyncio.gather(*(one(m) for m in members))
 

@@ -1,0 +1,527 @@
+"""`ringkv-operator`: the kopf adapter that runs the membership reconciler in Kubernetes.
+
+kopf observes the node pods (`@kopf.on.event` only: no finalizers, no annotations, no
+patches, so RBAC stays read-only on pods and a pod deletion never waits for the operator).
+The events feed an in-memory map of pods and wake the reconcile loop; the loop itself is a
+background task started by the startup handler and runs every RINGKV_RECONCILE_INTERVAL
+seconds anyway (level-triggered: a missed event costs one interval, never a wrong
+membership). The map is also re-listed from the API now and then, because a watch that
+had to re-list after an outage reports no DELETED event for pods that vanished meanwhile.
+
+The membership document lives in a ConfigMap (`configmaps.ConfigMapStore`); every change
+of it is recorded as a Kubernetes Event on that ConfigMap. Nodes are reached on their
+internal port at `<pod>.<peer service>.<namespace>.svc.<cluster domain>`; a push that
+fails (the headless Service's DNS record lags behind a new pod) is repeated next round.
+
+Configuration (environment):
+  RINGKV_NAMESPACE         namespace of the node pods (required)
+  RINGKV_POD_SELECTOR      label selector of the node pods, e.g. `app=ringkv,component=node` (required)
+  RINGKV_CONFIGMAP         name of the membership ConfigMap (required)
+  RINGKV_PEER_SERVICE      headless Service of the node pods (required)
+  RINGKV_CLUSTER_TOKEN     token of the nodes' internal port (required)
+  RINGKV_INTERNAL_PORT [9080], RINGKV_API_PORT [8080], RINGKV_RF [3]
+  RINGKV_RECONCILE_INTERVAL [10] seconds between reconcile rounds
+  RINGKV_CLUSTER_DOMAIN [cluster.local]
+  RINGKV_ADDRESS_TEMPLATE [{pod}.{service}.{namespace}.svc.{domain}] host part of a node's
+      addresses; `{pod_ip}` addresses pods by IP instead (no DNS; used by the tests)
+  RINGKV_LOG_FORMAT [text|json], RINGKV_LOG_LEVEL [INFO]
+Credentials: KUBECONFIG when set, else the pod's service account, else ~/.kube/config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from ringkv.node.logs import setup as setup_logging
+from ringkv.node.membership import Document
+
+from .configmaps import ConfigMapStore, KubeApi, post_event
+from .controller import Observed
+from .nodes import NodeClient
+from .reconciler import Reconciler
+
+log = logging.getLogger("ringkv.operator")
+
+DEFAULT_ADDRESS_TEMPLATE = "{pod}.{service}.{namespace}.svc.{domain}"
+RESYNC_INTERVAL = 60.0  # seconds between full re-lists of the node pods
+# kopf's watch requests: the API server ends each stream after WATCH_SERVER_TIMEOUT, and
+# the client gives up on a silently dead connection after WATCH_CLIENT_TIMEOUT. Integers:
+# kopf sends `timeoutSeconds=str(value)`, and the API server rejects "300.0".
+WATCH_SERVER_TIMEOUT = 300
+WATCH_CLIENT_TIMEOUT = 330
+
+
+class ConfigError(ValueError):
+    pass
+
+
+# -- label selectors --------------------------------------------------------------------
+
+_KEY = r"[A-Za-z0-9][-A-Za-z0-9_./]*"
+_VALUE = r"[-A-Za-z0-9_.]*"
+_TERMS = [
+    ("!", re.compile(rf"!\s*({_KEY})")),
+    ("=", re.compile(rf"({_KEY})\s*==?\s*({_VALUE})")),
+    ("!=", re.compile(rf"({_KEY})\s*!=\s*({_VALUE})")),
+    ("in", re.compile(rf"({_KEY})\s+in\s*\(([^)]*)\)")),
+    ("notin", re.compile(rf"({_KEY})\s+notin\s*\(([^)]*)\)")),
+    ("exists", re.compile(rf"({_KEY})")),
+]
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """One term of a label selector (`test(None)` asks about an absent label)."""
+
+    key: str
+    op: str
+    values: frozenset[str] = frozenset()
+
+    def test(self, value: str | None) -> bool:
+        if self.op in ("=", "in"):
+            return value in self.values
+        if self.op in ("!=", "notin"):
+            return value not in self.values  # an absent label matches, as in Kubernetes
+        return (value is not None) == (self.op == "exists")
+
+
+@dataclass(frozen=True)
+class LabelSelector:
+    """A Kubernetes label selector string, matched client-side as well.
+
+    The API server filters the watch and the lists with it; kopf and the re-list filter
+    again, so a server (or a test double) that ignores `labelSelector` cannot make an
+    unrelated pod a member.
+    """
+
+    text: str
+    requirements: tuple[Requirement, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> LabelSelector:
+        reqs: list[Requirement] = []
+        for raw in re.split(r",(?![^(]*\))", text):
+            term = raw.strip()
+            for op, pattern in _TERMS:
+                m = pattern.fullmatch(term)
+                if m is None:
+                    continue
+                if op in ("in", "notin"):
+                    values = frozenset(v.strip() for v in m.group(2).split(","))
+                elif op in ("=", "!="):
+                    values = frozenset([m.group(2)])
+                else:
+                    values = frozenset()
+                reqs.append(Requirement(m.group(1), op, values))
+                break
+            else:
+                raise ConfigError(f"bad label selector term {term!r} in {text!r}")
+        return cls(text.strip(), tuple(reqs))
+
+    def matches(self, labels: Mapping[str, str] | None) -> bool:
+        labels = labels or {}
+        return all(r.test(labels.get(r.key)) for r in self.requirements)
+
+    def kopf_filter(self) -> dict[str, Any]:
+        """The same selector as kopf's `labels=` handler filter."""
+        by_key: dict[str, list[Requirement]] = {}
+        for r in self.requirements:
+            by_key.setdefault(r.key, []).append(r)
+        out: dict[str, Any] = {}
+        for key, reqs in by_key.items():
+            only = reqs[0] if len(reqs) == 1 else None
+            if only is not None and only.op == "=":
+                out[key] = next(iter(only.values))
+            elif only is not None and only.op in ("exists", "!"):
+                out[key] = kopf.PRESENT if only.op == "exists" else kopf.ABSENT
+            else:
+                out[key] = lambda value, _reqs=tuple(reqs), **_: all(r.test(value) for r in _reqs)
+        return out
+
+
+# -- pods -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Pod:
+    """What the operator keeps of a node pod."""
+
+    name: str
+    uid: str
+    phase: str
+    deleting: bool
+    ip: str
+
+    @property
+    def alive(self) -> bool:
+        """Running and not terminating: a pod joins once Running, not Ready, because
+        readiness itself needs membership."""
+        return self.phase == "Running" and not self.deleting
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Pod:
+        meta = body.get("metadata") or {}
+        status = body.get("status") or {}
+        return cls(str(meta.get("name", "")), str(meta.get("uid") or ""),
+                   str(status.get("phase") or "Unknown"), bool(meta.get("deletionTimestamp")),
+                   str(status.get("podIP") or ""))
+
+
+class PodCache:
+    """Node pods by name, fed by watch events and corrected by full lists.
+
+    Every change gets a sequence number. A list started at mark `m` is a snapshot taken
+    after `m`; anything an event changed after `m` is at least as new, so the list only
+    decides about entries not touched since: it drops pods it does not contain (deletions
+    the watch missed) and refreshes the rest, without resurrecting a pod whose DELETED
+    event arrived while the list was in flight.
+    """
+
+    def __init__(self) -> None:
+        self._pods: dict[str, tuple[int, Pod]] = {}
+        self._deleted: dict[str, int] = {}  # name -> sequence of its DELETED event
+        self._seq = 0
+
+    def pods(self) -> list[Pod]:
+        return [pod for _, pod in self._pods.values()]
+
+    def get(self, name: str) -> Pod | None:
+        entry = self._pods.get(name)
+        return entry[1] if entry is not None else None
+
+    def mark(self) -> int:
+        return self._seq
+
+    def apply(self, event_type: str | None, pod: Pod) -> None:
+        """One watch event (type None = kopf's initial listing)."""
+        self._seq += 1
+        if event_type == "DELETED":
+            current = self._pods.get(pod.name)
+            if current is not None and pod.uid and current[1].uid not in ("", pod.uid):
+                return  # a late DELETED of a previous incarnation: its replacement stays
+            self._pods.pop(pod.name, None)
+            self._deleted[pod.name] = self._seq
+        else:
+            self._pods[pod.name] = (self._seq, pod)
+            self._deleted.pop(pod.name, None)
+
+    def resync(self, mark: int, listed: list[Pod]) -> None:
+        """Reconcile with a full list that was requested at `mark`."""
+        by_name = {p.name: p for p in listed}
+        for name, (seq, _) in list(self._pods.items()):
+            if seq <= mark and name not in by_name:
+                del self._pods[name]
+        for name, pod in by_name.items():
+            entry = self._pods.get(name)
+            if (entry is not None and entry[0] > mark) or self._deleted.get(name, 0) > mark:
+                continue
+            self._seq += 1
+            self._pods[name] = (self._seq, pod)
+        self._deleted = {n: s for n, s in self._deleted.items() if s > mark}
+
+
+# -- configuration ----------------------------------------------------------------------
+
+Addresser = Callable[[Pod], tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class TemplateAddresses:
+    """A pod's (internal `host:port`, public `http://host:port`) from a host template."""
+
+    template: str
+    service: str
+    namespace: str
+    domain: str
+    internal_port: int
+    api_port: int
+
+    def __call__(self, pod: Pod) -> tuple[str, str]:
+        ip = f"[{pod.ip}]" if ":" in pod.ip else pod.ip
+        host = self.template.format(pod=pod.name, pod_ip=ip, service=self.service,
+                                    namespace=self.namespace, domain=self.domain)
+        return f"{host}:{self.internal_port}", f"http://{host}:{self.api_port}"
+
+
+@dataclass(frozen=True)
+class Config:
+    """What one operator instance needs; `address` maps a pod to its node's addresses
+    (`TemplateAddresses` from the environment, a plain function in tests)."""
+
+    namespace: str
+    selector: LabelSelector
+    configmap: str
+    cluster_token: str
+    address: Addresser
+    rf: int = 3
+    interval: float = 10.0
+    resync_interval: float = RESYNC_INTERVAL
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Config:
+        def required(name: str) -> str:
+            value = env.get(name, "").strip()
+            if not value:
+                raise ConfigError(f"{name} is required")
+            return value
+
+        def number(name: str, default: str, kind: type[int] | type[float]) -> Any:
+            raw = env.get(name, "").strip() or default
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise ConfigError(f"{name} must be a number, not {raw!r}") from None
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive, not {raw!r}")
+            return value
+
+        namespace = required("RINGKV_NAMESPACE")
+        selector = LabelSelector.parse(required("RINGKV_POD_SELECTOR"))
+        template = env.get("RINGKV_ADDRESS_TEMPLATE", "").strip() or DEFAULT_ADDRESS_TEMPLATE
+        address = TemplateAddresses(
+            template, required("RINGKV_PEER_SERVICE"), namespace,
+            env.get("RINGKV_CLUSTER_DOMAIN", "").strip() or "cluster.local",
+            number("RINGKV_INTERNAL_PORT", "9080", int), number("RINGKV_API_PORT", "8080", int))
+        try:
+            address(Pod("probe", "", "Running", False, "10.0.0.1"))
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(f"bad RINGKV_ADDRESS_TEMPLATE {template!r}: {exc!r}") from None
+        return cls(
+            namespace=namespace,
+            selector=selector,
+            configmap=required("RINGKV_CONFIGMAP"),
+            cluster_token=required("RINGKV_CLUSTER_TOKEN"),
+            address=address,
+            rf=number("RINGKV_RF", "3", int),
+            interval=number("RINGKV_RECONCILE_INTERVAL", "10", float),
+        )
+
+
+def discover_credentials(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
+    """KUBECONFIG when set explicitly, else the pod's service account, else ~/.kube/config.
+
+    kopf's own minimal login functions, so kopf's watches and our requests share one
+    identity without the optional `kubernetes`/`pykube` client libraries.
+    """
+    info = None
+    if not os.environ.get("KUBECONFIG"):
+        info = kopf.login_with_service_account(settings=settings)
+    if info is None:
+        info = kopf.login_with_kubeconfig(settings=settings)
+    if info is None:
+        raise kopf.LoginError("no Kubernetes credentials: no service account token in this "
+                              "pod, and neither KUBECONFIG nor ~/.kube/config")
+    return info
+
+
+# -- the operator -----------------------------------------------------------------------
+
+def event_reason(old: Document | None, new: Document) -> str:
+    """A short CamelCase reason for the Event of one membership step."""
+    if old is None:
+        return "ClusterFormed"
+    before, after = set(old.names), set(new.names)
+    if before - after:
+        return "NodeRemoved"
+    if after - before:
+        return "NodeJoined"
+    if any(m.state == "normal" and (o := old.member(m.name)) is not None and o.state != "normal"
+           for m in new.members):
+        return "NodePromoted"
+    if new.settled and not old.settled:
+        return "EpochSettled"
+    return "MembershipReissued"
+
+
+class Operator:
+    """One operator instance: its kopf registry, pod map, store and reconcile loop.
+
+    Everything is per instance (an explicit `kopf.OperatorRegistry`, no module globals),
+    so tests can run the real handlers against an emulated API server, and restart them.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.pods = PodCache()
+        self.wake = asyncio.Event()
+        self.stop_flag = asyncio.Event()
+        self.failed = False
+        self.nodes = NodeClient(config.cluster_token, caller="operator")
+        self.api: KubeApi | None = None
+        self.store: ConfigMapStore | None = None
+        self.reconciler: Reconciler | None = None
+        self._settings = kopf.OperatorSettings()
+        self._next_resync = 0.0
+        self._resync_requested = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self.registry = kopf.OperatorRegistry()
+        kopf.on.login(registry=self.registry)(self._login)
+        kopf.on.startup(registry=self.registry, backoff=5)(self._startup)
+        kopf.on.cleanup(registry=self.registry)(self._cleanup)
+        kopf.on.event("v1", "pods", registry=self.registry,
+                      labels=config.selector.kopf_filter())(self._pod_event)
+
+    async def run(self) -> int:
+        """Run kopf until SIGTERM/SIGINT or the stop flag; 1 if the reconcile loop died."""
+        await kopf.operator(registry=self.registry, settings=self._settings, standalone=True,
+                            namespaces=[self.config.namespace], stop_flag=self.stop_flag)
+        return 1 if self.failed else 0
+
+    # -- kopf handlers ------------------------------------------------------------------
+    def _login(self, settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+        return discover_credentials(settings)
+
+    async def _startup(self, settings: kopf.OperatorSettings, **_: Any) -> None:
+        """Configure kopf, list the pods once, reconcile once, start the periodic loop.
+
+        Listing errors propagate: kopf retries the handler, and nothing is reconciled
+        from a partial view of the pods (that could remove healthy members).
+        """
+        # Namespaced with an exact namespace: no cluster-wide namespace or CRD scanning,
+        # which the chart's namespaced Role does not allow.
+        settings.scanning.disabled = True
+        settings.watching.server_timeout = WATCH_SERVER_TIMEOUT
+        settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT
+        settings.watching.connect_timeout = 10
+        settings.watching.label_selectors["v1", "pods"] = self.config.selector.text
+        # kopf writes nothing to a pod for `on.event` handlers (no progress, no diff-base,
+        # no finalizer: those exist only for change handlers, daemons and timers), and
+        # with posting off it cannot post Events about pods either: our Events are about
+        # the ConfigMap and posted by `configmaps.post_event`.
+        settings.posting.enabled = False
+        self._settings = settings
+        if self.api is None:
+            self.api = KubeApi(lambda: discover_credentials(self._settings))
+        self.store = ConfigMapStore(self.api, self.config.namespace, self.config.configmap)
+        self.reconciler = Reconciler(self.store, self, self.nodes, self.config.rf,
+                                     on_change=self._record)
+        await self.resync()
+        pods = self.pods.pods()
+        log.info("operator for %s/%s (selector %r, rf=%d, every %gs): %d node pods, %d running",
+                 self.config.namespace, self.config.configmap, self.config.selector.text,
+                 self.config.rf, self.config.interval, len(pods), sum(p.alive for p in pods))
+        try:
+            await self.reconciler.reconcile_once()
+        except Exception:
+            log.exception("initial reconcile failed; the loop retries")
+        self._loop_task = asyncio.create_task(
+            self.reconciler.run(self.config.interval, self.wake), name="ringkv reconcile loop")
+        self._loop_task.add_done_callback(self._loop_ended)
+
+    async def _cleanup(self, **_: Any) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        self.nodes.close()
+        if self.api is not None:
+            await self.api.close()
+        log.info("operator stopped")
+
+    async def _pod_event(self, type: str | None, body: Mapping[str, Any], **_: Any) -> None:
+        pod = Pod.from_body(body)
+        before = self._observed(self.pods.get(pod.name))
+        self.pods.apply(type, pod)
+        after = self._observed(self.pods.get(pod.name))
+        if before != after:
+            log.info("pod %s: %s -> %s", pod.name, _state(before), _state(after))
+            self.wake.set()
+        if type is None:
+            # kopf (re-)listed the pods: at startup, or after its watch lost its place. Pods
+            # deleted before that list produce no event at all, so list them ourselves too.
+            self._resync_requested = True
+            self.wake.set()
+
+    # -- member source for the reconciler -----------------------------------------------
+    async def observe(self) -> list[Observed]:
+        if self._resync_requested or time.monotonic() >= self._next_resync:
+            await self.resync()
+        return [o for o in map(self._observed, self.pods.pods()) if o is not None]
+
+    async def resync(self) -> None:
+        """Replace what the watch may have missed with a full list of the node pods."""
+        assert self.api is not None
+        self._resync_requested = False
+        mark = self.pods.mark()
+        try:
+            listing = await self.api.request(
+                "GET", f"/api/v1/namespaces/{self.config.namespace}/pods",
+                params={"labelSelector": self.config.selector.text})
+        except Exception:
+            self._resync_requested = True  # the round fails; the next one lists again
+            raise
+        listed = [Pod.from_body(item) for item in listing.get("items", [])
+                  if self.config.selector.matches((item.get("metadata") or {}).get("labels"))]
+        before = {p.name: self._observed(p) for p in self.pods.pods()}
+        self.pods.resync(mark, listed)
+        after = {p.name: self._observed(p) for p in self.pods.pods()}
+        for name in sorted(before.keys() | after.keys()):
+            if before.get(name) != after.get(name):
+                log.info("pod %s (re-list): %s -> %s", name, _state(before.get(name)),
+                         _state(after.get(name)))
+        self._next_resync = time.monotonic() + self.config.resync_interval
+
+    def _observed(self, pod: Pod | None) -> Observed | None:
+        if pod is None:
+            return None
+        url, api_url = self.config.address(pod)
+        return Observed(pod.name, url, api_url, pod.alive)
+
+    # -- events and failure -------------------------------------------------------------
+    async def _record(self, old: Document | None, new: Document, description: str) -> None:
+        """A Kubernetes Event on the ConfigMap for every membership change (best effort)."""
+        assert self.api is not None and self.store is not None
+        try:
+            await post_event(self.api, self.store.reference(), event_reason(old, new),
+                             description)
+        except Exception as exc:
+            log.warning("could not record an Event for %r: %r", description, exc)
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        """The loop only ends by cancellation; anything else stops the operator so that
+        Kubernetes restarts it, rather than leaving kopf running without reconciliation."""
+        if task.cancelled():
+            return
+        log.critical("the reconcile loop stopped (%r): stopping the operator",
+                     task.exception())
+        self.failed = True
+        self.stop_flag.set()
+
+
+def _state(o: Observed | None) -> str:
+    if o is None:
+        return "gone"
+    return f"{'alive' if o.alive else 'not alive'} at {o.url}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console script `ringkv-operator`: one replica, standalone (no kopf peering)."""
+    if argv:
+        # Configured by the environment only, like the node: the chart sets every variable.
+        print(__doc__, file=sys.stdout if argv in (["-h"], ["--help"]) else sys.stderr)
+        return 0 if argv in (["-h"], ["--help"]) else 2
+    level = os.environ.get("RINGKV_LOG_LEVEL", "INFO")
+    setup_logging(os.environ.get("RINGKV_LOG_FORMAT", "text"), level)
+    if level.upper() != "DEBUG":
+        # kopf logs every handler call on a pod at INFO; the operator logs what changed.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    try:
+        config = Config.from_env(os.environ)
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return 2
+    return asyncio.run(Operator(config).run())
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

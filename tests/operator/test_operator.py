@@ -1,0 +1,138 @@
+"""The real kopf operator (`Operator.run`) against the emulated API server.
+
+Pods here have no node processes behind them (their addresses are closed ports), so every
+status poll and push fails: the operator must still keep the membership right, and its
+failures must cost nothing but log lines. The tests with real nodes are in
+test_operator_nodes.py.
+"""
+
+from __future__ import annotations
+
+from kube_harness import SELECTOR, eventually, make_config
+
+from ringkv.node.membership import Document
+
+
+async def membership(k8s, condition, what: str, timeout: float = 30) -> Document:
+    """The stored document once `condition(doc)` holds."""
+    async def check() -> Document | None:
+        doc = await k8s.document()
+        return doc if doc is not None and condition(doc) else None
+
+    return await eventually(check, timeout, what)
+
+
+async def reasons(k8s) -> list[str]:
+    return [e["reason"] for e in await k8s.events()
+            if e["involvedObject"]["kind"] == "ConfigMap"]
+
+
+def assert_pods_untouched(k8s) -> None:
+    assert k8s.foreign_pod_writes() == []
+    assert k8s.pod_versions_with_operator_marks() == []
+
+
+async def test_running_node_pods_form_the_cluster_and_new_ones_join(k8s, operators) -> None:
+    for name in ("kv-0", "kv-1", "kv-2"):
+        await k8s.create_pod(name)
+    await k8s.create_pod("kv-3", phase="Pending")
+    await k8s.create_pod("web-0", labels={"app.kubernetes.io/name": "web"})  # not a node
+    await operators(make_config({}))
+
+    doc = await membership(k8s, lambda d: d.epoch == 1, "epoch 1")
+    assert doc.names == ("kv-0", "kv-1", "kv-2")
+    assert doc.settled and {m.state for m in doc.members} == {"normal"}
+
+    await k8s.set_phase("kv-3", "Running")
+    doc = await membership(k8s, lambda d: "kv-3" in d.names, "kv-3 to join")
+    assert (doc.epoch, doc.member("kv-3").state, doc.settled) == (2, "joining", False)
+    assert doc.base == ("kv-0", "kv-1", "kv-2")
+    assert await eventually(lambda: _has(k8s, "NodeJoined"), 10, "a NodeJoined Event")
+    assert (await reasons(k8s))[0] == "ClusterFormed"
+    assert "web-0" not in doc.names
+    assert_pods_untouched(k8s)
+
+
+async def _has(k8s, reason: str) -> bool:
+    return reason in await reasons(k8s)
+
+
+async def test_a_terminating_pod_leaves_before_it_is_gone(k8s, operators) -> None:
+    for name in ("kv-0", "kv-1", "kv-2"):
+        await k8s.create_pod(name)
+    await operators(make_config({}))
+    await membership(k8s, lambda d: d.epoch == 1, "epoch 1")
+
+    await k8s.terminate_pod("kv-1")  # still listed, with a deletionTimestamp
+    doc = await membership(k8s, lambda d: "kv-1" not in d.names, "kv-1 to be removed")
+    assert (doc.epoch, doc.names, doc.settled) == (2, ("kv-0", "kv-2"), False)
+    assert doc.base == ("kv-0", "kv-1", "kv-2")
+    assert await eventually(lambda: _has(k8s, "NodeRemoved"), 10, "a NodeRemoved Event")
+
+    # The pod disappearing for good and coming back: it rejoins as a new member.
+    await k8s.remove_pod("kv-1")
+    await k8s.create_pod("kv-1")
+    doc = await membership(k8s, lambda d: "kv-1" in d.names, "kv-1 to rejoin")
+    assert (doc.epoch, doc.member("kv-1").state) == (3, "joining")
+    assert_pods_untouched(k8s)
+
+
+async def test_a_deletion_missed_while_the_operator_was_down_is_caught_up(k8s, operators) -> None:
+    for name in ("kv-0", "kv-1", "kv-2", "kv-3"):
+        await k8s.create_pod(name)
+    config = make_config({})
+    first = await operators(config)
+    await membership(k8s, lambda d: d.epoch == 1 and len(d.names) == 4, "epoch 1")
+    await first.stop()
+
+    await k8s.delete_pod("kv-2")  # nobody is watching
+    await operators(config)
+    doc = await membership(k8s, lambda d: "kv-2" not in d.names, "kv-2 to be removed")
+    assert (doc.epoch, doc.names) == (2, ("kv-0", "kv-1", "kv-3"))
+    messages = [e["message"] for e in await k8s.events()]
+    assert messages[-1] == "epoch 2: kv-2 removed", messages
+    assert_pods_untouched(k8s)
+
+
+async def test_pods_deleted_before_kopf_lists_them_are_found_by_a_re_list(k8s, operators) -> None:
+    """A pod deleted between the startup list and kopf's first list: the operator knows it
+    from its own list, kopf never saw it, so no DELETED event ever comes. kopf's listing
+    makes the operator list again, rather than waiting for the periodic re-list."""
+    for name in ("kv-0", "kv-1", "kv-2"):
+        await k8s.create_pod(name)
+    deleted: list[str] = []
+
+    async def delete_before_kopf_lists(request):
+        if (not deleted and request.method == "GET" and request.url.path == k8s.pods_url
+                and request.params.get("watch") != "true"
+                and request.headers.get("User-Agent", "").startswith("kopf/")):
+            deleted.append("kv-2")
+            await k8s.delete_pod("kv-2")
+
+    k8s.emulator.gate = delete_before_kopf_lists
+    await operators(make_config({}, resync_interval=3600))
+    doc = await membership(k8s, lambda d: d.epoch == 2, "kv-2 to be removed")
+    assert doc.names == ("kv-0", "kv-1") and deleted == ["kv-2"]
+
+
+async def test_pods_are_never_written_to(k8s, operators) -> None:
+    """No finalizer, no annotation, no patch on any pod, across a full pod lifecycle."""
+    await k8s.create_pod("kv-0")
+    await k8s.create_pod("kv-1", phase="Pending")
+    await operators(make_config({}))
+    await membership(k8s, lambda d: d.epoch == 1, "epoch 1")
+    await k8s.set_phase("kv-1", "Running")
+    await membership(k8s, lambda d: "kv-1" in d.names, "kv-1 to join")
+    await k8s.delete_pod("kv-0")
+    await membership(k8s, lambda d: "kv-0" not in d.names, "kv-0 to leave")
+    assert_pods_untouched(k8s)
+    agents = {r.headers.get("User-Agent", "").split("/")[0] for r in k8s.emulator}
+    assert agents == {"ringkv-tests", "ringkv-operator", "kopf"}
+
+
+async def test_kopf_watches_only_node_pods_with_a_server_timeout(k8s, operators) -> None:
+    await operators(make_config({}))
+    watches = [r for r in k8s.emulator if r.params.get("watch") == "true"]
+    assert {r.url.path for r in watches} == {k8s.pods_url}  # no namespaces, no CRDs
+    assert {(r.params.get("labelSelector"), r.params.get("timeoutSeconds")) for r in watches} == {
+        (SELECTOR, "300")}

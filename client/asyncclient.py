@@ -13,6 +13,7 @@ aiohttp's request-headers-sent trace signal.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 from types import SimpleNamespace, TracebackType
 
@@ -49,7 +50,11 @@ class AsyncClient:
         attempts: int | None = None,
         *,
         connection_limit: int = 100,
+        ca_file: str | None = None,
     ) -> None:
+        self._ssl: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=ca_file) if ca_file else True
+        )
         self._targets = wire.Targets(urls, attempts)
         self._auth = wire.auth_headers(token)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -152,7 +157,7 @@ class AsyncClient:
             trace.on_request_headers_sent.append(_on_headers_sent)
             self._session = aiohttp.ClientSession(
                 timeout=self._timeout,
-                connector=aiohttp.TCPConnector(limit=self._limit),
+                connector=aiohttp.TCPConnector(limit=self._limit, ssl=self._ssl),
                 trace_configs=[trace],
             )
         return self._session

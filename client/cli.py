@@ -77,7 +77,7 @@ DELEGATES: dict[str, tuple[str, str, str]] = {
     "demo": ("ringkv.client.demo", "main", "watch a 5-node cluster lose a node and recover"),
 }
 
-_GLOBAL_WITH_VALUE = ("--url", "--token", "--timeout")
+_GLOBAL_WITH_VALUE = ("--url", "--token", "--timeout", "--cacert")
 
 
 def exit_code(exc: RingkvError) -> int:
@@ -161,6 +161,12 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         type=float,
         default=default(DEFAULT_TIMEOUT),
         help=f"seconds to wait for each node (default {DEFAULT_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--cacert",
+        default=default(None),
+        help="CA certificate (PEM) to verify https:// nodes (default: $RINGKV_CACERT, else "
+        "the system CAs)",
     )
 
 
@@ -421,7 +427,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # exits 2 on a usage error
     token = args.token if args.token is not None else os.environ.get("RINGKV_TOKEN")
     try:
-        with Client(args.url, token=token or None, timeout=args.timeout) as client:
+        cacert = args.cacert or os.environ.get("RINGKV_CACERT") or None
+        with Client(args.url, token=token or None, timeout=args.timeout, ca_file=cacert) as client:
             _COMMANDS[args.command](client, args)
     except RingkvError as exc:
         print(f"ringkv {args.command}: {describe(exc, getattr(args, 'key', None))}", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import select
+import ssl
 import time
 from collections.abc import Iterator
 from types import TracebackType
@@ -26,11 +27,14 @@ class Client:
         token: str | None = None,
         timeout: float = wire.DEFAULT_TIMEOUT,
         attempts: int | None = None,
+        ca_file: str | None = None,
     ) -> None:
         self._targets = wire.Targets(urls, attempts)
         self._auth = wire.auth_headers(token)
         self._timeout = timeout
         self._conns: dict[str, http.client.HTTPConnection] = {}
+        # https:// URLs are verified against the system CAs, or against `ca_file`.
+        self._ssl = ssl.create_default_context(cafile=ca_file) if ca_file else None
 
     @property
     def urls(self) -> list[str]:
@@ -145,8 +149,11 @@ class Client:
             conn.close()
             conn = None
         if conn is None:
-            cls = http.client.HTTPSConnection if base.scheme == "https" else http.client.HTTPConnection
-            conn = cls(base.host, base.port, timeout=self._timeout)
+            if base.scheme == "https":
+                conn = http.client.HTTPSConnection(base.host, base.port, timeout=self._timeout,
+                                                   context=self._ssl)
+            else:
+                conn = http.client.HTTPConnection(base.host, base.port, timeout=self._timeout)
             try:
                 conn.connect()
             except OSError as exc:

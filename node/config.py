@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from .security import TlsFiles
 from .versions import valid_node_name
 
 
@@ -43,6 +44,9 @@ class Settings:
     anti_entropy_interval: float = 60.0
     log_format: str = "text"  # text | json
     log_level: str = "INFO"
+    tls_cert_file: str = ""  # PEM certificate: HTTPS on the API, TLS on the peer port
+    tls_key_file: str = ""
+    tls_ca_file: str = ""  # CA of the peers' certificates: mutual TLS on the peer port
     clock_skew_ms: int = 0  # testing aid: shift this node's physical clock
 
     def validate(self) -> Settings:
@@ -60,9 +64,18 @@ class Settings:
             raise ConfigError("size limits must be positive")
         if self.hint_ttl >= self.gc_grace:
             raise ConfigError("hint_ttl must be shorter than gc_grace")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("tls_cert_file and tls_key_file go together")
+        if self.tls_ca_file and not self.tls_cert_file:
+            raise ConfigError("tls_ca_file needs tls_cert_file and tls_key_file")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log_format must be text or json")
         return self
+
+
+    @property
+    def tls(self) -> TlsFiles:
+        return TlsFiles(self.tls_cert_file, self.tls_key_file, self.tls_ca_file)
 
 
 def _coerce(name: str, kind: Any, raw: Any) -> Any:

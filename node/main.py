@@ -12,6 +12,7 @@ from aiohttp import web
 
 from . import config, logs
 from .api import make_app
+from .security import server_context
 from .storage import StorageError
 
 log = logging.getLogger("ringkv.node")
@@ -39,7 +40,9 @@ async def serve(settings: config.Settings) -> None:
     app = make_app(settings)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    tls = settings.tls
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True,
+                       ssl_context=server_context(tls, require_client_cert=False) if tls.enabled else None)
     await site.start()
     log.info("serving the API on %s:%d and peers on %s:%d", settings.host, settings.port,
              settings.internal_host, settings.internal_port)

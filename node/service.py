@@ -21,6 +21,7 @@ from .rebalance import Rebalancer
 from .records import Record
 from .replica import LocalReplica
 from .ring import TokenRange
+from .security import client_context, server_context
 from .storage import MemoryStorage, SqliteStorage, Storage
 from .transport import InternalServer, PeerLink, RemoteError
 from .versions import COUNTER_BITS, HybridClock
@@ -52,6 +53,7 @@ class NodeService:
         self.internal: InternalServer
         self.rebalancer = Rebalancer(self)
         self._membership_path = os.path.join(settings.data_dir, "membership.json")
+        self._peer_tls = client_context(settings.tls) if settings.tls.enabled else None
 
     # -- lifecycle ----------------------------------------------------------------------
     def _open_storage(self) -> Storage:
@@ -77,7 +79,11 @@ class NodeService:
             epoch=lambda: self.epoch,
             document=lambda: self._view.doc.to_json() if self._view else None,
         )
-        await self.internal.start(self.settings.internal_host, self.settings.internal_port)
+        tls = self.settings.tls
+        await self.internal.start(
+            self.settings.internal_host, self.settings.internal_port,
+            server_context(tls, require_client_cert=True) if tls.enabled else None,
+        )
         self._tasks = [
             asyncio.create_task(self._hint_loop(), name="hints"),
             asyncio.create_task(self._purge_loop(), name="purge"),
@@ -145,7 +151,8 @@ class NodeService:
             member = self.view.by_name.get(name)
             address = member.url if member else ""
             link = PeerLink(name, address, self.settings.cluster_token, self.name,
-                            lambda: self.epoch, self._adopt_quietly, self.settings.replica_timeout)
+                            lambda: self.epoch, self._adopt_quietly, self.settings.replica_timeout,
+                            self._peer_tls)
             self._links[name] = link
         return link
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -136,8 +137,10 @@ class PeerLink:
         epoch: Callable[[], int],
         on_stale: Callable[[dict[str, Any]], None],
         timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.name = name
+        self._ssl = ssl_context
         self.address = address
         self._token = token
         self._local_name = local_name
@@ -275,7 +278,10 @@ class PeerLink:
         try:
             host, port = split_address(self.address)
             _, proto = await asyncio.wait_for(
-                self._loop.create_connection(lambda: FrameProtocol(first_frame, lost), host, port),
+                self._loop.create_connection(
+                    lambda: FrameProtocol(first_frame, lost), host, port, ssl=self._ssl,
+                    server_hostname=host if self._ssl else None,
+                ),
                 self.timeout,
             )
             proto.peer = self.name
@@ -343,11 +349,11 @@ class InternalServer:
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: FrameProtocol(self._on_frame, self._authed.discard), host, port,
-            reuse_address=True,
+            reuse_address=True, ssl=ssl_context,
         )
 
     async def stop(self) -> None:

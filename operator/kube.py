@@ -45,6 +45,7 @@ import kopf
 
 from ringkv.node.logs import setup as setup_logging
 from ringkv.node.membership import Document
+from ringkv.node.security import TlsFiles
 
 from .configmaps import ConfigMapStore, KubeApi, post_event
 from .controller import Observed
@@ -356,7 +357,8 @@ class Operator:
         self.wake = asyncio.Event()
         self.stop_flag = asyncio.Event()
         self.failed = False
-        self.nodes = NodeClient(config.cluster_token, caller="operator")
+        self.nodes = NodeClient(config.cluster_token, caller="operator",
+                                tls=TlsFiles.from_env(os.environ))
         self.api: KubeApi | None = None
         self.store: ConfigMapStore | None = None
         self.reconciler: Reconciler | None = None

@@ -32,6 +32,7 @@ from aiohttp import web
 from ringkv.node import membership
 from ringkv.node.logs import setup as setup_logging
 from ringkv.node.membership import Document
+from ringkv.node.security import TlsFiles
 
 from .controller import Observed
 from .nodes import NodeClient
@@ -92,7 +93,9 @@ class LocalCluster:
         self.children: list[Child] = []
         for _ in range(nodes):
             self._new_child()
-        self.nodes = NodeClient(self.cluster_token, caller="launcher")
+        # Nodes inherit the environment, RINGKV_TLS_* included: dial them the same way.
+        self.nodes = NodeClient(self.cluster_token, caller="launcher",
+                                tls=TlsFiles.from_env(os.environ))
         self.reconciler = Reconciler(FileStore(self.data_dir / "membership.json"), self,
                                      self.nodes, rf)
         self.wake = asyncio.Event()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ringkv.node.membership import Document, Member
+from ringkv.node.security import TlsFiles, client_context
 from ringkv.node.transport import PeerLink
 
 from .controller import Report
@@ -17,8 +18,11 @@ from .controller import Report
 class NodeClient:
     """Implements the reconciler's `Nodes` protocol over one PeerLink per node address."""
 
-    def __init__(self, cluster_token: str, timeout: float = 5.0, caller: str = "controller") -> None:
+    def __init__(self, cluster_token: str, timeout: float = 5.0, caller: str = "controller",
+                 tls: TlsFiles | None = None) -> None:
         self._token = cluster_token
+        # With TLS on the nodes' peer port, the controller dials like a peer (mutual TLS).
+        self._ssl = client_context(tls) if tls is not None and tls.enabled else None
         self._timeout = timeout
         self._caller = caller
         self._links: dict[str, PeerLink] = {}
@@ -29,7 +33,8 @@ class NodeClient:
             if link is not None:
                 link.close()
             link = PeerLink(member.name, member.url, self._token, self._caller,
-                            epoch=lambda: 0, on_stale=lambda _doc: None, timeout=self._timeout)
+                            epoch=lambda: 0, on_stale=lambda _doc: None, timeout=self._timeout,
+                            ssl_context=self._ssl)
             self._links[member.name] = link
         return link
 

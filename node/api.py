@@ -17,7 +17,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from aiohttp import web
+from aiohttp import ClientConnectionResetError, web
+from aiohttp.web_protocol import RequestPayloadError
 
 from .config import Settings
 from .coordinator import (
@@ -42,6 +43,9 @@ MAX_LIST_LIMIT = 1000
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 KV_PREFIX = "/v1/kv/"
 REPLICAS_PREFIX = "/v1/replicas/"
+# Keys may hold any character, newlines included ('.' would not match those).
+KV_ROUTE = KV_PREFIX + r"{key:[\s\S]+}"
+REPLICAS_ROUTE = REPLICAS_PREFIX + r"{key:[\s\S]+}"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 STATUS_CODES = {
@@ -83,7 +87,8 @@ def api_middleware(settings: Settings) -> Any:
         route = resource.canonical if resource is not None else "other"
         try:
             if settings.api_token and request.path.startswith("/v1/"):
-                given = request.headers.get("Authorization", "").encode("utf-8", "replace")
+                sent = request.headers.getall("Authorization", [])
+                given = sent[0].encode("utf-8", "replace") if len(sent) == 1 else b""
                 if not hmac.compare_digest(given, expected):
                     raise ApiError(401, "unauthorized",
                                    "missing or wrong API token: send Authorization: Bearer <token>")
@@ -95,6 +100,12 @@ def api_middleware(settings: Settings) -> Any:
                 raise
             code = STATUS_CODES.get(exc.status, "bad_request" if exc.status < 500 else "internal")
             response = error_response(exc.status, code, exc.reason)
+            if "Allow" in exc.headers:
+                response.headers["Allow"] = exc.headers["Allow"]
+        except (ConnectionResetError, ClientConnectionResetError):
+            # The client hung up mid-request: nobody to answer, nothing wrong with the node.
+            log.debug("client closed the connection during %s %s", request.method, route)
+            response = error_response(400, "bad_request", "the connection closed mid-request")
         except QuorumUnavailable as exc:
             response = error_response(503, "quorum_unavailable", str(exc), acked=exc.acked,
                                       needed=exc.needed)
@@ -123,7 +134,7 @@ def api_middleware(settings: Settings) -> Any:
 # -- request parsing --------------------------------------------------------------------
 def _key_from_path(request: web.Request, prefix: str, max_bytes: int) -> bytes:
     """The key exactly as sent: percent-decoded from the raw path, strict UTF-8."""
-    raw = request.raw_path.split("?", 1)[0]
+    raw = request.rel_url.raw_path  # also right for absolute-form targets (RFC 9112)
     if not raw.startswith(prefix):
         raise bad("malformed key path")
     key = unquote_to_bytes(raw[len(prefix):])
@@ -219,11 +230,19 @@ class Api:
         if if_match and if_none_match:
             raise bad("If-Match and If-None-Match cannot be combined")
         ctype = _content_type(request)
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            # Values are stored as sent: decoding would store other bytes than the client's
+            # (and a small compressed body can expand a thousandfold).
+            raise bad("Content-Encoding is not supported: send the value as it should be stored")
         limit = self.settings.max_value_bytes
         if request.content_length is not None and request.content_length > limit:
             raise ApiError(413, "payload_too_large",
                            f"the value is {request.content_length} bytes; the limit is {limit}")
-        value = await request.read()
+        try:
+            value = await request.read()
+        except RequestPayloadError as exc:
+            raise bad(f"the request body could not be read: {exc}") from None
         if len(value) > limit:
             raise ApiError(413, "payload_too_large", f"the value exceeds {limit} bytes")
         if if_match or if_none_match:
@@ -376,13 +395,13 @@ def make_app(settings: Settings) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     api = Api(service)
-    app.router.add_route("PUT", "/v1/kv/{key:.+}", api.put)
-    app.router.add_route("GET", "/v1/kv/{key:.+}", api.get)
-    app.router.add_route("HEAD", "/v1/kv/{key:.+}", api.head)
-    app.router.add_route("DELETE", "/v1/kv/{key:.+}", api.delete)
+    app.router.add_route("PUT", KV_ROUTE, api.put)
+    app.router.add_route("GET", KV_ROUTE, api.get)
+    app.router.add_route("HEAD", KV_ROUTE, api.head)
+    app.router.add_route("DELETE", KV_ROUTE, api.delete)
     app.router.add_route("GET", "/v1/kv", api.list)
     app.router.add_route("GET", "/v1/cluster", api.cluster)
-    app.router.add_route("GET", "/v1/replicas/{key:.+}", api.replicas)
+    app.router.add_route("GET", REPLICAS_ROUTE, api.replicas)
     app.router.add_route("GET", "/healthz", api.healthz)
     app.router.add_route("GET", "/readyz", api.readyz)
     app.router.add_route("GET", "/metrics", api.metrics)

@@ -42,6 +42,7 @@ class Settings:
     hint_ttl: int = 10800  # seconds a hint is kept; well below gc_grace
     hint_interval: float = 1.0  # seconds between hint replay rounds
     anti_entropy_interval: float = 60.0
+    max_clock_drift: float = 3600.0  # seconds a version may be ahead of this node's clock
     log_format: str = "text"  # text | json
     log_level: str = "INFO"
     tls_cert_file: str = ""  # PEM certificate: HTTPS on the API, TLS on the peer port

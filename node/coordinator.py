@@ -20,7 +20,7 @@ from .membership import View
 from .records import Record
 from .ring import key_token
 from .storage import KeyInfo, StorageFull
-from .transport import PeerError, StaleEpoch
+from .transport import PeerError, PeerTimeout, PeerUnavailable, RemoteError, StaleEpoch
 from .versions import COUNTER_BITS, HybridClock, Version
 
 log = logging.getLogger("ringkv.coordinator")
@@ -84,6 +84,8 @@ class Cluster(Protocol):
     def store_hint(self, target: str, record: Record) -> None: ...
 
     def replica_failed(self, name: str, exc: BaseException) -> None: ...
+
+    def repaired(self, name: str) -> None: ...
 
     async def call(self, name: str, method: str, args: Any) -> Any: ...
 
@@ -164,12 +166,13 @@ class Coordinator:
                     tally.refused.append(Version(res[0], res[1]))
             else:
                 self.cluster.replica_failed(name, exc)
+                full = isinstance(exc, StorageFull) or (
+                    isinstance(exc, RemoteError) and exc.code == "insufficient_storage")
+                tally.full = tally.full or full
                 if isinstance(exc, StaleEpoch):
                     tally.stale = True
-                elif isinstance(exc, StorageFull):
-                    tally.full = True
-                elif name in members:
-                    self.cluster.store_hint(name, rec)
+                elif name in members and (full or isinstance(exc, PeerUnavailable | PeerTimeout)):
+                    self.cluster.store_hint(name, rec)  # it missed the write; it may come back
             # A failed write waits for every answer (each bounded by the replica timeout)
             # so that the 503 reports the true ack count and every refusal is seen.
             if not decided.done() and (tally.ok() or tally.answered >= tally.base | tally.target):
@@ -279,6 +282,7 @@ class Coordinator:
                           record: Record | None) -> None:
         if record is None or (version is not None and version >= record.version):
             return
+        self.cluster.repaired(name)
         fut = self.cluster.replica(name).submit(["w", record.to_wire(), False])
         fut.add_done_callback(_ignore_result)
 

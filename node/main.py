@@ -38,7 +38,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def serve(settings: config.Settings) -> None:
     app = make_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # A valid request line can be ~8 KiB (a 1024-byte prefix, percent-encoded, plus a
+    # cursor): twice aiohttp's default limit, so valid requests reach the JSON errors.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, max_line_size=16384)
     await runner.setup()
     tls = settings.tls
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True,

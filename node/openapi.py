@@ -75,7 +75,7 @@ def document(settings: Settings) -> dict[str, Any]:
                 "parameters": [
                     {"name": "prefix", "in": "query", "schema": {"type": "string", "maxLength": settings.max_key_bytes}},
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
-                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string", "maxLength": 2048}},
                 ],
                 "responses": {"200": {"description": "A page of keys", "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/KeyPage"}}}}, **errors},
@@ -110,7 +110,7 @@ def document(settings: Settings) -> dict[str, Any]:
                         "schema": {"type": "integer", "minimum": 1, "maximum": 315360000}},
                 "ifMatch": {"name": "If-Match", "in": "header",
                             "description": 'One quoted version ("<hlc>.<node>") or *',
-                            "schema": {"type": "string"}},
+                            "schema": {"type": "string", "pattern": '^(\\*|"[0-9]{1,19}\\.[A-Za-z0-9][A-Za-z0-9_.-]{0,252}")$'}},
                 "ifNoneMatch": {"name": "If-None-Match", "in": "header",
                                 "schema": {"type": "string", "enum": ["*"]}},
             },

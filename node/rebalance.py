@@ -59,16 +59,16 @@ def _sync_key(view: View, me: str) -> SyncKey:
     return (view.base.members, view.target.members, member is not None and member.state == "joining")
 
 
-def ranges_to_pull(view: View, me: str) -> list[tuple[TokenRange, list[str]]]:
+def ranges_to_pull(view: View, me: str, rebuild: bool = False) -> list[tuple[TokenRange, list[str]]]:
     """The ranges this node must merge for the adopted epoch, each with its sources.
 
     A `normal` member pulls only the ranges it gained (ring diff). A `joining` member pulls
     every range it replicates in the target ring: it may come back with a stale or wiped
     data directory, and must hold everything a quorum acknowledged before it counts
-    toward any read quorum.
+    toward any read quorum. A node that lost its database (`rebuild`) does the same.
     """
     member = view.by_name.get(me)
-    if member is not None and member.state == "joining":
+    if rebuild or (member is not None and member.state == "joining"):
         cuts = view.base.boundaries()
         return [
             (rng, [n for n in view.base.replicas_for_token(rng.hi) if n != me])
@@ -102,9 +102,11 @@ class Rebalancer:
         if self._task is not None:
             self._task.cancel()
         key = _sync_key(view, self.service.name)
-        work = ranges_to_pull(view, self.service.name)
+        rebuild = self.service.local.rebuilding
+        work = ranges_to_pull(view, self.service.name, rebuild)
         if not work:
             self._synced = key
+            self.service.local.rebuilding = False
             return
         self.progress = Progress(epoch=view.doc.epoch, ranges_total=len(work), active=True)
         self._task = asyncio.create_task(self._pull_all(view, work, key), name="handoff")
@@ -119,6 +121,7 @@ class Rebalancer:
                 self.progress.ranges_total - self.progress.ranges_done)
         self.progress.active = False
         self._synced = key
+        self.service.local.rebuilding = False
         log.info("epoch %d: caught up (%d keys, %d bytes received)", view.doc.epoch,
                  self.progress.keys, self.progress.bytes)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .ring import key_token
-from .versions import Version
+from .versions import MAX_HLC, Version, valid_node_name
 
 WireRecord = tuple[bytes, bytes, str, int, str, bool, int]
 
@@ -35,5 +35,16 @@ class Record:
 
     @classmethod
     def from_wire(cls, w: WireRecord | list) -> Record:
-        key, value, ctype, hlc, node, tomb, expires = w
-        return cls(key, value, ctype, Version(hlc, node), bool(tomb), expires)
+        """Decode a record from a peer, checking every field's type and range: a bad record
+        must be refused alone, not fail a whole group commit or poison the clock."""
+        try:
+            key, value, ctype, hlc, node, tomb, expires = w
+        except (TypeError, ValueError):
+            raise ValueError("a record has 7 fields") from None
+        if not (isinstance(key, bytes) and key and isinstance(value, bytes)
+                and isinstance(ctype, str) and isinstance(node, str) and valid_node_name(node)
+                and type(hlc) is int and 0 <= hlc <= MAX_HLC
+                and type(expires) is int and 0 <= expires <= MAX_HLC
+                and isinstance(tomb, bool)):
+            raise ValueError("malformed record")
+        return cls(key, value, ctype, Version(hlc, node), tomb, expires)

@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .records import Record
-from .storage import Storage
+from .storage import Storage, StorageFull
+from .transport import RemoteError
 from .versions import HybridClock, Version
 
 T = TypeVar("T")
@@ -26,13 +27,24 @@ WRITE, READ = "w", "r"
 
 # A queued unit of the group commit: its records, its future, and whether the future
 # resolves to one result (a local write) or to the list (a peer's batch).
+class ReplicaRefusal(RemoteError):
+    """This replica will not serve one op; the peer sees it as that op's error."""
+
+
+def op_error(code: str, message: str) -> dict[str, str]:
+    """A per-op error entry in a batch reply (results are otherwise None or lists)."""
+    return {"error": code, "message": message}
+
+
 _Entry = tuple[list[Record], "asyncio.Future[Any]", bool]
 
 
 class LocalReplica:
-    def __init__(self, storage: Storage, clock: HybridClock) -> None:
+    def __init__(self, storage: Storage, clock: HybridClock, max_clock_drift: float = 3600.0) -> None:
         self.storage = storage
         self.clock = clock
+        self.max_clock_drift_ms = int(max_clock_drift * 1000)
+        self.rebuilding = False  # set while a node that lost its data re-pulls it
         # One thread owns the SQLite write connection: writes, scans and maintenance.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ringkv-storage")
         self._queue: list[_Entry] = []
@@ -45,27 +57,61 @@ class LocalReplica:
         if op[0] == WRITE:
             return self.write(Record.from_wire(op[1]))
         fut: asyncio.Future[Any] = self._loop.create_future()
-        fut.set_result(self.read(op[1], op[2]))
+        try:
+            fut.set_result(self.read(op[1], op[2]))
+        except ReplicaRefusal as exc:
+            fut.set_exception(exc)
         return fut
 
+    def _check_clock(self, rec: Record) -> None:
+        """Refuse a version too far ahead of this node's clock: observing it would drag the
+        clock (and every later version) along, and a bogus one could stop all writes."""
+        ahead_ms = rec.version.physical_ms - self.clock.physical_ms()
+        if ahead_ms > self.max_clock_drift_ms:
+            raise ReplicaRefusal(
+                "clock_drift",
+                f"version is {ahead_ms // 1000}s ahead of this node's clock "
+                f"(limit {self.max_clock_drift_ms // 1000}s)",
+            )
+
     async def batch(self, ops: list[Any]) -> list[Any]:
-        """Serve one peer batch frame: its writes join one group commit as one unit."""
+        """Serve one peer batch frame: its writes join one group commit as one unit.
+
+        A malformed or unacceptable op is answered alone with an error entry (see
+        `op_error`); the rest of the batch is served."""
         results: list[Any] = [None] * len(ops)
         slots: list[int] = []
         records: list[Record] = []
         for i, op in enumerate(ops):
-            if op[0] == WRITE:
-                slots.append(i)
-                records.append(Record.from_wire(op[1]))
-            else:
-                results[i] = self.read(op[1], op[2])
+            try:
+                if not isinstance(op, list) or len(op) != 3:
+                    raise ValueError("an op is [kind, arg, flag]")
+                if op[0] == WRITE:
+                    rec = Record.from_wire(op[1])
+                    self._check_clock(rec)
+                    slots.append(i)
+                    records.append(rec)
+                elif op[0] == READ and isinstance(op[1], bytes):
+                    results[i] = self.read(op[1], bool(op[2]))
+                else:
+                    raise ValueError(f"unknown op {op[0]!r}")
+            except ReplicaRefusal as exc:
+                results[i] = op_error(exc.code, str(exc))
+            except ValueError as exc:
+                results[i] = op_error("bad_request", str(exc))
         if records:
-            written = await self._enqueue(records, single=False)
+            try:
+                written = await self._enqueue(records, single=False)
+            except StorageFull as exc:  # the peer sees a full disk, not a crash
+                raise RemoteError("insufficient_storage", str(exc)) from None
             for i, res in zip(slots, written, strict=True):
                 results[i] = res
         return results
 
     def read(self, key: bytes, full: bool) -> Any:
+        if self.rebuilding:
+            # Lost its data: an empty answer here would count as "not found" in a quorum.
+            raise ReplicaRefusal("rebuilding", "this replica is rebuilding its data")
         if full:
             rec = self.storage.get(key)
             return None if rec is None else rec.to_wire()
@@ -77,6 +123,12 @@ class LocalReplica:
 
     def write(self, rec: Record) -> asyncio.Future[Any]:
         """Apply-if-newer; resolves to None or the newer stored version as [hlc, node]."""
+        try:
+            self._check_clock(rec)
+        except ReplicaRefusal as exc:
+            fut: asyncio.Future[Any] = self._loop.create_future()
+            fut.set_exception(exc)
+            return fut
         return self._enqueue([rec], single=True)
 
     def _enqueue(self, records: list[Record], single: bool) -> asyncio.Future[Any]:
@@ -117,7 +169,10 @@ class LocalReplica:
             self._flush()
 
     async def apply_repairs(self, records: list[Record]) -> None:
-        """Merge records from handoff or anti-entropy: newer wins, nothing is refused."""
+        """Merge records from handoff or anti-entropy: newer wins, nothing is refused
+        (except versions too far in the future, which are dropped)."""
+        limit = self.clock.physical_ms() + self.max_clock_drift_ms
+        records = [r for r in records if r.version.physical_ms <= limit]
         if records:
             self.clock.observe(max(r.version.hlc for r in records))
             await self.run(self.storage.apply, records)

@@ -64,12 +64,21 @@ class NodeService:
                              self.settings.sqlite_synchronous)
 
     async def start(self) -> None:
-        self.local = LocalReplica(self._open_storage(), self.clock)
-        docs = [membership.load(self._membership_path)]
+        self.local = LocalReplica(self._open_storage(), self.clock, self.settings.max_clock_drift)
+        persisted = membership.load(self._membership_path)
+        if persisted is not None and self.local.storage.created and self.settings.storage == "sqlite":
+            # It was a member before, yet its database is new: the data is lost. Rebuild it
+            # from the replicas before serving reads or reporting ready.
+            log.warning("%s was a member (epoch %d) but its database is new: rebuilding it "
+                        "from its replicas", self.name, persisted.epoch)
+            self.local.rebuilding = True
+        docs = [persisted]
         if self.settings.membership_file:
             docs.append(membership.load(self.settings.membership_file))
         newest = max((d for d in docs if d is not None), key=lambda d: d.epoch, default=None)
         if newest is not None:
+            if newest is not persisted:  # from the membership file: keep it with the data
+                membership.save(self._membership_path, newest)
             self._install(newest)
         self.internal = InternalServer(
             self.name,
@@ -176,6 +185,9 @@ class NodeService:
     def replica_failed(self, name: str, exc: BaseException) -> None:
         self.metrics.replica_errors.labels(name, type(exc).__name__).inc()
 
+    def repaired(self, name: str) -> None:
+        self.metrics.read_repairs.inc()
+
     def store_hint(self, target: str, record: Record) -> None:
         """Queue a hint; all hints of one tick are stored in one transaction."""
         if not self._pending_hints:
@@ -204,7 +216,12 @@ class NodeService:
     async def _rpc_status(self, _args: Any) -> dict[str, Any]:
         return self.status()
 
+    def _not_rebuilding(self) -> None:
+        if self.local.rebuilding:  # its ranges are incomplete: never a source
+            raise RemoteError("rebuilding", f"{self.name} is rebuilding its data")
+
     async def _rpc_scan(self, args: Any) -> list[Any]:
+        self._not_rebuilding()
         lo, hi, after, limit = args
         records = await self.local.run(
             self.local.storage.scan_range, TokenRange(lo, hi),
@@ -213,6 +230,7 @@ class NodeService:
         return [r.to_wire() for r in records]
 
     async def _rpc_digest(self, args: Any) -> list[int]:
+        self._not_rebuilding()
         lo, hi, buckets = args
         return await self.local.run(self.local.storage.digest, TokenRange(lo, hi),
                                     min(int(buckets), 4096))

@@ -64,7 +64,7 @@ class Storage(ABC):
     """What a node needs from its local engine."""
 
     synchronous = "n/a"
-
+    created = False  # True when this open created an empty store
     @abstractmethod
     def get(self, key: bytes) -> Record | None: ...
 
@@ -138,6 +138,8 @@ def bucket_range(rng: TokenRange, bucket: int, buckets: int) -> TokenRange:
 
 class MemoryStorage(Storage):
     """A dict: for tests and for nodes that need no durability."""
+
+    created = True
 
     def __init__(self) -> None:
         self._data: dict[bytes, Record] = {}
@@ -310,18 +312,21 @@ class SqliteStorage(Storage):
         if self.synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"bad synchronous setting: {synchronous}")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        advice = ("refusing to start. Move the file away to rebuild this node from its "
+                  "replicas.")
         try:
             self._w = self._connect()
+            # A database without our table is new (or was emptied): the node must not
+            # serve it as if it held its data (see NodeService.start).
+            self.created = self._w.execute(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'kv'").fetchone()[0] == 0
             self._w.executescript(_SCHEMA)
             check = self._w.execute("PRAGMA quick_check(1)").fetchone()[0]
             if check != "ok":
-                raise StorageError(f"{path}: integrity check failed: {check}")
+                raise StorageError(f"{path}: integrity check failed ({check}); {advice}")
             self._r = self._connect()
         except sqlite3.DatabaseError as exc:
-            raise StorageError(
-                f"{path}: cannot open the database ({exc}); refusing to start. Move the "
-                "file away to rebuild this node from its replicas."
-            ) from exc
+            raise StorageError(f"{path}: cannot open the database ({exc}); {advice}") from exc
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)

@@ -31,6 +31,8 @@ log = logging.getLogger("ringkv.transport")
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024
+MAX_HELLO_FRAME = 64 * 1024  # before the hello is accepted, a peer may send this much
+HELLO_TIMEOUT = 10.0
 OK, ERROR, STALE = 0, 1, 2
 SUSPECT_AFTER = 3  # consecutive failures before a peer is suspected
 MAX_BACKOFF = 5.0
@@ -77,6 +79,7 @@ class FrameProtocol(asyncio.Protocol):
         self._buf = bytearray()
         self.transport: asyncio.Transport | None = None
         self.peer = ""
+        self.max_frame = MAX_FRAME
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -88,7 +91,7 @@ class FrameProtocol(asyncio.Protocol):
         end = len(buf)
         while end - start >= 4:
             (size,) = HEADER.unpack_from(buf, start)
-            if size > MAX_FRAME:
+            if size > self.max_frame:
                 log.warning("frame of %d bytes from %s: closing", size, self.peer or "peer")
                 self.close()
                 return
@@ -244,7 +247,11 @@ class PeerLink:
         self.failures = 0
         if status == OK:
             for fut, res in zip(futures, result if batched else [result], strict=False):
-                if not fut.done():
+                if fut.done():
+                    continue
+                if batched and isinstance(res, dict):  # a per-op error entry
+                    fut.set_exception(RemoteError(str(res.get("error")), str(res.get("message"))))
+                else:
                     fut.set_result(res)
             return
         if status == STALE:
@@ -351,10 +358,16 @@ class InternalServer:
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: FrameProtocol(self._on_frame, self._authed.discard), host, port,
-            reuse_address=True, ssl=ssl_context,
-        )
+        self._server = await loop.create_server(self._new_connection, host, port,
+                                                reuse_address=True, ssl=ssl_context)
+
+    def _new_connection(self) -> FrameProtocol:
+        """An anonymous connection may send one small hello within HELLO_TIMEOUT."""
+        proto = FrameProtocol(self._on_frame, self._authed.discard)
+        proto.max_frame = MAX_HELLO_FRAME
+        loop = asyncio.get_running_loop()
+        loop.call_later(HELLO_TIMEOUT, lambda: proto in self._authed or proto.close())
+        return proto
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -378,6 +391,7 @@ class InternalServer:
                 proto.close()
                 return
             self._authed.add(proto)
+            proto.max_frame = MAX_FRAME
             proto.peer = str(args.get("node", ""))
             proto.send([msg_id, OK, {"node": self.node_name}])
             return

@@ -325,7 +325,7 @@ class Api:
         view = service.view
         names = list(view.by_name)
         statuses = await asyncio.gather(
-            *(asyncio.wait_for(service.call(n, "status", None), 2.0) for n in names),
+            *(asyncio.wait_for(service.call(n, "status", {"fresh": True}), 5.0) for n in names),
             return_exceptions=True,
         )
         members = []
@@ -370,7 +370,7 @@ class Api:
         return error_response(503, "not_ready", "no membership yet or still catching up")
 
     async def metrics(self, request: web.Request) -> web.Response:
-        self.service.status()  # refresh gauges
+        await self.service.status()  # refresh gauges
         return web.Response(body=self.service.metrics.render(),
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 

@@ -41,7 +41,7 @@ class Settings:
     gc_grace: int = 86400  # seconds a tombstone is kept
     hint_ttl: int = 10800  # seconds a hint is kept; well below gc_grace
     hint_interval: float = 1.0  # seconds between hint replay rounds
-    anti_entropy_interval: float = 60.0
+    anti_entropy_interval: float = 600.0  # a round reads every replicated range
     max_clock_drift: float = 3600.0  # seconds a version may be ahead of this node's clock
     log_format: str = "text"  # text | json
     log_level: str = "INFO"

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ringkv.rebalance")
 
 PAGE = 1000
+PARALLEL_RANGES = 4
 DIGEST_BUCKETS = 64
 
 
@@ -114,11 +115,18 @@ class Rebalancer:
     async def _pull_all(self, view: View, work: list[tuple[TokenRange, list[str]]],
                         key: SyncKey) -> None:
         log.info("epoch %d: pulling %d ranges", view.doc.epoch, len(work))
-        for rng, sources in work:
-            await self._pull_range(view, rng, sources)
+        # A few ranges at once: one page in flight per range keeps memory bounded, and
+        # overlapping the round trips is what makes handoff fast (not bandwidth).
+        slots = asyncio.Semaphore(PARALLEL_RANGES)
+
+        async def one(rng: TokenRange, sources: list[str]) -> None:
+            async with slots:
+                await self._pull_range(view, rng, sources)
             self.progress.ranges_done += 1
             self.service.metrics.rebalance_ranges_left.set(
                 self.progress.ranges_total - self.progress.ranges_done)
+
+        await asyncio.gather(*(one(rng, sources) for rng, sources in work))
         self.progress.active = False
         self._synced = key
         self.service.local.rebuilding = False

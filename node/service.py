@@ -36,6 +36,7 @@ class NotReady(RemoteError):
         super().__init__("not_ready", "this node has not joined a cluster yet (no membership)")
 
 HINT_BATCH = 500
+COUNTS_TTL = 2.0  # seconds a record count may be reused
 
 
 class NodeService:
@@ -53,6 +54,9 @@ class NodeService:
         self.internal: InternalServer
         self.rebalancer = Rebalancer(self)
         self._membership_path = os.path.join(settings.data_dir, "membership.json")
+        self._counts: tuple[int, int, int] | None = None
+        self._counts_at = 0.0
+        self._counting: asyncio.Future[tuple[int, int, int]] | None = None
         self._peer_tls = client_context(settings.tls) if settings.tls.enabled else None
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -213,8 +217,8 @@ class NodeService:
         infos = self.local.storage.list_keys(prefix, after, int(limit))
         return [[i.key, i.version.hlc, i.version.node, i.tombstone, i.expires_ms] for i in infos]
 
-    async def _rpc_status(self, _args: Any) -> dict[str, Any]:
-        return self.status()
+    async def _rpc_status(self, args: Any) -> dict[str, Any]:
+        return await self.status(fresh=isinstance(args, dict) and bool(args.get("fresh")))
 
     def _not_rebuilding(self) -> None:
         if self.local.rebuilding:  # its ranges are incomplete: never a source
@@ -238,10 +242,29 @@ class NodeService:
     async def _rpc_cleanup(self, epoch: Any) -> int:
         return await self.rebalancer.cleanup(int(epoch))
 
-    def status(self) -> dict[str, Any]:
+    async def counts(self, fresh: bool = False) -> tuple[int, int, int]:
+        """(records, tombstones, hints pending): exact when `fresh`, else at most
+        COUNTS_TTL old.
+
+        Counting is a table scan (150 ms at 600k records), so it runs on the storage thread
+        and the controller's frequent status polls share cached numbers; `/v1/cluster`, which
+        people read, asks for exact ones."""
+        loop = asyncio.get_running_loop()
+        if not fresh and self._counts is not None and loop.time() - self._counts_at < COUNTS_TTL:
+            return self._counts
+        if fresh or self._counting is None or self._counting.done():
+            self._counting = asyncio.ensure_future(self.local.run(self._count_all))
+        self._counts = await asyncio.shield(self._counting)
+        self._counts_at = loop.time()
+        return self._counts
+
+    def _count_all(self) -> tuple[int, int, int]:
         records, tombstones = self.local.storage.counts()
+        return records, tombstones, sum(self.local.storage.hint_counts().values())
+
+    async def status(self, fresh: bool = False) -> dict[str, Any]:
+        records, tombstones, hints = await self.counts(fresh)
         self.metrics.keys.set(records)
-        hints = self.local.storage.hint_counts()
         caught_up = self.rebalancer.caught_up
         doc = self._view.doc if self._view else None
         return {
@@ -253,7 +276,7 @@ class NodeService:
             "settled_epoch_acked": doc.epoch if doc is not None and doc.settled else 0,
             "records": records,
             "tombstones": tombstones,
-            "hints_pending": sum(hints.values()),
+            "hints_pending": hints,
             "rebalance": self.rebalancer.progress.to_json(),
         }
 
@@ -275,7 +298,7 @@ class NodeService:
         storage = self.local.storage
         cutoff = self.clock.physical_ms() - self.settings.hint_ttl * 1000
         await self.local.run(storage.expire_hints, cutoff)
-        counts = storage.hint_counts()
+        counts = await self.local.run(storage.hint_counts)
         self.metrics.hints_pending.clear()
         for target, count in counts.items():
             self.metrics.hints_pending.labels(target).set(count)

@@ -99,7 +99,7 @@ class Storage(ABC):
 
     @abstractmethod
     def counts(self) -> tuple[int, int]:
-        """(records, tombstones)."""
+        """(records, tombstones). A scan: call it on the storage thread."""
 
     @abstractmethod
     def add_hints(self, hints: Sequence[tuple[str, int, Record]]) -> None: ...
@@ -439,7 +439,7 @@ class SqliteStorage(Storage):
         )
 
     def counts(self) -> tuple[int, int]:
-        total, tombs = self._r.execute(
+        total, tombs = self._w.execute(
             "SELECT count(*), coalesce(sum(tombstone), 0) FROM kv"
         ).fetchone()
         return total, tombs
@@ -479,7 +479,7 @@ class SqliteStorage(Storage):
         )
 
     def hint_counts(self) -> dict[str, int]:
-        rows = self._r.execute("SELECT target, count(*) FROM hints GROUP BY target").fetchall()
+        rows = self._w.execute("SELECT target, count(*) FROM hints GROUP BY target").fetchall()
         return dict(rows)
 
     def close(self) -> None:

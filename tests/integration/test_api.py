@@ -101,8 +101,17 @@ def test_ttl_expires(shared3: StaticCluster) -> None:
 def test_consistency_levels(shared3: StaticCluster) -> None:
     for level in ("one", "quorum", "all"):
         assert http("PUT", kv(shared3, f"c-{level}", query=f"?consistency={level}"), b"v").status == 200
-        g = http("GET", kv(shared3, f"c-{level}", 2, query=f"?consistency={level}"))
+        # Reading every replica finds any acknowledged write at once.
+        g = http("GET", kv(shared3, f"c-{level}", 2, query="?consistency=all"))
         assert g.status == 200 and g.body == b"v"
+        # At the same level: at once for quorum and all (R + W > rf); `one` is eventual.
+        def read(level: str = level) -> bytes:
+            return http("GET", kv(shared3, f"c-{level}", 1, query=f"?consistency={level}")).body
+
+        if level == "one":
+            wait_for(lambda: read() == b"v", 30, "a read at one to see the write")
+        else:
+            assert read() == b"v"
 
 
 def test_list_prefix_and_cursor(shared3: StaticCluster) -> None:

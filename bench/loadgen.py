@@ -431,6 +431,9 @@ class LoadConfig:
     token: str | None = field(default=None, repr=False)
     timeout: float = 10.0
     seed: int | None = None
+    # False when the keyspace is already written (read/mixed then skip the preload):
+    # ringkv.bench.scale runs back-to-back windows over one bulk-loaded keyspace.
+    preload: bool = True
 
     def validate(self) -> None:
         if not self.urls:
@@ -702,7 +705,7 @@ async def run_load(
     watchdog = asyncio.create_task(run.watchdog())
     try:
         preload_keys, preload_s = 0, 0.0
-        if config.workload in ("read", "mixed"):
+        if config.preload and config.workload in ("read", "mixed"):
             t = time.perf_counter()
             preload_keys = await run.preload()
             preload_s = time.perf_counter() - t

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+
+from ringkv.operator.launcher import free_ports
 
 
 class EtcdUnavailable(RuntimeError):
@@ -59,18 +60,6 @@ def etcd_version(binary: str) -> str:
     return first.split(":", 1)[1].strip() if ":" in first else "unknown"
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel reports free now (all held open together, so they are distinct)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class EtcdCluster:

@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ringkv.bench.etcd import EtcdCluster, EtcdUnavailable, free_ports
+from ringkv.bench.etcd import EtcdCluster, EtcdUnavailable
 from ringkv.bench.loadgen import LoadConfig, LoadResult, run_async, run_load
+from ringkv.operator.launcher import free_ports
 
 SYSTEMS = ("ringkv", "etcd", "dict")
 LABELS = {"ringkv": "ringkv", "etcd": "etcd", "dict": "ceiling (dict server)"}

@@ -266,6 +266,20 @@ class LocalCluster:
         return app
 
 
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel reports free now (all held open together, so they are distinct)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind((HOST, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port_block(count: int, attempts: int = 200) -> int:
     """A base port P where P-1..P+count and P+1000..P+1000+count are all free."""
     rng = random.Random()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,23 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ringkv.operator.launcher import free_port_block
+from ringkv.operator.launcher import free_port_block, free_ports
 
 API_TOKEN = "test-api-token"
 CLUSTER_TOKEN = "test-cluster-token"
 
 
-def free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition",

@@ -98,10 +98,12 @@ class Rebalancer:
 
     def on_adopt(self, view: View) -> None:
         """Start (or restart) pulling for the adopted epoch's (base, target) pair."""
+        if self._task is not None:
+            # Whatever is still being pulled was for an older epoch's rings.
+            self._task.cancel()
+            self._task = None
         if self.caught_up:
             return
-        if self._task is not None:
-            self._task.cancel()
         key = _sync_key(view, self.service.name)
         rebuild = self.service.local.rebuilding
         work = ranges_to_pull(view, self.service.name, rebuild)
@@ -127,6 +129,8 @@ class Rebalancer:
                 self.progress.ranges_total - self.progress.ranges_done)
 
         await asyncio.gather(*(one(rng, sources) for rng, sources in work))
+        if self._task is not asyncio.current_task():
+            return  # superseded by a newer epoch's pull: its state is not ours to record
         self.progress.active = False
         self._synced = key
         self.service.local.rebuilding = False

@@ -9,7 +9,7 @@ RF ?= 3
 BASE_PORT ?= 8080
 DATA_DIR ?= .ringkv-data
 
-.PHONY: all venv run test lint fmt bench chaos e2e tools clean
+.PHONY: all venv run test lint fmt bench e2e tools clean
 
 all: test
 
@@ -31,7 +31,7 @@ fmt: venv
 	$(BIN)/ruff check --fix .
 
 test: venv tools lint
-	$(BIN)/pytest -m "not e2e and not slow" -p no:cacheprovider
+	$(BIN)/pytest -m "not e2e" -p no:cacheprovider
 
 tools: venv
 	$(BIN)/python scripts/fetch_tools.py
@@ -43,9 +43,6 @@ bench: venv
 # (and says why) when neither is available.
 e2e: venv tools
 	$(BIN)/python scripts/e2e.py
-
-chaos: venv
-	$(BIN)/pytest -m slow -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) .tools $(DATA_DIR) build *.egg-info

@@ -136,10 +136,17 @@ class ConfigMapStore:
             return None
 
     async def save(self, doc: Document) -> None:
+        """Write the document; optimistic: the patch names the resourceVersion last seen, so
+        a concurrent writer (a replaced operator pod that has not exited yet) makes this
+        save fail with 409 and the round is redone from a fresh read."""
         data = {DOCUMENT_KEY: json.dumps(doc.to_json(), indent=2)}
+        patch: dict[str, Any] = {"data": data}
+        version = ((self.body or {}).get("metadata") or {}).get("resourceVersion")
+        if version:
+            patch["metadata"] = {"resourceVersion": version}
         try:
             self.body = await self.api.request(
-                "PATCH", f"{self._collection}/{self.name}", {"data": data},
+                "PATCH", f"{self._collection}/{self.name}", patch,
                 content_type="application/merge-patch+json")
             return
         except ApiError as exc:

@@ -40,6 +40,7 @@ class Demo:
         self.token = secrets.token_urlsafe(16)
         self.proc: subprocess.Popen[bytes] | None = None
         self.control = f"http://127.0.0.1:{base_port - 1}"
+        self.keys = 0  # how many keys the demo wrote
 
     def url(self, i: int) -> str:
         return f"http://127.0.0.1:{self.base_port + i}"
@@ -127,9 +128,16 @@ class Demo:
             sys.stdout.flush()
             if self.settled(members, via, after):
                 sys.stdout.write("\n")
-                return self.cluster(via)
+                return self.wait("excess copies to be dropped", lambda: self.cleaned(via))
             time.sleep(0.2)
         raise RuntimeError("the cluster did not settle")
+
+    def cleaned(self, via: list[str]) -> dict[str, Any] | None:
+        """Once settled, nodes drop copies of ranges they no longer hold: wait for that, so
+        the record counts shown are exactly copies x keys."""
+        info = self.cluster(via)
+        held = sum(m.get("records", 0) for m in info["members"])
+        return info if held == info["replicas_per_key"] * self.keys else None
 
     def run(self) -> None:
         say("ringkv demo: the seed store's scenario on a real local cluster")
@@ -155,6 +163,7 @@ class Demo:
                 for n in range(self.bulk):
                     client.put(f"bulk/{n:06d}", b"x" * 100)
             say(f"  (and {self.bulk} more keys of 100 bytes, so re-replication has work to do)")
+        self.keys = len(keys) + self.bulk
         self.pause()
 
         victim = rnd.randrange(5)

@@ -59,6 +59,7 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "networkpolicy-off": ("--set", "networkPolicy.enabled=false"),
     "existing-secret": ("--set", "auth.existingSecret=my-tokens"),
     "kube-1.20": KUBE_120,
+    "tls": ("--set", "tls.enabled=true", "--set", "tls.secretName=ringkv-certs"),
     "kube-1.31": KUBE_131,
     "everything-set": (
         *KUBE_131,
@@ -395,6 +396,39 @@ def test_probes() -> None:
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "api"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "api"}
     assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "api"}
+
+
+@needs_helm
+def test_tls_reaches_nodes_operator_probes_and_the_helm_test() -> None:
+    docs = render(*SCENARIOS["tls"])
+    files = {"RINGKV_TLS_CERT_FILE": "/tls/tls.crt", "RINGKV_TLS_KEY_FILE": "/tls/tls.key",
+             "RINGKV_TLS_CA_FILE": "/tls/ca.crt"}
+    tls_volume = {"name": "tls", "secret": {"secretName": "ringkv-certs"}}
+    for kind in ("StatefulSet", "Deployment"):
+        spec = find(docs, kind)["spec"]["template"]["spec"]
+        container = spec["containers"][0]
+        env = env_of(container)
+        assert {name: env[name]["value"] for name in files} == files, kind
+        assert {"name": "tls", "mountPath": "/tls", "readOnly": True} in container["volumeMounts"]
+        assert tls_volume in spec["volumes"]
+    node = find(docs, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert node[probe]["httpGet"]["scheme"] == "HTTPS"
+    test_pod = find(docs, "Pod")["spec"]
+    test_env = env_of(test_pod["containers"][0])
+    assert test_env["RINGKV_URL"]["value"] == f"https://{FULLNAME}:8080"
+    assert test_env["RINGKV_CACERT"]["value"] == "/tls/ca.crt"
+    assert tls_volume in test_pod["volumes"]
+    # Off by default: no TLS anywhere.
+    default = find(render(), "StatefulSet")["spec"]["template"]["spec"]
+    assert "RINGKV_TLS_CERT_FILE" not in env_of(default["containers"][0])
+    assert all(v["name"] != "tls" for v in default["volumes"])
+
+
+@needs_helm
+def test_tls_without_a_secret_is_refused() -> None:
+    result = helm("template", RELEASE, str(CHART), "--set", "tls.enabled=true", check=False)
+    assert result.returncode != 0 and "tls.secretName" in result.stderr
 
 
 @needs_helm

@@ -144,8 +144,44 @@ Token env vars from the Secret. The node needs both; the operator only the clust
 {{- end }}
 {{- end }}
 
+{{/* TLS files from the `tls.secretName` Secret (tls.crt, tls.key, ca.crt), mounted at /tls. */}}
+{{- define "ringkv.tlsEnv" -}}
+{{- if .Values.tls.enabled }}
+- name: RINGKV_TLS_CERT_FILE
+  value: /tls/tls.crt
+- name: RINGKV_TLS_KEY_FILE
+  value: /tls/tls.key
+- name: RINGKV_TLS_CA_FILE
+  value: /tls/ca.crt
+{{- end }}
+{{- end }}
+
+{{- define "ringkv.tlsVolumeMount" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: /tls
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "ringkv.tlsVolume" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ .Values.tls.secretName }}
+{{- end }}
+{{- end }}
+
+{{/* http or https, as the nodes serve their API. */}}
+{{- define "ringkv.scheme" -}}
+{{- if .Values.tls.enabled }}https{{ else }}http{{ end }}
+{{- end }}
+
 {{/* Cross-field checks the JSON schema cannot express. */}}
 {{- define "ringkv.validate" -}}
+{{- if and .Values.tls.enabled (not .Values.tls.secretName) }}
+{{- fail "tls.enabled needs tls.secretName: a Secret with tls.crt, tls.key and ca.crt" }}
+{{- end }}
 {{- if gt (int .Values.replication.rf) (int .Values.replicaCount) }}
 {{- fail (printf "replication.rf (%d) must not exceed replicaCount (%d)" (int .Values.replication.rf) (int .Values.replicaCount)) }}
 {{- end }}

@@ -50,7 +50,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 STATUS_CODES = {
     400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-    412: "precondition_failed", 413: "payload_too_large", 503: "quorum_unavailable",
+    408: "request_timeout", 412: "precondition_failed", 413: "payload_too_large", 503: "quorum_unavailable",
     507: "insufficient_storage",
 }
 
@@ -240,9 +240,14 @@ class Api:
             raise ApiError(413, "payload_too_large",
                            f"the value is {request.content_length} bytes; the limit is {limit}")
         try:
-            value = await request.read()
+            # A client that trickles its body would hold a connection and a buffer forever.
+            async with asyncio.timeout(self.settings.body_timeout):
+                value = await request.read()
         except RequestPayloadError as exc:
             raise bad(f"the request body could not be read: {exc}") from None
+        except TimeoutError:
+            raise ApiError(408, "request_timeout",
+                           f"the body did not arrive within {self.settings.body_timeout:g}s") from None
         if len(value) > limit:
             raise ApiError(413, "payload_too_large", f"the value exceeds {limit} bytes")
         if if_match or if_none_match:

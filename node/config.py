@@ -37,6 +37,7 @@ class Settings:
     max_key_bytes: int = 1024
     max_value_bytes: int = 1024 * 1024
     replica_timeout: float = 2.0  # seconds a coordinator waits for one replica
+    body_timeout: float = 30.0  # seconds a client may take to send a request body
     vnodes: int = 64
     gc_grace: int = 86400  # seconds a tombstone is kept
     hint_ttl: int = 10800  # seconds a hint is kept; well below gc_grace

@@ -32,7 +32,7 @@ def document(settings: Settings) -> dict[str, Any]:
                 "201": {"description": "Created (If-None-Match: *)",
                         "headers": {"ETag": {"$ref": "#/components/headers/ETag"}},
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/WriteResult"}}}},
-                "412": _ERROR, "413": _ERROR, "507": _ERROR, **errors,
+                "408": _ERROR, "412": _ERROR, "413": _ERROR, "507": _ERROR, **errors,
             },
         },
         "get": {
@@ -121,7 +121,7 @@ def document(settings: Settings) -> dict[str, Any]:
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {
                     "type": "object", "required": ["code", "message"], "properties": {
                         "code": {"type": "string", "enum": [
-                            "bad_request", "unauthorized", "not_found", "method_not_allowed",
+                            "bad_request", "unauthorized", "not_found", "method_not_allowed", "request_timeout",
                             "precondition_failed", "payload_too_large", "quorum_unavailable",
                             "conflict_retry_exhausted", "insufficient_storage", "not_ready",
                             "internal"]},

@@ -295,3 +295,23 @@ def test_node_without_membership_answers_503_not_ready(tmp_path: Path) -> None:
             assert r.status == 503 and r.json()["error"]["code"] == "not_ready"
     finally:
         node.stop()
+
+
+def test_a_trickled_body_times_out_with_408(tmp_path: Path) -> None:
+    cluster = StaticCluster(tmp_path, size=1, rf=1, extra_env={"RINGKV_BODY_TIMEOUT": "1"})
+    cluster.start()
+    try:
+        node = cluster.nodes[0]
+        with socket.create_connection(("127.0.0.1", node.port), timeout=30) as sock:
+            sock.sendall((f"PUT /v1/kv/slow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_TOKEN}"
+                          "\r\nContent-Length: 100\r\n\r\n0123456789").encode())
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+                if b"\r\n\r\n" in reply and reply.rstrip().endswith(b"}"):
+                    break
+        assert b" 408 " in reply.split(b"\r\n", 1)[0], reply[:200]
+        assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_timeout"
+        assert http("GET", node.url + "/v1/kv/slow").status == 404  # nothing stored
+    finally:
+        cluster.stop()

@@ -61,6 +61,9 @@ class Demo:
     def wait(self, what: str, check: Callable[[], Any], timeout: float = 120) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"the local cluster exited ({self.proc.returncode}) while "
+                                   f"waiting for {what}:\n{self.launcher_log()}")
             try:
                 result = check()
                 if result:
@@ -68,7 +71,15 @@ class Demo:
             except (RingkvError, Unavailable, OSError):
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"gave up waiting for {what}")
+        raise RuntimeError(f"gave up waiting for {what}:\n{self.launcher_log()}")
+
+    def launcher_log(self, lines: int = 30) -> str:
+        """The end of the launcher's log, for a failure message (the directory goes away)."""
+        try:
+            text = (self.data_dir / "launcher.log").read_text(errors="replace")
+        except OSError:
+            return "(no launcher log)"
+        return "\n".join(text.splitlines()[-lines:])
 
     def start(self) -> None:
         log = open(self.data_dir / "launcher.log", "wb")  # noqa: SIM115 - the child owns it
@@ -210,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             demo.run()
         except (RuntimeError, RingkvError, Unavailable) as exc:
-            print(f"ringkv demo: {exc}; the launcher log is in {tmp}/launcher.log", file=sys.stderr)
+            print(f"ringkv demo: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             return 130

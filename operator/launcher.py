@@ -266,39 +266,57 @@ class LocalCluster:
         return app
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel reports free now (all held open together, so they are distinct)."""
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands to outgoing connections (32768 by default)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(ports: list[int]) -> bool:
     socks = []
     try:
-        for _ in range(count):
+        for port in ports:
             s = socket.socket()
-            s.bind((HOST, 0))
             socks.append(s)
-        return [s.getsockname()[1] for s in socks]
+            s.bind((HOST, port))
+        return True
+    except OSError:
+        return False
     finally:
         for s in socks:
             s.close()
 
 
-def free_port_block(count: int, attempts: int = 200) -> int:
-    """A base port P where P-1..P+count and P+1000..P+1000+count are all free."""
+def free_port_block(count: int, attempts: int = 500) -> int:
+    """A base port P where P-1..P+count and P+1000..P+1000+count are all free.
+
+    Chosen below the kernel's ephemeral range: a port found free there could be taken by
+    any outgoing connection (a client polling a node that is still starting) before the
+    node binds it."""
     rng = random.Random()
+    top = max(12_000, _ephemeral_low() - 1000 - count - 1)
     for _ in range(attempts):
-        base = rng.randrange(20000, 55000)
-        ports = [base - 1, *range(base, base + count), *range(base + 1000, base + 1000 + count)]
-        socks = []
-        try:
-            for port in ports:
-                s = socket.socket()
-                s.bind((HOST, port))
-                socks.append(s)
+        base = rng.randrange(10_001, top)
+        if _bindable([base - 1, *range(base, base + count),
+                      *range(base + 1000, base + 1000 + count)]):
             return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
     raise RuntimeError("no free block of ports found")
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free now, below the ephemeral range (see free_port_block)."""
+    rng = random.Random()
+    chosen: list[int] = []
+    for _ in range(count * 200):
+        port = rng.randrange(10_000, _ephemeral_low())
+        if port not in chosen and _bindable([port]):
+            chosen.append(port)
+            if len(chosen) == count:
+                return chosen
+    raise RuntimeError("no free ports found")
 
 
 def _describe_exit(code: int | None) -> str:

@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from ringkv.operator.launcher import free_ports
+from ringkv.operator.launcher import free_ports, terminate
 
 
 class EtcdUnavailable(RuntimeError):
@@ -144,13 +144,7 @@ class EtcdCluster:
         every member stopping at once it waits out a ~7 s transfer timeout instead.
         """
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            terminate(proc, timeout)
         self.procs = []
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)

@@ -37,7 +37,7 @@ from typing import Any
 
 from ringkv.bench.etcd import EtcdCluster, EtcdUnavailable
 from ringkv.bench.loadgen import LoadConfig, LoadResult, run_async, run_load
-from ringkv.operator.launcher import free_ports
+from ringkv.operator.launcher import free_ports, log_tail, terminate
 
 SYSTEMS = ("ringkv", "etcd", "dict")
 LABELS = {"ringkv": "ringkv", "etcd": "etcd", "dict": "ceiling (dict server)"}
@@ -131,20 +131,13 @@ def wait_ready(
     while pending:
         if proc.poll() is not None:
             raise RuntimeError(
-                f"pid {proc.pid} exited with {proc.returncode} before ready:\n{_tail(log)}"
+                f"pid {proc.pid} exited with {proc.returncode} before ready:\n{log_tail(log, 20, '(no log)')}"
             )
         pending = [u for u in pending if http_get(f"{u}/readyz")[0] != 200]
         if pending and time.monotonic() > deadline:
-            raise TimeoutError(f"not ready after {timeout:g} s: {pending}\n{_tail(log)}")
+            raise TimeoutError(f"not ready after {timeout:g} s: {pending}\n{log_tail(log, 20, '(no log)')}")
         if pending:
             time.sleep(0.2)
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
@@ -152,13 +145,7 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
 
     The child was started in its own session, so its group holds only what it started.
     """
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    terminate(proc, timeout)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)

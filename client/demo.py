@@ -12,7 +12,6 @@ import argparse
 import json
 import random
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ringkv.client import Client, RingkvError, Unavailable
+from ringkv.operator.launcher import free_port_block, log_tail, terminate
 
 BAR = 30
 
@@ -73,13 +73,9 @@ class Demo:
             time.sleep(0.1)
         raise RuntimeError(f"gave up waiting for {what}:\n{self.launcher_log()}")
 
-    def launcher_log(self, lines: int = 30) -> str:
+    def launcher_log(self) -> str:
         """The end of the launcher's log, for a failure message (the directory goes away)."""
-        try:
-            text = (self.data_dir / "launcher.log").read_text(errors="replace")
-        except OSError:
-            return "(no launcher log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.data_dir / "launcher.log", 30, "(no launcher log)")
 
     def start(self) -> None:
         log = open(self.data_dir / "launcher.log", "wb")  # noqa: SIM115 - the child owns it
@@ -92,12 +88,8 @@ class Demo:
         log.close()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        if self.proc is not None:
+            terminate(self.proc)
 
     def settled(self, members: int, via: list[str], after: int = 0) -> dict[str, Any] | None:
         info = self.cluster(via)
@@ -213,8 +205,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bulk", type=int, default=2000, help="extra keys to load before the kill")
     p.add_argument("--pace", type=float, default=1.0, help="seconds to pause between acts")
     args = p.parse_args(argv)
-    from ringkv.operator.launcher import free_port_block  # noqa: PLC0415 - only the demo needs it
-
     base = args.base_port or free_port_block(8)
     with tempfile.TemporaryDirectory(prefix="ringkv-demo-") as tmp:
         demo = Demo(Path(tmp), base, args.bulk, args.pace)

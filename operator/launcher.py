@@ -20,6 +20,7 @@ import random
 import secrets
 import signal
 import socket
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -317,6 +318,25 @@ def free_ports(count: int) -> list[int]:
             if len(chosen) == count:
                 return chosen
     raise RuntimeError("no free ports found")
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Stop a child process started with Popen: SIGTERM, wait, then SIGKILL and reap."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def log_tail(path: Path, lines: int = 40, missing: str = "") -> str:
+    """The last lines of a log file, for an error message."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return missing
 
 
 def _describe_exit(code: int | None) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ringkv.operator.launcher import free_port_block, free_ports
+from ringkv.operator.launcher import free_port_block, free_ports, log_tail, terminate
 
 API_TOKEN = "test-api-token"
 CLUSTER_TOKEN = "test-cluster-token"
@@ -99,13 +99,8 @@ class NodeProcess:
                 self.proc.wait(timeout=30)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            terminate(self.proc, 20)
 
     @property
     def alive(self) -> bool:
@@ -118,10 +113,7 @@ class NodeProcess:
             return False
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return log_tail(self.log_path, lines)
 
 
 @dataclass
@@ -224,20 +216,11 @@ class LocalCluster:
         return True
 
     def log_tail(self, lines: int = 60) -> str:
-        try:
-            text = (self.root / "launcher.log").read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.root / "launcher.log", lines)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            terminate(self.proc)
 
     @property
     def control(self) -> str:

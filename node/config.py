@@ -38,6 +38,8 @@ class Settings:
     max_value_bytes: int = 1024 * 1024
     replica_timeout: float = 2.0  # seconds a coordinator waits for one replica
     body_timeout: float = 30.0  # seconds a client may take to send a request body
+    idle_timeout: float = 30.0  # seconds a connection may idle, or take to send its headers
+    max_connections: int = 1000  # open client connections; past it, 503 and close
     vnodes: int = 64
     gc_grace: int = 86400  # seconds a tombstone is kept
     hint_ttl: int = 10800  # seconds a hint is kept; well below gc_grace
@@ -64,6 +66,8 @@ class Settings:
             raise ConfigError("api_token and cluster_token must differ")
         if self.max_key_bytes < 1 or self.max_value_bytes < 1:
             raise ConfigError("size limits must be positive")
+        if self.max_connections < 1 or self.idle_timeout <= 0 or self.body_timeout <= 0:
+            raise ConfigError("max_connections, idle_timeout and body_timeout must be positive")
         if self.hint_ttl >= self.gc_grace:
             raise ConfigError("hint_ttl must be shorter than gc_grace")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):

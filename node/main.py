@@ -12,6 +12,7 @@ from aiohttp import web
 
 from . import config, logs
 from .api import make_app
+from .httpserver import listen
 from .security import server_context
 from .storage import StorageError
 
@@ -40,12 +41,12 @@ async def serve(settings: config.Settings) -> None:
     app = make_app(settings)
     # A valid request line can be ~8 KiB (a 1024-byte prefix, percent-encoded, plus a
     # cursor): twice aiohttp's default limit, so valid requests reach the JSON errors.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, max_line_size=16384)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, max_line_size=16384,
+                           keepalive_timeout=settings.idle_timeout)
     await runner.setup()
     tls = settings.tls
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True,
-                       ssl_context=server_context(tls, require_client_cert=False) if tls.enabled else None)
-    await site.start()
+    listener = await listen(runner, settings.host, settings.port, settings.max_connections,
+                            server_context(tls, require_client_cert=False) if tls.enabled else None)
     log.info("serving the API on %s:%d and peers on %s:%d", settings.host, settings.port,
              settings.internal_host, settings.internal_port)
     stop = asyncio.Event()
@@ -56,6 +57,7 @@ async def serve(settings: config.Settings) -> None:
         await stop.wait()
     finally:
         log.info("shutting down")
+        listener.close()
         await runner.cleanup()
 
 

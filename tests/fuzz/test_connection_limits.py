@@ -1,0 +1,126 @@
+"""Clients that hold connections: silent or trickling ones are cut off, and past
+`max_connections` a node answers 503 instead of running out of file descriptors."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from harness import StaticCluster, wait_for
+
+LIMIT = 8
+READYZ = b"GET /readyz HTTP/1.1\r\nHost: n\r\n\r\n"
+READYZ_AND_CLOSE = b"GET /readyz HTTP/1.1\r\nHost: n\r\nConnection: close\r\n\r\n"
+Raw = Callable[[int, bytes], Any]  # conftest.raw_exchange
+
+
+def one_node(root, **env: str) -> StaticCluster:
+    return StaticCluster(root, size=1, rf=1, extra_env=env).start()
+
+
+@pytest.fixture(scope="module")
+def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StaticCluster]:
+    """A node that gives a connection 2 s to idle or to send its headers."""
+    cluster = one_node(tmp_path_factory.mktemp("impatient"), RINGKV_IDLE_TIMEOUT="2")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def crowded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StaticCluster]:
+    cluster = one_node(tmp_path_factory.mktemp("crowded"), RINGKV_MAX_CONNECTIONS=str(LIMIT))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def read_status(sock: socket.socket) -> int | None:
+    """The status of one whole response on a kept-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data or len(data) < _expected_length(data):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else None
+
+
+def _expected_length(data: bytes) -> int:
+    head, _, _ = data.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(head) + 4 + int(value)
+    return len(data)
+
+
+def closed_by_node(sock: socket.socket, trickle: bytes = b"", within: float = 60.0) -> bool:
+    """Keep the connection busy (sending `trickle` now and then) until the node closes it;
+    False if it is still open after `within` seconds."""
+    sock.settimeout(0.25)
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if trickle:
+                sock.sendall(trickle)
+            if sock.recv(65536) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+    return False
+
+
+def test_a_silent_connection_is_closed(impatient: StaticCluster) -> None:
+    with socket.create_connection(("127.0.0.1", impatient.nodes[0].port)) as sock:
+        assert closed_by_node(sock), "a connection that never sent a byte stayed open"
+
+
+def test_headers_sent_one_line_at_a_time_are_cut_off(impatient: StaticCluster) -> None:
+    """Slowloris: a request whose headers never end is not allowed to hold the socket."""
+    with socket.create_connection(("127.0.0.1", impatient.nodes[0].port)) as sock:
+        sock.sendall(b"GET /v1/kv/slow HTTP/1.1\r\nHost: n\r\n")
+        assert closed_by_node(sock, trickle=b"X-Slow: 1\r\n"), "trickled headers kept the socket"
+
+
+def test_an_idle_kept_alive_connection_is_closed(impatient: StaticCluster, raw: Raw) -> None:
+    with socket.create_connection(("127.0.0.1", impatient.nodes[0].port), timeout=30) as sock:
+        sock.sendall(READYZ)
+        assert read_status(sock) == 200
+        assert closed_by_node(sock), "an idle keep-alive connection stayed open"
+    assert raw(impatient.nodes[0].port, READYZ_AND_CLOSE).status == 200
+
+
+def test_past_the_connection_limit_a_node_answers_503_and_recovers(crowded: StaticCluster,
+                                                                  raw: Raw) -> None:
+    port = crowded.nodes[0].port
+    held = []
+    try:
+        for _ in range(LIMIT):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+            held.append(sock)
+            sock.sendall(READYZ)  # answered, so the node has registered the connection
+            assert read_status(sock) == 200
+        refused = raw(port, READYZ)
+        assert refused.status == 503, refused.raw[:300]
+        assert refused.error_code() == "too_many_connections"
+        assert refused.headers.get("retry-after") == "1"
+        # The connections it holds are still served.
+        held[0].sendall(READYZ)
+        assert read_status(held[0]) == 200
+    finally:
+        for sock in held[: LIMIT // 2]:
+            sock.close()
+    try:
+        wait_for(lambda: raw(port, READYZ_AND_CLOSE).status == 200, 60,
+                 "a new connection accepted once others closed")
+    finally:
+        for sock in held[LIMIT // 2 :]:
+            sock.close()

@@ -9,7 +9,7 @@ RF ?= 3
 BASE_PORT ?= 8080
 DATA_DIR ?= .ringkv-data
 
-.PHONY: all venv run test lint fmt bench e2e tools clean
+.PHONY: all venv run test lint fmt bench chaos e2e tools clean
 
 all: test
 
@@ -38,6 +38,10 @@ tools: venv
 
 bench: venv
 	$(BIN)/python -m ringkv.bench.suite
+
+# Every nemesis for a minute against a fresh local cluster, checked; writes docs/RELIABILITY.md.
+chaos: venv
+	$(BIN)/python scripts/chaos.py
 
 # The chart on a real Kubernetes: ../shared/k8s here, kind where Docker exists; skips
 # (and says why) when neither is available.

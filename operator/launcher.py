@@ -5,7 +5,10 @@ process per node (node i: public API on base_port+i, internal port on base_port+
 restarts a node that dies on the same data directory after `--restart-delay` (as a
 StatefulSet recreates a deleted pod on its PVC), and runs the same membership reconciler
 as the kopf operator, with a JSON file as the store and its children as the member source.
-A control endpoint on base_port-1 takes commands: `ringkv node list|kill|stop|add`.
+A control endpoint on base_port-1 takes commands: `ringkv node list|kill|stop|start|restart|add`.
+
+With `--netns` (root only) every node runs in its own network namespace on a bridge
+(:mod:`ringkv.operator.netns`), and `ringkv node partition|heal` cut links between nodes.
 """
 
 from __future__ import annotations
@@ -36,6 +39,15 @@ from ringkv.node.membership import Document
 from ringkv.node.security import TlsFiles
 
 from .controller import Observed
+from .netns import (
+    NetnsError,
+    Network,
+    describe,
+    isolate_rules,
+    one_way_rules,
+    partition_rules,
+    unusable_reason,
+)
 from .nodes import NodeClient
 from .reconciler import Reconciler
 
@@ -54,17 +66,22 @@ class Child:
     internal_port: int
     data_dir: Path
     log_path: Path
+    host: str = HOST  # the address it binds (its namespace's address with --netns)
     proc: asyncio.subprocess.Process | None = None
     wanted: bool = True  # False once stopped for good (a scale-down)
     restarts: int = 0
+    clock_skew_ms: int = 0  # RINGKV_CLOCK_SKEW_MS of its next start (the skew nemesis)
 
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
     def observed(self) -> Observed:
-        return Observed(self.name, f"{HOST}:{self.internal_port}", f"http://{HOST}:{self.port}",
-                        self.alive)
+        return Observed(self.name, f"{self.host}:{self.internal_port}", self.url, self.alive)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
 
 
 class FileStore:
@@ -82,8 +99,10 @@ class FileStore:
 
 class LocalCluster:
     def __init__(self, nodes: int, rf: int, base_port: int, data_dir: Path, token: str | None,
-                 restart_delay: float, node_env: dict[str, str] | None = None) -> None:
+                 restart_delay: float, node_env: dict[str, str] | None = None,
+                 network: Network | None = None) -> None:
         self.rf = rf
+        self.network = network  # created by the caller, torn down by the caller
         self.base_port = base_port
         self.data_dir = data_dir.resolve()
         self.restart_delay = restart_delay
@@ -123,6 +142,8 @@ class LocalCluster:
         i = len(self.children)
         child = Child(i, f"node-{i}", self.base_port + i, self.base_port + 1000 + i,
                       self.data_dir / f"node-{i}", self.data_dir / f"node-{i}.log")
+        if self.network is not None:
+            child.host = self.network.add_node(child.name, i)
         self.children.append(child)
         return child
 
@@ -137,20 +158,24 @@ class LocalCluster:
             **os.environ,
             "RINGKV_NODE_NAME": child.name,
             "RINGKV_DATA_DIR": str(child.data_dir),
-            "RINGKV_HOST": HOST,
+            "RINGKV_HOST": child.host,
             "RINGKV_PORT": str(child.port),
-            "RINGKV_INTERNAL_HOST": HOST,
+            "RINGKV_INTERNAL_HOST": child.host,
             "RINGKV_INTERNAL_PORT": str(child.internal_port),
             "RINGKV_API_TOKEN": self.api_token,
             "RINGKV_CLUSTER_TOKEN": self.cluster_token,
             **self.node_env,
+            "RINGKV_CLOCK_SKEW_MS": str(child.clock_skew_ms),
         }
+        argv = [sys.executable, "-m", "ringkv.node.main"]
+        if self.network is not None:
+            argv = self.network.command(child.name, argv)
         with open(child.log_path, "ab") as logfile:  # noqa: ASYNC230 - a local file, instant
             child.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "ringkv.node.main", env=env, stdout=logfile,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                *argv, env=env, stdout=logfile, stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
             )
-        log.info("started %s (pid %d) on port %d", child.name, child.proc.pid, child.port)
+        log.info("started %s (pid %d) on %s", child.name, child.proc.pid, child.url)
         self._watch(child, child.proc)
 
     def _watch(self, child: Child, proc: asyncio.subprocess.Process) -> None:
@@ -175,7 +200,7 @@ class LocalCluster:
         deadline = asyncio.get_running_loop().time() + timeout
         while child.alive and asyncio.get_running_loop().time() < deadline:
             try:
-                _, writer = await asyncio.open_connection(HOST, child.internal_port)
+                _, writer = await asyncio.open_connection(child.host, child.internal_port)
                 writer.close()
                 return
             except OSError:
@@ -186,6 +211,18 @@ class LocalCluster:
             return False
         child.proc.send_signal(sig)
         return True
+
+    async def restart(self, child: Child, clock_skew_ms: int) -> None:
+        """Stop the node (SIGTERM, as a rolling restart does) and start it again with this
+        clock skew; the exit watcher ignores the replaced process."""
+        old, child.proc = child.proc, None
+        child.wanted = True
+        child.clock_skew_ms = clock_skew_ms
+        if old is not None:
+            await _terminate_async(old, 20)
+        child.restarts += 1
+        await self.spawn(child)
+        self.wake.set()
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -201,12 +238,8 @@ class LocalCluster:
         for child in self.children:
             self.signal_child(child, signal.SIGTERM)
         for child in self.children:
-            if child.proc is not None and child.proc.returncode is None:
-                try:
-                    await asyncio.wait_for(child.proc.wait(), 20)
-                except TimeoutError:
-                    child.proc.kill()
-                    await child.proc.wait()
+            if child.proc is not None:
+                await _terminate_async(child.proc, 20, signalled=True)
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -221,15 +254,14 @@ class LocalCluster:
             for child in self.children:
                 if child.name == name:
                     return child
-            raise web.HTTPNotFound(text=json.dumps({"error": f"no node {name}"}),
-                                   content_type="application/json")
+            raise _json_error(web.HTTPNotFound, f"no node {name}")
 
         async def nodes(_request: web.Request) -> web.Response:
             return web.json_response([
                 {"name": c.name, "pid": c.proc.pid if c.proc else None, "alive": c.alive,
-                 "wanted": c.wanted, "port": c.port, "internal_port": c.internal_port,
-                 "url": f"http://{HOST}:{c.port}", "data_dir": str(c.data_dir),
-                 "restarts": c.restarts}
+                 "wanted": c.wanted, "host": c.host, "port": c.port,
+                 "internal_port": c.internal_port, "url": c.url, "data_dir": str(c.data_dir),
+                 "restarts": c.restarts, "clock_skew_ms": c.clock_skew_ms}
                 for c in self.children
             ])
 
@@ -253,6 +285,15 @@ class LocalCluster:
             self.wake.set()
             return web.json_response({"started": child.name})
 
+        async def restart(request: web.Request) -> web.Response:
+            child = find(request)
+            try:
+                skew = int(request.query.get("clock_skew_ms", "0"))
+            except ValueError:
+                raise _json_error(web.HTTPBadRequest, "clock_skew_ms must be an integer") from None
+            await self.restart(child, skew)
+            return web.json_response({"restarted": child.name, "clock_skew_ms": skew})
+
         async def add(_request: web.Request) -> web.Response:
             child = self._new_child()
             await self.spawn(child)
@@ -264,7 +305,83 @@ class LocalCluster:
         app.router.add_post("/nodes/{name}/kill", kill)
         app.router.add_post("/nodes/{name}/stop", stop)
         app.router.add_post("/nodes/{name}/start", start)
+        app.router.add_post("/nodes/{name}/restart", restart)
+        app.router.add_get("/net", self._net_state)
+        app.router.add_post("/net/partition", self._net_partition)
+        app.router.add_post("/net/heal", self._net_heal)
         return app
+
+    # -- partitions (--netns) -----------------------------------------------------------
+    def _net_json(self) -> dict[str, Any]:
+        net = self.network
+        if net is None:
+            return {"netns": False}
+        return {"netns": True, "host": net.host,
+                "addresses": {name: net.address(name) for name in net.nodes},
+                "dropped": {dst: sorted(srcs) for dst, srcs in net.rules.items()},
+                "partition": describe(net.rules)}
+
+    async def _net_state(self, _request: web.Request) -> web.Response:
+        return web.json_response(self._net_json())
+
+    async def _net_apply(self, rules: dict[str, frozenset[str]]) -> web.Response:
+        if self.network is None:
+            raise _json_error(web.HTTPConflict,
+                              "not a network-namespace cluster: start it with `ringkv up --netns`")
+        try:
+            await asyncio.to_thread(self.network.apply, rules)
+        except ValueError as exc:
+            raise _json_error(web.HTTPBadRequest, str(exc)) from None
+        except NetnsError as exc:
+            raise _json_error(web.HTTPInternalServerError, str(exc)) from None
+        log.info("partition: %s", describe(self.network.rules))
+        return web.json_response(self._net_json())
+
+    async def _net_partition(self, request: web.Request) -> web.Response:
+        """Body: {"groups": [[names], ...]}, {"isolate": name} or {"one_way": [from, to]}."""
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
+            if "groups" in body:
+                groups = body["groups"]
+                if not (isinstance(groups, list) and all(
+                        isinstance(g, list) and all(isinstance(n, str) for n in g) for g in groups)):
+                    raise ValueError("groups must be a list of lists of node names")
+                rules = partition_rules(groups)
+            elif "isolate" in body:
+                rules = isolate_rules(str(body["isolate"]), [c.name for c in self.children])
+            elif "one_way" in body:
+                pair = body["one_way"]
+                if not (isinstance(pair, list) and len(pair) == 2):
+                    raise ValueError("one_way must be [from, to]")
+                rules = one_way_rules(str(pair[0]), str(pair[1]))
+            else:
+                raise ValueError("give groups, isolate or one_way")
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+            raise _json_error(web.HTTPBadRequest, str(exc)) from None
+        return await self._net_apply(rules)
+
+    async def _net_heal(self, _request: web.Request) -> web.Response:
+        return await self._net_apply({})
+
+
+async def _terminate_async(proc: asyncio.subprocess.Process, timeout: float,
+                           signalled: bool = False) -> None:
+    """SIGTERM (unless already sent), wait, then SIGKILL and reap."""
+    if proc.returncode is not None:
+        return
+    if not signalled:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
+def _json_error(status: type[web.HTTPException], message: str) -> web.HTTPException:
+    return status(text=json.dumps({"error": message}), content_type="application/json")
 
 
 def _ephemeral_low() -> int:
@@ -355,6 +472,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--restart-delay", type=float, default=3.0,
                    help="seconds before a dead node is restarted on its data directory")
     p.add_argument("--storage", choices=["sqlite", "memory"], default="sqlite")
+    p.add_argument("--netns", action="store_true",
+                   help="run each node in its own network namespace on a bridge, so "
+                   "`ringkv node partition` can cut links (root only; needs ip and iptables)")
     args = p.parse_args(argv)
     if args.nodes < 1 or args.rf < 1:
         p.error("--nodes and --rf must be at least 1")
@@ -362,8 +482,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    network = Network() if args.netns else None
+    try:
+        if network is not None:
+            network.create()
+        return await _serve(args, network)
+    finally:
+        if network is not None:
+            network.teardown()
+
+
+async def _serve(args: argparse.Namespace, network: Network | None) -> int:
     cluster = LocalCluster(args.nodes, args.rf, args.base_port, Path(args.data_dir), args.token,
-                           args.restart_delay, node_env={"RINGKV_STORAGE": args.storage})
+                           args.restart_delay, node_env={"RINGKV_STORAGE": args.storage},
+                           network=network)
     runner = web.AppRunner(cluster.control_app(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, HOST, args.base_port - 1).start()
@@ -383,19 +515,19 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def _banner(cluster: LocalCluster) -> str:
-    first = cluster.children[0].port
+    first = cluster.children[0].url
+    last = cluster.children[min(3, len(cluster.children) - 1)].url
     lines = [
         f"ringkv: {len(cluster.children)} nodes, rf={cluster.rf}, data in {cluster.data_dir}",
-        *(f"  {c.name}: http://{HOST}:{c.port}  (peers {HOST}:{c.internal_port}, log {c.log_path})"
+        *(f"  {c.name}: {c.url}  (peers {c.host}:{c.internal_port}, log {c.log_path})"
           for c in cluster.children),
         "",
         f"export RINGKV_TOKEN={cluster.api_token}",
-        f"curl -X PUT http://{HOST}:{first}/v1/kv/hello -d world -H \"Authorization: Bearer $RINGKV_TOKEN\"",
-        f"curl http://{HOST}:{first + min(3, len(cluster.children) - 1)}/v1/kv/hello "
-        "-H \"Authorization: Bearer $RINGKV_TOKEN\"",
+        f"curl -X PUT {first}/v1/kv/hello -d world -H \"Authorization: Bearer $RINGKV_TOKEN\"",
+        f"curl {last}/v1/kv/hello -H \"Authorization: Bearer $RINGKV_TOKEN\"",
         "",
-        f"control: ringkv node list | kill NAME | stop NAME | start NAME | add "
-        f"(--control {cluster.control_url})",
+        f"control: ringkv node list | kill NAME | stop NAME | start NAME | restart NAME | add"
+        f"{' | partition ... | heal' if cluster.network else ''} (--control {cluster.control_url})",
         "Ctrl-C stops every node.",
     ]
     return "\n".join(lines)
@@ -403,6 +535,11 @@ def _banner(cluster: LocalCluster) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.netns:
+        reason = unusable_reason()
+        if reason:
+            print(f"ringkv up: --netns: {reason}", file=sys.stderr)
+            return 2
     setup_logging(os.environ.get("RINGKV_LOG_FORMAT", "text"), "INFO")
     try:
         import uvloop  # noqa: PLC0415 - optional speed-up
@@ -413,29 +550,54 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def node_command(argv: list[str] | None = None) -> int:
-    """`ringkv node list|kill|stop|start|add`: talk to a running launcher."""
+    """`ringkv node list|kill|stop|start|restart|add|partition|heal`: talk to a running launcher."""
     p = argparse.ArgumentParser(prog="ringkv node", description="Control a local cluster.")
     p.add_argument("--control", default=os.environ.get("RINGKV_CONTROL", "http://127.0.0.1:8079"))
     sub = p.add_subparsers(dest="action", required=True)
     sub.add_parser("list")
     sub.add_parser("add")
-    for action in ("kill", "stop", "start"):
+    for action in ("kill", "stop", "start", "restart"):
         sp = sub.add_parser(action)
         sp.add_argument("name")
         if action == "kill":
             sp.add_argument("--signal", default="SIGKILL")
+        if action == "restart":
+            sp.add_argument("--clock-skew-ms", type=int, default=0,
+                            help="start it with its clock shifted by this much")
+    part = sub.add_parser("partition", help="cut links between nodes (a --netns cluster)")
+    how = part.add_mutually_exclusive_group(required=True)
+    how.add_argument("--isolate", metavar="NAME", help="cut NAME off from every other node")
+    how.add_argument("--groups", nargs="+", metavar="A,B",
+                     help="comma-separated groups; nodes in different groups cannot talk")
+    how.add_argument("--one-way", nargs=2, metavar=("FROM", "TO"),
+                     help="drop packets from FROM to TO (TO -> FROM still flows)")
+    sub.add_parser("heal", help="remove every partition rule")
     args = p.parse_args(argv)
+    body: bytes | None = None
     if args.action == "list":
         method, path = "GET", "/nodes"
     elif args.action == "add":
         method, path = "POST", "/nodes"
+    elif args.action == "partition":
+        method, path = "POST", "/net/partition"
+        doc = ({"isolate": args.isolate} if args.isolate else
+               {"one_way": args.one_way} if args.one_way else
+               {"groups": [g.split(",") for g in args.groups]})
+        body = json.dumps(doc).encode()
+    elif args.action == "heal":
+        method, path = "POST", "/net/heal"
     else:
         method, path = "POST", f"/nodes/{args.name}/{args.action}"
         if args.action == "kill":
             path += f"?signal={args.signal}"
-    req = urllib.request.Request(args.control + path, method=method, data=b"" if method == "POST" else None)
+        if args.action == "restart":
+            path += f"?clock_skew_ms={args.clock_skew_ms}"
+    if method == "POST" and body is None:
+        body = b""
+    req = urllib.request.Request(args.control + path, method=method, data=body,
+                                 headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=30) as resp:
             print(json.dumps(json.load(resp), indent=2))
             return 0
     except urllib.error.HTTPError as exc:

@@ -69,6 +69,17 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> web.Re
     return web.json_response(body, status=status, headers=headers)
 
 
+async def expect_continue(request: web.Request) -> web.Response | None:
+    """`Expect: 100-continue` as aiohttp answers it; any other expectation a JSON 417
+    (aiohttp's own runs before the middleware and answers text)."""
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        return error_response(417, "expectation_failed", "only 'Expect: 100-continue' is supported")
+    if request.version == (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size -= 25  # not part of the response (as aiohttp does)
+    return None
+
+
 def bad(message: str) -> ApiError:
     return ApiError(400, "bad_request", message)
 
@@ -400,15 +411,11 @@ def make_app(settings: Settings) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     api = Api(service)
-    app.router.add_route("PUT", KV_ROUTE, api.put)
-    app.router.add_route("GET", KV_ROUTE, api.get)
-    app.router.add_route("HEAD", KV_ROUTE, api.head)
-    app.router.add_route("DELETE", KV_ROUTE, api.delete)
-    app.router.add_route("GET", "/v1/kv", api.list)
-    app.router.add_route("GET", "/v1/cluster", api.cluster)
-    app.router.add_route("GET", REPLICAS_ROUTE, api.replicas)
-    app.router.add_route("GET", "/healthz", api.healthz)
-    app.router.add_route("GET", "/readyz", api.readyz)
-    app.router.add_route("GET", "/metrics", api.metrics)
-    app.router.add_route("GET", "/openapi.json", api.openapi)
+    routes = [("PUT", KV_ROUTE, api.put), ("GET", KV_ROUTE, api.get), ("HEAD", KV_ROUTE, api.head),
+              ("DELETE", KV_ROUTE, api.delete), ("GET", "/v1/kv", api.list),
+              ("GET", "/v1/cluster", api.cluster), ("GET", REPLICAS_ROUTE, api.replicas),
+              ("GET", "/healthz", api.healthz), ("GET", "/readyz", api.readyz),
+              ("GET", "/metrics", api.metrics), ("GET", "/openapi.json", api.openapi)]
+    for method, path, handler in routes:
+        app.router.add_route(method, path, handler, expect_handler=expect_continue)
     return app

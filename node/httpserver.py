@@ -8,6 +8,11 @@ connection is idle, how long a client may take to send headers (``idle_timeout``
 not bound is how many connections a node holds open: without a limit a client could open
 sockets until the process runs out of file descriptors and refuse every other client.
 Past ``max_connections``, a new connection gets one 503 JSON answer and is closed.
+
+aiohttp also answers a request its parser refuses with a text/plain 400 that echoes the
+offending bytes, and logs them at ERROR with a traceback, so a malformed Authorization
+header would put a token in the log. `_Handler` answers those with the API's JSON error
+shape and logs one line that names the kind of error and never the bytes.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import ssl
 import time
 from typing import cast
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
+from aiohttp.web_protocol import RequestHandler
 
 log = logging.getLogger("ringkv.node.http")
 
@@ -65,6 +71,35 @@ class _Refused(asyncio.Protocol):
         self.timer.cancel()
 
 
+_PARSER_ERRORS: tuple[tuple[type[Exception], str], ...] = (
+    (http_exceptions.LineTooLong, "the request line or a header is too long"),
+    (http_exceptions.InvalidURLError, "the request target has characters HTTP does not allow"),
+    (http_exceptions.BadHttpMethod, "not an HTTP/1.1 request (bad method)"),
+    (http_exceptions.BadStatusLine, "not an HTTP/1.1 request (bad request line)"),
+    (http_exceptions.InvalidHeader, "a header name or value HTTP does not allow"),
+    (http_exceptions.HttpProcessingError, "a malformed HTTP request"),
+)
+
+
+class _Handler(RequestHandler):
+    """aiohttp's connection handler, with JSON errors that never echo the request."""
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None, message: str | None = None) -> web.StreamResponse:
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        what = next((text for kind, text in _PARSER_ERRORS if isinstance(exc, kind)),
+                    "a malformed HTTP request")
+        log.info("refused %s from %s: %s", type(exc).__name__ if exc else "a request",
+                 request.remote, what)
+        if request.writer.output_size > 0:
+            raise ConnectionError("the response has started; the connection is dropped")
+        resp = web.json_response({"error": {"code": "bad_request", "message": what}},
+                                 status=status)
+        resp.force_close()
+        return resp
+
+
 class ConnectionLimit:
     """The protocol factory for the listener: aiohttp's handler while under the limit.
 
@@ -80,7 +115,8 @@ class ConnectionLimit:
 
     def __call__(self) -> asyncio.BaseProtocol:
         if len(self.server.connections) < self.max_connections:
-            return self.server()
+            # The same arguments aiohttp's own Server.__call__ passes (aiohttp is pinned).
+            return _Handler(self.server, loop=self.server._loop, **self.server._kwargs)
         self.refused += 1
         now = time.monotonic()
         if now - self._warned_at >= WARN_EVERY:

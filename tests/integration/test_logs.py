@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 from pathlib import Path
 
 from harness import API_TOKEN, CLUSTER_TOKEN, StaticCluster, http, wait_for
+
+
+MALFORMED = [
+    b"GET /v1/kv/x HTTP/1.1\r\nAuthorization: Bearer " + API_TOKEN.encode() + b"\x01\r\n\r\n",
+    b"PUT /v1/kv/very-secret-value-4711\x00 HTTP/1.1\r\n\r\n",
+    b"GET /v1/kv/x HTTP/1.1\r\nX-Note: " + b"very-secret-value-4711" * 500 + b"\r\n\r\n",
+]
 
 
 def test_json_logs_carry_no_values_or_tokens(tmp_path: Path) -> None:
@@ -20,6 +28,10 @@ def test_json_logs_carry_no_values_or_tokens(tmp_path: Path) -> None:
             assert http("PUT", f"{cluster.url(i % 2)}/v1/kv/secret-{i}", secret_value).status == 200
         http("GET", f"{cluster.url(0)}/v1/kv/x", headers={"Authorization": "Bearer wrong-token"},
              token=None)
+        for malformed in MALFORMED:  # refused by the HTTP parser, which would echo the bytes
+            with socket.create_connection(("127.0.0.1", cluster.nodes[1].port), timeout=30) as sock:
+                sock.sendall(malformed)
+                assert b'"bad_request"' in sock.recv(65536)
         cluster.nodes[2].start()
         cluster.wait_ready(cluster.nodes[2])
         wait_for(lambda: http("GET", f"{cluster.url(2)}/v1/kv/secret-0?consistency=one").status == 200,

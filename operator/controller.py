@@ -47,6 +47,8 @@ class Report:
     caught_up: bool
     handoff_done: bool
     settled_epoch_acked: int = 0
+    # The document the node holds, when it could tell (see `restore`).
+    document: Document | None = None
 
 
 def alive_nodes(observed: Iterable[Observed]) -> dict[str, Observed]:
@@ -60,6 +62,35 @@ def alive_nodes(observed: Iterable[Observed]) -> dict[str, Observed]:
         if o.alive:
             out[o.name] = o
     return out
+
+
+def held_document(reports: Mapping[str, Report]) -> Document | None:
+    """The newest document any reporting node holds: what the cluster actually runs."""
+    docs = [r.document for name, r in reports.items()
+            if r.name == name and r.document is not None]
+    return max(docs, key=lambda d: d.epoch, default=None)
+
+
+def restore(stored: Document | None, reports: Mapping[str, Report], seed_epoch: int,
+            ours: Document | None) -> Document | None:
+    """The nodes' own document re-issued above every epoch seen, when the store cannot be
+    trusted; None when it can.
+
+    The nodes only ever adopt what the controller published, so the newest document they
+    hold is the membership the cluster runs. A stored document that differs from it was
+    lost, rolled back or edited by hand (wrong members, a bogus epoch) unless it is the one
+    this controller saved last and the nodes have not all caught up with it yet (a push
+    still on its way). Stepping from an edited document could demote or drop a live member
+    or promote one that holds no data; re-issuing the nodes' document cannot. The epoch
+    goes above the stored one too, so no epoch is ever published with two contents.
+    """
+    held = held_document(reports)
+    if held is None or stored == held:
+        return None
+    if stored is not None and stored == ours and stored.epoch >= held.epoch:
+        return None
+    top = max(seed_epoch, held.epoch, stored.epoch if stored is not None else 0)
+    return replace(held, epoch=top + 1)
 
 
 def _current_reports(doc: Document, reports: Mapping[str, Report]) -> dict[str, Report]:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ringkv.node.membership import Document, Member
+from ringkv.node.membership import Document, InvalidDocument, Member
 from ringkv.node.security import TlsFiles, client_context
-from ringkv.node.transport import PeerLink
+from ringkv.node.transport import PeerLink, StaleEpoch
 
 from .controller import Report
 
@@ -33,7 +33,7 @@ class NodeClient:
             if link is not None:
                 link.close()
             link = PeerLink(member.name, member.url, self._token, self._caller,
-                            epoch=lambda: 0, on_stale=lambda _doc: None, timeout=self._timeout,
+                            epoch=lambda: -1, on_stale=lambda _doc: None, timeout=self._timeout,
                             ssl_context=self._ssl)
             self._links[member.name] = link
         return link
@@ -46,13 +46,30 @@ class NodeClient:
 
     async def status(self, member: Member) -> Report:
         s = await self._call(member, "status", None)
+        epoch = int(s["epoch"])
         return Report(
             name=str(s["node"]),  # the node's own word: a reused address cannot speak for another
-            epoch=int(s["epoch"]),
+            epoch=epoch,
             caught_up=bool(s["caught_up"]),
             handoff_done=bool(s["handoff_done"]),
             settled_epoch_acked=int(s.get("settled_epoch_acked", 0)),
+            document=await self._document(member) if epoch > 0 else None,
         )
+
+    async def _document(self, member: Member) -> Document | None:
+        """The document the node holds, asked for the way a peer with an old epoch learns it:
+        a request sent at an epoch below any a node can hold (-1; 0 means "unchecked") is
+        answered "stale epoch" with the node's document. Other calls send 0."""
+        link = self._link(member)
+        link.failures = 0
+        try:
+            await link.call("status", None, check_epoch=True)
+        except StaleEpoch as stale:
+            try:
+                return Document.from_json(stale.doc)
+            except InvalidDocument:
+                return None
+        return None
 
     async def push(self, member: Member, doc: Document) -> None:
         await self._call(member, "membership", doc.to_json())

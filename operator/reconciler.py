@@ -18,7 +18,16 @@ from typing import Protocol
 
 from ringkv.node.membership import Document, Member
 
-from .controller import Observed, Report, alive_nodes, cleanup_due, describe, next_document
+from .controller import (
+    Observed,
+    Report,
+    alive_nodes,
+    cleanup_due,
+    describe,
+    held_document,
+    next_document,
+    restore,
+)
 
 log = logging.getLogger("ringkv.operator")
 
@@ -78,6 +87,7 @@ class Reconciler:
         self._cleanup_epoch = 0
         self._push_failed: dict[str, int] = {}  # node -> epoch whose push failure was logged
         self._cleaned: set[str] = set()
+        self._saved: Document | None = None  # the document this reconciler saved last
 
     async def reconcile_once(self) -> Document | None:
         """One round: load, observe, poll, step the document, publish, re-push, clean up.
@@ -91,6 +101,16 @@ class Reconciler:
         seed_epoch = max((r.epoch for r in reports.values()), default=0)
 
         stepped = False
+        restored = restore(doc, reports, seed_epoch, self._saved)
+        if restored is not None:
+            held = held_document(reports)
+            assert held is not None
+            log.warning("the store holds %s, the nodes run epoch %d: re-issuing the nodes' "
+                        "document", "nothing valid" if doc is None else f"epoch {doc.epoch} "
+                        f"({', '.join(f'{m.name}:{m.state}' for m in doc.members)})", held.epoch)
+            # Described against the nodes' document: for the cluster nothing changes.
+            await self._publish(held, restored, alive)
+            doc, stepped = restored, True
         for _ in range(self.max_steps):
             new = next_document(doc, observed, reports, self.rf, seed_epoch)
             if new is None:
@@ -157,6 +177,7 @@ class Reconciler:
         A failed push is only logged: the next round re-pushes to any node still behind.
         """
         await self.store.save(new)
+        self._saved = new
         description = describe(old, new)
         log.info("membership %s", description)
         if self.on_change is not None:

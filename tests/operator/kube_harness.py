@@ -110,10 +110,14 @@ class Emulator(kmock.KubernetesEmulator):
                 meta.setdefault("namespace", request.namespace)
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("creationTimestamp", _now())
-        if (request.action == kmock.action.DELETE and request.name is not None
-                and request.resource is not None and request.resource.plural == "pods"):
+        is_pod = (request.name is not None and request.resource is not None
+                  and request.resource.plural == "pods")
+        if is_pod and request.action == kmock.action.DELETE:
             return await self._delete_pod(request)
-        return await super()._handle(request)
+        response = await super()._handle(request)
+        if is_pod and request.action == kmock.action.UPDATE:
+            await self._finish_deletion(request)
+        return response
 
     async def _delete_pod(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         """Graceful pod deletion as the API server and the kubelet do it: the first DELETE
@@ -124,16 +128,33 @@ class Emulator(kmock.KubernetesEmulator):
             if key not in self.objects or self.objects[key].deleted:
                 raise kmock.KubernetesObjectNotFoundError()
             obj = self.objects[key]
-            terminating = bool(obj.get("metadata", {}).get("deletionTimestamp"))
-            if not terminating and request.params.get("gracePeriodSeconds") != "0":
-                obj.patch({"metadata": {"deletionTimestamp": _now(),
-                                        "deletionGracePeriodSeconds": 30}})
+            meta = obj.get("metadata", {})
+            now = request.params.get("gracePeriodSeconds") == "0"
+            if meta.get("finalizers") or not (now or meta.get("deletionTimestamp")):
+                # Terminating; with finalizers it stays so, even after a delete "now",
+                # until they are removed (`_finish_deletion`).
+                obj.patch({"metadata": {"deletionTimestamp": meta.get("deletionTimestamp")
+                                        or _now(), "deletionGracePeriodSeconds":
+                                        0 if now else meta.get("deletionGracePeriodSeconds", 30)}})
                 event = {"type": "MODIFIED", "object": obj.raw}
             else:
                 event = {"type": "DELETED", "object": obj.raw}
                 obj.delete()
             await self._buses[request.resource].put(event)
         return aiohttp.web.json_response(event["object"])
+
+    async def _finish_deletion(self, request: kmock.Request) -> None:
+        """A pod whose deletion was confirmed (grace 0) goes once its last finalizer does."""
+        key = (request.resource, request.namespace, request.name)
+        async with self._lock:
+            if key not in self.objects or self.objects[key].deleted:
+                return
+            obj = self.objects[key]
+            meta = obj.get("metadata", {})
+            if meta.get("deletionGracePeriodSeconds") == 0 and not meta.get("finalizers"):
+                event = {"type": "DELETED", "object": obj.raw}
+                obj.delete()
+                await self._buses[request.resource].put(event)
 
     def _visible(self, request: kmock.Request, resource: Any, obj: dict[str, Any]) -> bool:
         meta = obj.get("metadata", {})
@@ -225,11 +246,15 @@ class Cluster:
             return payload
 
     async def create_pod(self, name: str, phase: str = "Running", ip: str = "127.0.0.1",
-                         labels: dict[str, str] | None = None) -> None:
+                         labels: dict[str, str] | None = None,
+                         finalizers: list[str] | None = None) -> None:
         """A pod as the StatefulSet creates it, then as the kubelet reports it."""
+        meta: dict[str, Any] = {"name": name, "labels": NODE_LABELS if labels is None else labels}
+        if finalizers:
+            meta["finalizers"] = finalizers
         await self.call("POST", self.pods_url, {
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "labels": NODE_LABELS if labels is None else labels},
+            "metadata": meta,
             "spec": {"containers": [{"name": "node", "image": "ringkv"}]},
             "status": {"phase": "Pending"},
         })
@@ -251,6 +276,34 @@ class Cluster:
     async def delete_pod(self, name: str) -> None:
         await self.terminate_pod(name)
         await self.remove_pod(name)
+
+    async def drop_finalizers(self, name: str) -> None:
+        """What the controller owning a finalizer does when it is done with the pod."""
+        await self.call("PATCH", f"{self.pods_url}/{name}", {"metadata": {"finalizers": None}})
+
+    async def pod(self, name: str) -> dict[str, Any] | None:
+        async with self.session.get(f"{self.pods_url}/{name}") as resp:
+            return None if resp.status == 404 else await resp.json()
+
+    async def edit_document(self, data: str) -> None:
+        """`kubectl edit configmap`: someone replaces the stored document by hand."""
+        await self.call("PATCH", self.configmap_url, {"data": {"membership.json": data}})
+
+    def operator_documents(self) -> list[Document]:
+        """Every document the operator tried to store (created or patched), oldest first."""
+        out = []
+        for r in self.emulator:
+            if (r.method in ("POST", "PATCH") and r.resource is not None
+                    and r.resource.plural == "configmaps"
+                    and r.headers.get("User-Agent", "").startswith("ringkv-operator")):
+                out.append(Document.from_json(json.loads(r.data["data"]["membership.json"])))
+        return out
+
+    def operator_rounds(self) -> int:
+        """Reconcile rounds so far (each one starts by reading the ConfigMap)."""
+        return sum(r.method == "GET" and r.url.path == self.configmap_url
+                   and r.headers.get("User-Agent", "").startswith("ringkv-operator")
+                   for r in self.emulator)
 
     async def document(self) -> Document | None:
         async with self.session.get(self.configmap_url) as resp:
@@ -403,3 +456,44 @@ async def node_get(node: NodeProcess, path: str) -> Any:
     assert r.status == 200, (path, r.status, r.body[:300])
     return r.json()
 
+
+
+async def settled(k8s: Cluster, nodes: Nodes, members: set[str], above: int = 0,
+                  timeout: float = 90) -> Document:
+    """The stored document once it is settled with exactly `members`, all normal, and every
+    member node has adopted it."""
+    async def check() -> Document | None:
+        doc = await k8s.document()
+        if (doc is None or not doc.settled or doc.epoch <= above or set(doc.names) != members
+                or any(m.state != "normal" for m in doc.members)):
+            return None
+        for name in members:
+            if (await node_get(nodes.procs[name], "/v1/cluster"))["epoch"] != doc.epoch:
+                return None
+        return doc
+
+    return await eventually(check, timeout, f"a settled epoch > {above} with {sorted(members)}")
+
+
+async def put(node: NodeProcess, key: str, value: bytes) -> str:
+    r = await asyncio.to_thread(http, "PUT", f"{node.url}/v1/kv/{key}", value)
+    assert r.status == 200, (key, r.status, r.body)
+    return r.json()["version"]
+
+
+async def replicas(node: NodeProcess, key: str) -> list[dict[str, Any]]:
+    """The key's replicas in the target ring, as `node` sees them."""
+    return [r for r in (await node_get(node, f"/v1/replicas/{key}"))["replicas"] if r["in_target"]]
+
+
+async def fully_replicated(node: NodeProcess, written: dict[str, str], rf: int = 3,
+                           exclude: frozenset[str] = frozenset()) -> bool:
+    """Every written key has exactly `rf` live copies at its newest version, none on
+    `exclude`."""
+    for key, version in written.items():
+        reps = await replicas(node, key)
+        if (len(reps) != rf or exclude & {r["node"] for r in reps}
+                or not all(r["status"] == "ok" and r["live"] and r["version"] == version
+                           for r in reps)):
+            return False
+    return True

@@ -15,36 +15,20 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from harness import API_TOKEN, CLUSTER_TOKEN, http
-from kube_harness import CONFIGMAP, NAMESPACE, SELECTOR, eventually, make_config, node_get
+from kube_harness import (
+    CONFIGMAP,
+    NAMESPACE,
+    SELECTOR,
+    eventually,
+    fully_replicated,
+    make_config,
+    node_get,
+    put,
+    replicas,
+    settled,
+)
 
-from ringkv.node.membership import Document
 from ringkv.operator import kube
-
-
-async def settled(k8s, nodes, members: set[str], above: int = 0, timeout: float = 90) -> Document:
-    """The stored document once it is settled with exactly `members`, all normal, and every
-    member node has adopted it."""
-    async def check() -> Document | None:
-        doc = await k8s.document()
-        if (doc is None or not doc.settled or doc.epoch <= above or set(doc.names) != members
-                or any(m.state != "normal" for m in doc.members)):
-            return None
-        for name in members:
-            if (await node_get(nodes.procs[name], "/v1/cluster"))["epoch"] != doc.epoch:
-                return None
-        return doc
-
-    return await eventually(check, timeout, f"a settled epoch > {above} with {sorted(members)}")
-
-
-async def put(node, key: str, value: bytes) -> str:
-    r = await asyncio.to_thread(http, "PUT", f"{node.url}/v1/kv/{key}", value)
-    assert r.status == 200, (key, r.status, r.body)
-    return r.json()["version"]
-
-
-async def replicas(node, key: str) -> list[dict]:
-    return [r for r in (await node_get(node, f"/v1/replicas/{key}"))["replicas"] if r["in_target"]]
 
 
 async def test_a_lost_pod_is_removed_and_its_data_re_replicated(k8s, nodes, operators) -> None:
@@ -61,16 +45,7 @@ async def test_a_lost_pod_is_removed_and_its_data_re_replicated(k8s, nodes, oper
     entry = nodes.procs["kv-0"]
     written = {f"k/{i:03d}": await put(entry, f"k/{i:03d}", f"v{i}".encode()) for i in range(60)}
 
-    async def fully_replicated(exclude: str = "") -> bool:
-        for key, version in written.items():
-            reps = await replicas(entry, key)
-            if (len(reps) != 3 or exclude in {r["node"] for r in reps}
-                    or not all(r["status"] == "ok" and r["live"] and r["version"] == version
-                               for r in reps)):
-                return False
-        return True
-
-    await eventually(fully_replicated, 90, "3 copies of every key")
+    await eventually(lambda: fully_replicated(entry, written), 90, "3 copies of every key")
     held_by_kv3 = [k for k in written if "kv-3" in {r["node"] for r in await replicas(entry, k)}]
     assert held_by_kv3, "kv-3 should replicate some keys"
 
@@ -78,7 +53,7 @@ async def test_a_lost_pod_is_removed_and_its_data_re_replicated(k8s, nodes, oper
     await nodes.kill("kv-3")
     await k8s.remove_pod("kv-3")  # ...and the pod is gone
     doc = await settled(k8s, nodes, {"kv-0", "kv-1", "kv-2"}, above=doc.epoch)
-    await eventually(lambda: fully_replicated(exclude="kv-3"), 90,
+    await eventually(lambda: fully_replicated(entry, written, exclude=frozenset({"kv-3"})), 90,
                      "3 live copies of every key on the survivors")
     events = [e["reason"] for e in await k8s.events()]
     assert {"ClusterFormed", "NodeRemoved", "EpochSettled"} <= set(events)

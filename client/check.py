@@ -11,10 +11,26 @@ scheduling noise; noise only widens intervals, which can hide a violation but ne
 invent one. Keys are fresh for every run (``check-<run id>/k<i>``), so data left by
 earlier runs cannot look like phantom reads.
 
-The nemesis (``kill``, ``pause``, ``restart-wipe``) drives a ``ringkv up`` launcher through
-its control endpoint and faults at most one node at a time, waiting until the node is ready
-again before the next fault. At the end every fault is healed, every node must become
-ready, and each key gets a final quorum read for the lost-write check.
+The nemesis drives a ``ringkv up`` launcher through its control endpoint, one fault at a
+time, waiting until the faulted nodes are ready again before the next: ``kill`` (SIGKILL;
+the launcher restarts the node), ``pause`` (SIGSTOP, SIGCONT after ``--fault-duration``),
+``restart-wipe`` (stop, delete the data directory, start), ``skew`` (restart a node with
+its clock ``--max-skew``/2 to ``--max-skew`` seconds off either way, then restart it with
+the true clock) and ``partition`` (needs ``ringkv up --netns``: isolate one node, split the
+nodes in two, or drop one direction of one link; healed after ``--fault-duration``). At
+the end every fault is healed, every node must become ready, and each key gets a final
+quorum read for the lost-write check.
+
+The summary (``--summary FILE``, and the ``"type": "summary"`` line of the history file)
+is one JSON object: ``run``, ``nemesis``, ``seed``, ``duration``; ``valid`` (no
+violations) and ``passed`` (valid and the cluster recovered: exit code 0); ``operations``
+(load operations, final reads excluded), ``acknowledged_writes``, ``unknown``, ``counts``
+(per kind and outcome), ``final_reads``; ``violations`` (a count),
+``violations_by_kind``, ``notes``; ``faults`` (a count) and ``fault_list`` (action, node,
+start, end, note; seconds since the start); ``availability_during_faults`` and
+``availability_overall``, each ``{ok, attempted, fraction}`` over the load operations
+invoked while a fault was active (from its start until its nodes were ready again), or
+over all of them (``fraction`` is null when nothing was attempted); ``problems``.
 
 Exit codes: 0 the history is valid; 1 violations found, or the cluster did not recover;
 2 usage error, or the check could not start (no cluster, no launcher, wrong token).
@@ -50,7 +66,7 @@ from ringkv.client.errors import (
     Unauthorized,
     Unavailable,
 )
-from ringkv.client.history import Kind, Op, Outcome, Verdict, check
+from ringkv.client.history import Kind, Op, Outcome, Verdict, availability, check
 from ringkv.client.syncclient import Client
 from ringkv.client.wire import CONSISTENCY_LEVELS, DEFAULT_URL, parse_urls
 
@@ -58,7 +74,8 @@ EXIT_VALID = 0
 EXIT_INVALID = 1
 EXIT_USAGE = 2
 
-NEMESES = ("none", "kill", "pause", "restart-wipe")
+NEMESES = ("none", "kill", "pause", "restart-wipe", "skew", "partition")
+PARTITIONS = ("isolate", "split", "one-way")
 DEFAULT_CONTROL = "http://127.0.0.1:8079"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 FAILURE_PAUSE = 0.05
@@ -116,9 +133,9 @@ class Log:
 # ------------------------------------------------------------------------- launcher
 
 
-def _http_json(method: str, url: str, timeout: float = 10.0) -> Any:
-    data = b"" if method == "POST" else None
-    req = urllib.request.Request(url, method=method, data=data)
+def _http_json(method: str, url: str, timeout: float = 10.0, body: object = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else b"" if method == "POST" else None
+    req = urllib.request.Request(url, method=method, data=data, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.load(resp)
 
@@ -154,9 +171,26 @@ class Launcher:
                 return node
         raise CheckAborted(f"the launcher no longer lists {name}")
 
-    def post(self, name: str, action: str, sig: str | None = None) -> None:
-        query = f"?signal={sig}" if sig else ""
-        _http_json("POST", f"{self.url}/nodes/{name}/{action}{query}")
+    def post(self, name: str, action: str, query: str = "") -> None:
+        """``POST /nodes/{name}/{action}?{query}``; a restart waits for the old process."""
+        _http_json("POST", f"{self.url}/nodes/{name}/{action}" + (f"?{query}" if query else ""), 40.0)
+
+    def net(self) -> dict[str, Any]:
+        """``GET /net``: ``{"netns": false}`` unless the launcher runs with ``--netns``
+        (older launchers answer 404: no namespaces either)."""
+        try:
+            doc = _http_json("GET", self.url + "/net")
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return {"netns": False}
+            raise
+        return doc if isinstance(doc, dict) else {"netns": False}
+
+    def partition(self, body: dict[str, Any]) -> None:
+        _http_json("POST", self.url + "/net/partition", 40.0, body)
+
+    def heal_network(self) -> None:
+        _http_json("POST", self.url + "/net/heal", 40.0)
 
     def api_url(self, node: dict[str, Any]) -> str:
         """The node's public URL (older launchers list only its port)."""
@@ -175,7 +209,9 @@ def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 
 
 
 class Nemesis:
-    """Faults one node at a time through the launcher and remembers how to undo it."""
+    """Faults the cluster through the launcher, one fault at a time, and remembers how to
+    undo it: ``kill``/``pause``/``restart-wipe``/``skew`` take one random node,
+    ``partition`` cuts links between nodes (isolate one, split in two, or one way)."""
 
     def __init__(
         self,
@@ -186,6 +222,7 @@ class Nemesis:
         ready_timeout: float,
         rng: random.Random,
         log: Log,
+        max_skew: float = 300.0,
     ) -> None:
         self.action = action
         self.launcher = launcher
@@ -194,9 +231,12 @@ class Nemesis:
         self.ready_timeout = ready_timeout
         self.rng = rng
         self.log = log
+        self.max_skew = max_skew
         self.faults: list[Fault] = []
         self.paused: set[str] = set()
         self.stopped: set[str] = set()
+        self.skewed: set[str] = set()
+        self.partitioned = False
 
     def run(self, stop: threading.Event) -> None:
         """Fault a random live node every ``interval`` seconds until ``stop``."""
@@ -208,7 +248,10 @@ class Nemesis:
             node = self.rng.choice(candidates)
             fault = Fault(self.action, str(node["name"]), self.log.now())
             self.faults.append(fault)
-            back = self._fault(node, fault, stop)
+            if self.action == "partition":
+                back = self._partition([str(n["name"]) for n in candidates], fault, stop)
+            else:
+                back = self._fault(node, fault, stop)
             fault.end = self.log.now()
             if not back:
                 fault.note = f"not ready within {self.ready_timeout:g}s"
@@ -221,19 +264,21 @@ class Nemesis:
         if self.action == "kill":
             self.log(f"nemesis: kill -9 {name} (the launcher restarts it)")
             old_pid = node.get("pid")
-            self.launcher.post(name, "kill", "SIGKILL")
+            self.launcher.post(name, "kill", "signal=SIGKILL")
             fault.note = "SIGKILL"
             return self._back(name, lambda n: n.get("alive") and n.get("pid") != old_pid)
         if self.action == "pause":
             self.log(f"nemesis: pause {name} (SIGSTOP) for {self.fault_duration:g}s")
             self.paused.add(name)
-            self.launcher.post(name, "kill", "SIGSTOP")
+            self.launcher.post(name, "kill", "signal=SIGSTOP")
             stop.wait(self.fault_duration)
-            self.launcher.post(name, "kill", "SIGCONT")
+            self.launcher.post(name, "kill", "signal=SIGCONT")
             self.paused.discard(name)
             fault.note = "SIGSTOP, SIGCONT"
             self.log(f"nemesis: resume {name} (SIGCONT)")
             return self._back(name, lambda n: bool(n.get("alive")))
+        if self.action == "skew":
+            return self._skew(name, fault, stop)
         self.log(f"nemesis: stop {name}, wipe its data, start it")
         data_dir = Path(str(node["data_dir"]))
         if not data_dir.is_absolute() or data_dir == Path(data_dir.anchor):
@@ -249,6 +294,45 @@ class Nemesis:
         fault.note = f"wiped {data_dir}"
         return self._back(name, lambda n: bool(n.get("alive")))
 
+    def _skew(self, name: str, fault: Fault, stop: threading.Event) -> bool:
+        """Restart the node with its clock shifted by max_skew/2..max_skew either way, let
+        it serve for fault_duration, then restart it with the true clock."""
+        skew_ms = round(self.rng.choice((-1, 1)) * self.rng.uniform(self.max_skew / 2, self.max_skew) * 1000)
+        self.log(f"nemesis: restart {name} with its clock {skew_ms / 1000:+.1f}s off")
+        self.skewed.add(name)
+        self.launcher.post(name, "restart", f"clock_skew_ms={skew_ms}")
+        fault.note = f"clock_skew_ms={skew_ms}"
+        if not self._back(name, lambda n: n.get("alive") and n.get("clock_skew_ms") == skew_ms):
+            return False
+        stop.wait(self.fault_duration)
+        self.log(f"nemesis: restart {name} with the true clock")
+        self.launcher.post(name, "restart", "clock_skew_ms=0")
+        self.skewed.discard(name)
+        return self._back(name, lambda n: n.get("alive") and not n.get("clock_skew_ms"))
+
+    def _partition(self, names: list[str], fault: Fault, stop: threading.Event) -> bool:
+        """One random partition for fault_duration, then heal; ``fault.node`` names the
+        cut: ``a`` (isolated), ``a,b|c,d,e`` (split) or ``a->b`` (one way)."""
+        mode = self.rng.choice(PARTITIONS if len(names) > 2 else ("isolate", "one-way"))
+        self.rng.shuffle(names)
+        body: dict[str, Any]
+        if mode == "isolate":
+            body, fault.node = {"isolate": names[0]}, names[0]
+        elif mode == "split":
+            small, big = sorted(names[: len(names) // 2]), sorted(names[len(names) // 2 :])
+            body, fault.node = {"groups": [small, big]}, f"{','.join(small)}|{','.join(big)}"
+        else:
+            body, fault.node = {"one_way": names[:2]}, f"{names[0]}->{names[1]}"
+        fault.note = mode
+        self.log(f"nemesis: partition ({mode}) {fault.node} for {self.fault_duration:g}s")
+        self.partitioned = True
+        self.launcher.partition(body)
+        stop.wait(self.fault_duration)
+        self.launcher.heal_network()
+        self.partitioned = False
+        self.log("nemesis: network healed")
+        return all(self._back(n, lambda node: bool(node.get("alive"))) for n in sorted(names))
+
     def _back(self, name: str, alive: Callable[[dict[str, Any]], Any]) -> bool:
         def ready() -> bool:
             node = self.launcher.node(name)
@@ -257,18 +341,27 @@ class Nemesis:
         return wait_until(ready, self.ready_timeout, 0.2)
 
     def heal(self) -> None:
-        """Resume paused nodes and start stopped ones (after an interrupted fault)."""
-        undo = [(name, "kill", "SIGCONT") for name in sorted(self.paused)]
-        undo += [(name, "start", None) for name in sorted(self.stopped)]
-        for name, action, sig in undo:
+        """Undo an interrupted fault: heal the network, resume paused nodes, start stopped
+        ones, restart skewed ones with the true clock."""
+        undo: list[tuple[str, Callable[[], None]]] = []
+        if self.partitioned:
+            undo.append(("heal the network", self.launcher.heal_network))
+        posts = [(name, "kill", "signal=SIGCONT") for name in sorted(self.paused)]
+        posts += [(name, "start", "") for name in sorted(self.stopped)]
+        posts += [(name, "restart", "clock_skew_ms=0") for name in sorted(self.skewed)]
+        undo += [(f"{verb} {name} {query}".rstrip(), functools.partial(self.launcher.post, name, verb, query))
+                 for name, verb, query in posts]
+        for what, action in undo:
             try:
-                self.launcher.post(name, action, sig)
+                action()
             except OSError as exc:
-                self.log(f"heal: could not {action} {name} {sig or ''}: {exc}")
+                self.log(f"heal: could not {what}: {exc}")
             else:
-                self.log(f"heal: {action} {name} {sig or ''}".rstrip())
+                self.log(f"heal: {what}")
+        self.partitioned = False
         self.paused.clear()
         self.stopped.clear()
+        self.skewed.clear()
 
 
 # -------------------------------------------------------------------------- workers
@@ -367,16 +460,54 @@ def final_reads(work: Workload, timeout: float) -> list[Op]:
 # --------------------------------------------------------------------------- output
 
 
+def _ratio(ok: int, attempted: int) -> dict[str, object]:
+    return {"ok": ok, "attempted": attempted, "fraction": round(ok / attempted, 4) if attempted else None}
+
+
+def summarize(
+    meta: dict[str, object], ops: Sequence[Op], faults: Sequence[Fault], verdict: Verdict, problems: list[str]
+) -> dict[str, Any]:
+    """The machine-readable summary (field names in this module's docstring)."""
+    load = [op for op in ops if not op.final]
+    return {
+        "run": meta["run"],
+        "nemesis": meta["nemesis"],
+        "seed": meta["seed"],
+        "duration": meta["duration"],
+        "valid": verdict.valid,
+        "passed": verdict.valid and not problems,
+        "operations": len(load),
+        "acknowledged_writes": verdict.acknowledged_writes,
+        "unknown": sum(op.outcome == "unknown" for op in load),
+        "counts": verdict.counts,
+        "final_reads": verdict.final_reads,
+        "violations": len(verdict.violations),
+        "violations_by_kind": verdict.by_kind,
+        "notes": len(verdict.notes),
+        "faults": len(faults),
+        "fault_list": [asdict(f) for f in faults],
+        "availability_during_faults": _ratio(*availability(load, [(f.start, f.end) for f in faults])),
+        "availability_overall": _ratio(sum(op.outcome == "ok" for op in load), len(load)),
+        "problems": problems,
+    }
+
+
 def write_history(
-    path: Path, meta: dict[str, object], ops: Iterable[Op], faults: Iterable[Fault], verdict: Verdict
+    path: Path,
+    meta: dict[str, object],
+    ops: Iterable[Op],
+    faults: Iterable[Fault],
+    verdict: Verdict,
+    summary: dict[str, Any],
 ) -> None:
-    """JSON lines: the run's parameters, every operation, every fault, the verdict."""
+    """JSON lines: the run's parameters, every operation, every fault, the summary, the verdict."""
     with path.open("w", encoding="utf-8") as f:
         f.write(json.dumps({"type": "run", **meta}) + "\n")
         for op in ops:
             f.write(json.dumps({"type": "op", **op.to_json()}) + "\n")
         for fault in faults:
             f.write(json.dumps({"type": "fault", **asdict(fault)}) + "\n")
+        f.write(json.dumps({"type": "summary", **summary}) + "\n")
         f.write(json.dumps({"type": "verdict", "valid": verdict.valid, "violations": verdict.by_kind}) + "\n")
 
 
@@ -486,7 +617,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     p.add_argument("--interval", type=float, default=5.0, help="seconds between faults (default 5)")
     p.add_argument(
-        "--fault-duration", type=float, default=3.0, help="seconds a paused node stays paused (default 3)"
+        "--fault-duration",
+        type=float,
+        default=3.0,
+        help="seconds a node stays paused or skewed, or a partition lasts (default 3)",
+    )
+    p.add_argument(
+        "--max-skew",
+        type=float,
+        default=300.0,
+        help="the skew nemesis shifts a clock by max/2..max seconds either way (default 300; "
+        "keep it under the nodes' max_clock_drift/2)",
     )
     p.add_argument(
         "--ready-timeout",
@@ -495,6 +636,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="seconds to wait for nodes to become ready (default 60)",
     )
     p.add_argument("--history", type=Path, help="history file (default ringkv-check-<run id>.jsonl)")
+    p.add_argument("--summary", type=Path, help="also write the summary as one JSON document here")
     p.add_argument("--plot", type=Path, help="also draw a PNG timeline here (needs matplotlib)")
     p.add_argument("--seed", type=int, help="seed of the random choices (default: random)")
     args = p.parse_args(argv)
@@ -502,8 +644,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         p.error("--workers and --keys must be at least 1, --duration and --timeout positive")
     if not 0.0 <= args.read_ratio <= 1.0:
         p.error("--read-ratio must be between 0 and 1")
-    if args.interval <= 0 or args.fault_duration <= 0 or args.ready_timeout <= 0:
-        p.error("--interval, --fault-duration and --ready-timeout must be positive")
+    if args.interval <= 0 or args.fault_duration <= 0 or args.ready_timeout <= 0 or args.max_skew <= 0:
+        p.error("--interval, --fault-duration, --ready-timeout and --max-skew must be positive")
     try:
         args.urls = [b.url for b in parse_urls(args.url)]
     except ValueError as exc:
@@ -523,6 +665,13 @@ def _preflight_launcher(args: argparse.Namespace) -> Launcher | None:
             f"no `ringkv up` control endpoint at {launcher.url} ({exc}); "
             "start one, or pass --control or --nemesis none"
         ) from exc
+    if args.nemesis == "partition" and not launcher.net().get("netns"):
+        raise CheckAborted(
+            "the partition nemesis needs a cluster in network namespaces: start it with "
+            "`ringkv up --netns` (as root)"
+        )
+    if args.nemesis == "skew" and not all("clock_skew_ms" in n for n in nodes):
+        raise CheckAborted("this launcher cannot restart a node with a skewed clock (update ringkv)")
     if args.nemesis == "restart-wipe":
         if launcher.host not in LOOPBACK:
             raise CheckAborted(
@@ -643,6 +792,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.ready_timeout,
             random.Random(seed),
             log,
+            args.max_skew,
         )
     print(
         f"ringkv check: {args.workers} workers, {args.keys} keys under {prefix!r}, "
@@ -671,15 +821,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         "consistency": args.consistency,
         "nemesis": args.nemesis,
         "interval": args.interval,
+        "fault_duration": args.fault_duration,
         "seed": seed,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(time.time() - log.now())),
     }
-    write_history(history_path, meta, ops, faults, verdict)
+    summary = summarize(meta, ops, faults, verdict, problems)
+    write_history(history_path, meta, ops, faults, verdict, summary)
+    if args.summary is not None:
+        args.summary.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print()
     print(verdict.summary())
     if faults:
         listed = ", ".join(f"{f.action} {f.node} at {f.start:.1f}s" for f in faults)
         print(f"faults: {len(faults)} ({listed})")
+        during = summary["availability_during_faults"]
+        if during["attempted"]:
+            print(f"availability during faults: {during['fraction']:.1%} "
+                  f"({during['ok']} of {during['attempted']} operations ok)")
     for problem in problems:
         print(f"problem: {problem}")
     print(f"history file: {history_path}")

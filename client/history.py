@@ -233,6 +233,15 @@ def check(ops: Iterable[Op], final_reads: Iterable[Op] | None = None) -> Verdict
     )
 
 
+def availability(ops: Iterable[Op], windows: Iterable[tuple[float, float | None]]) -> tuple[int, int]:
+    """``(ok, attempted)`` over the non-final operations invoked inside any window
+    (``start <= invoke <= end``; an end of None is a window still open): how much of
+    the load a fault let through."""
+    spans = [(start, float("inf") if end is None else end) for start, end in windows]
+    inside = [op for op in ops if not op.final and any(a <= op.invoke <= b for a, b in spans)]
+    return sum(op.outcome == "ok" for op in inside), len(inside)
+
+
 @dataclass(frozen=True)
 class _Versioned:
     """An ok operation whose version parsed (None: a not-found read)."""

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PREFIX = "rk"
+IFNAMSIZ = 16  # the kernel's limit on interface names, the terminating NUL included
 SUBNET = ipaddress.ip_network("10.213.0.0/16")
 MAX_NODES = 252  # .2 .. .253 in a /24
 LOCK_FILE = Path("/run/lock/ringkv-netns.lock")
@@ -53,7 +54,7 @@ def netns_name(owner: int, index: int) -> str:
 
 
 def veth_name(owner: int, index: int) -> str:
-    """The bridge-side end; at most 2+7+1+3 = 13 characters (IFNAMSIZ is 16 with the NUL)."""
+    """The bridge-side end; at most 2+7+1+3 = 13 characters (below IFNAMSIZ)."""
     return f"{PREFIX}{owner}v{index}"
 
 

@@ -193,6 +193,7 @@ class LocalCluster:
     extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     base_port: int = 0
+    netns: bool = False  # `ringkv up --netns`: nodes in network namespaces (root only)
 
     def start(self) -> LocalCluster:
         self.base_port = free_port_block(self.nodes + 4)
@@ -203,7 +204,7 @@ class LocalCluster:
             [sys.executable, "-m", "ringkv.client.cli", "up", "--nodes", str(self.nodes),
              "--rf", str(self.rf), "--base-port", str(self.base_port), "--data-dir",
              str(self.root / "data"), "--token", API_TOKEN, "--restart-delay",
-             str(self.restart_delay)],
+             str(self.restart_delay), *(["--netns"] if self.netns else [])],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
@@ -227,6 +228,8 @@ class LocalCluster:
         return f"http://127.0.0.1:{self.base_port - 1}"
 
     def url(self, i: int) -> str:
+        if self.netns:
+            return str(self.node_list()[i]["url"])
         return f"http://127.0.0.1:{self.base_port + i}"
 
     def urls(self) -> list[str]:
@@ -237,6 +240,13 @@ class LocalCluster:
 
     def command(self, name: str, action: str, query: str = "") -> dict[str, Any]:
         r = http("POST", f"{self.control}/nodes/{name}/{action}{query}", b"", token=None)
+        assert r.status == 200, r.body
+        return r.json()
+
+    def net(self, action: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """`POST /net/partition` (with a body) or `/net/heal` on a --netns launcher."""
+        r = http("POST", f"{self.control}/net/{action}", json.dumps(body or {}).encode(), token=None,
+                 headers={"Content-Type": "application/json"})
         assert r.status == 200, r.body
         return r.json()
 

@@ -1,7 +1,9 @@
-"""`ringkv check` end to end: a real `ringkv up` cluster, a kill nemesis, a valid history.
+"""`ringkv check` end to end: a real `ringkv up` cluster, a short run of every nemesis, a
+valid history with faults and acknowledged writes in it.
 
-The cluster runs as a subprocess on a random free block of ports and is stopped with
-SIGTERM in teardown; readiness is polled, never slept for.
+The clusters run as subprocesses on random free blocks of ports (the partition one in
+network namespaces, root only) and are stopped with SIGTERM in teardown; readiness is
+polled, never slept for.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from harness import free_ports, wait_for
@@ -24,6 +27,8 @@ from harness import free_ports, wait_for
 from ringkv.client import QuorumUnavailable, Unavailable
 from ringkv.client.check import classify, main
 from ringkv.client.errors import BadRequest, ConflictRetryExhausted, InternalError
+from ringkv.client.history import Op, Outcome, availability
+from ringkv.operator.netns import unusable_reason
 
 NODES = 3
 CLI = [sys.executable, "-m", "ringkv.client.cli"]
@@ -75,26 +80,29 @@ class LocalUp:
 
     @property
     def urls(self) -> list[str]:
-        return [f"http://127.0.0.1:{self.base + i}" for i in range(NODES)]
+        """The nodes' URLs as the launcher lists them (namespace addresses with --netns)."""
+        return [str(n["url"]) for n in self.node_list()]
+
+    @property
+    def token(self) -> str:
+        return (self.data_dir / "token").read_text().strip()
 
     def log_tail(self) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
 
-    def node_pids(self) -> list[int]:
+    def node_list(self) -> list[dict[str, Any]]:
         try:
             nodes = _get_json(self.control + "/nodes")
         except OSError:
             return []
-        if not isinstance(nodes, list):
-            return []
-        return [n["pid"] for n in nodes if isinstance(n, dict) and isinstance(n.get("pid"), int)]
+        return [n for n in nodes if isinstance(n, dict)] if isinstance(nodes, list) else []
 
 
-@pytest.fixture
-def local_up(tmp_path: Path) -> Iterator[LocalUp]:
+def _launch(root: Path, netns: bool) -> Iterator[LocalUp]:
+    """`ringkv up` with 3 nodes, ready; stopped (and its nodes reaped) afterwards."""
     base = free_base_port(NODES)
-    data_dir = tmp_path / "data"
-    log = tmp_path / "up.log"
+    data_dir = root / "data"
+    log = root / "up.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [
@@ -103,6 +111,7 @@ def local_up(tmp_path: Path) -> Iterator[LocalUp]:
                 *f"--nodes {NODES} --rf 3 --base-port {base} --restart-delay 1".split(),
                 "--data-dir",
                 str(data_dir),
+                *(["--netns"] if netns else []),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -113,12 +122,17 @@ def local_up(tmp_path: Path) -> Iterator[LocalUp]:
         def ready() -> bool:
             if proc.poll() is not None:
                 raise AssertionError(f"ringkv up exited with {proc.returncode}:\n{up.log_tail()}")
-            return (data_dir / "token").exists() and all(_ready(u) for u in up.urls)
+            nodes = up.node_list()
+            return (
+                (data_dir / "token").exists()
+                and len(nodes) == NODES
+                and all(_ready(str(n["url"])) for n in nodes)
+            )
 
         wait_for(ready, 60, "the local cluster to be ready", interval=0.2)
         yield up
     finally:
-        pids = up.node_pids()
+        pids = [n["pid"] for n in up.node_list() if isinstance(n.get("pid"), int)]
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -133,30 +147,50 @@ def local_up(tmp_path: Path) -> Iterator[LocalUp]:
                         pass
 
 
-@pytest.mark.timeout(180)
-def test_check_with_kill_nemesis_finds_a_valid_history(local_up: LocalUp, tmp_path: Path) -> None:
-    history = tmp_path / "history.jsonl"
-    token = (local_up.data_dir / "token").read_text().strip()
-    options = f"--duration 8 --workers 6 --nemesis kill --interval 2 --seed 7 --control {local_up.control}"
+@pytest.fixture(scope="module")
+def local_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalUp]:
+    """One loopback cluster for the module: every nemesis heals, so the next run finds it whole."""
+    yield from _launch(tmp_path_factory.mktemp("up"), netns=False)
+
+
+@pytest.fixture(scope="module")
+def netns_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalUp]:
+    reason = unusable_reason()
+    if reason:
+        pytest.skip(f"the partition nemesis needs network namespaces: {reason}")
+    yield from _launch(tmp_path_factory.mktemp("netns"), netns=True)
+
+
+def run_check(
+    up: LocalUp, tmp_path: Path, *options: str
+) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
+    """`ringkv check` against `up`; returns the result, the history and the summary file."""
+    history, summary = tmp_path / "history.jsonl", tmp_path / "summary.json"
     result = subprocess.run(
-        [
-            *CLI,
-            "check",
-            "--url",
-            ",".join(local_up.urls),
-            "--token",
-            token,
-            *options.split(),
-            "--history",
-            str(history),
-        ],
+        [*CLI, "check", "--url", ",".join(up.urls), "--token", up.token, "--control", up.control,
+         *options, "--history", str(history), "--summary", str(summary)],
         check=False,
         capture_output=True,
         text=True,
         timeout=150,
     )
+    return result, history, summary
+
+
+# A short run of every nemesis: a few seconds of load, one or more faults, all healed.
+SHORT = "--duration 5 --workers 4 --interval 1 --fault-duration 1.5 --max-skew 120 --seed 7"
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("nemesis", ["kill", "pause", "restart-wipe", "skew", "partition"])
+def test_every_nemesis_faults_the_cluster_and_the_history_stays_valid(
+    nemesis: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    up: LocalUp = request.getfixturevalue("netns_up" if nemesis == "partition" else "local_up")
+    restarts_before = sum(n["restarts"] for n in up.node_list())
+    result, history, summary_file = run_check(up, tmp_path, *SHORT.split(), "--nemesis", nemesis)
     output = result.stdout + result.stderr
-    assert result.returncode == 0, f"{output}\n--- ringkv up log ---\n{local_up.log_tail()}"
+    assert result.returncode == 0, f"{output}\n--- ringkv up log ---\n{up.log_tail()}"
     assert "result: VALID" in output
 
     lines = [json.loads(line) for line in history.read_text().splitlines()]
@@ -165,11 +199,38 @@ def test_check_with_kill_nemesis_finds_a_valid_history(local_up: LocalUp, tmp_pa
     acked = [d for d in ops if d["kind"] == "write" and d["outcome"] == "ok" and not d["final"]]
     faults = [d for d in lines if d["type"] == "fault"]
     assert len(acked) > 0
-    assert len(faults) >= 1 and all(f["action"] == "kill" for f in faults), faults
+    assert len(faults) >= 1 and all(f["action"] == nemesis for f in faults), faults
     assert all(f["end"] is not None and f["end"] > f["start"] for f in faults), faults
     finals = [d for d in ops if d["final"]]
     assert len(finals) == 10 and all(d["outcome"] == "ok" for d in finals)
-    assert token not in history.read_text()
+    assert up.token not in history.read_text()
+
+    # Evidence that each fault really happened, as far as the launcher can tell.
+    restarts = sum(n["restarts"] for n in up.node_list()) - restarts_before
+    if nemesis == "kill":
+        assert restarts >= len(faults)
+    elif nemesis == "skew":  # a restart with a skewed clock, and one back
+        assert restarts >= 2 * len(faults)
+        skews = [int(f["note"].removeprefix("clock_skew_ms=")) for f in faults]
+        assert all(60_000 <= abs(s) <= 120_000 for s in skews), skews
+    elif nemesis == "partition":
+        assert {f["note"] for f in faults} <= {"isolate", "split", "one-way"}, faults
+    assert all(n["alive"] and n["clock_skew_ms"] == 0 for n in up.node_list())
+
+    summary = json.loads(summary_file.read_text())
+    assert {"type": "summary", **summary} in lines
+    assert summary["nemesis"] == nemesis and summary["valid"] and summary["passed"]
+    assert summary["violations"] == 0 and summary["faults"] == len(faults)
+    assert summary["acknowledged_writes"] == len(acked) > 0
+    during = summary["availability_during_faults"]
+    assert 0 < during["attempted"] <= summary["operations"] and 0 <= during["ok"] <= during["attempted"]
+
+
+def test_partition_nemesis_needs_a_netns_launcher(local_up: LocalUp, tmp_path: Path) -> None:
+    result, history, _ = run_check(local_up, tmp_path, "--duration", "1", "--nemesis", "partition")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "ringkv up --netns" in result.stderr
+    assert not history.exists()
 
 
 def test_check_exits_2_when_no_cluster_answers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -214,3 +275,14 @@ def test_outcomes_are_unknown_unless_the_write_surely_did_not_happen() -> None:
     assert classify("write", InternalError("internal", "x", 500)) == "unknown"
     assert classify("read", Unavailable("timeout", timed_out=True)) == "unknown"
     assert classify("read", Unavailable("refused")) == "fail"
+
+
+def test_availability_counts_operations_invoked_inside_a_fault_window() -> None:
+    def op(invoke: float, outcome: Outcome, final: bool = False) -> Op:
+        return Op(0, "read", "k", None, None, invoke, invoke + 0.5, outcome, final)
+
+    ops = [op(0.5, "ok"), op(1.0, "fail"), op(1.5, "ok"), op(2.5, "unknown"), op(9.0, "ok")]
+    ops.append(op(1.2, "ok", final=True))
+    assert availability(ops, [(1.0, 2.0)]) == (1, 2)  # the final read does not count
+    assert availability(ops, [(1.0, 2.0), (8.0, None)]) == (2, 3)
+    assert availability(ops, []) == (0, 0)

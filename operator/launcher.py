@@ -119,6 +119,7 @@ class LocalCluster:
         self.reconciler = Reconciler(FileStore(self.data_dir / "membership.json"), self,
                                      self.nodes, rf)
         self.wake = asyncio.Event()
+        self._net_lock = asyncio.Lock()  # one partition change at a time
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
 
@@ -329,7 +330,8 @@ class LocalCluster:
             raise _json_error(web.HTTPConflict,
                               "not a network-namespace cluster: start it with `ringkv up --netns`")
         try:
-            await asyncio.to_thread(self.network.apply, rules)
+            async with self._net_lock:
+                await asyncio.to_thread(self.network.apply, rules)
         except ValueError as exc:
             raise _json_error(web.HTTPBadRequest, str(exc)) from None
         except NetnsError as exc:
@@ -487,6 +489,9 @@ async def _run(args: argparse.Namespace) -> int:
         if network is not None:
             network.create()
         return await _serve(args, network)
+    except NetnsError as exc:
+        print(f"ringkv up: --netns: {exc}", file=sys.stderr)
+        return 1
     finally:
         if network is not None:
             network.teardown()

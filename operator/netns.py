@@ -255,7 +255,7 @@ class Network:
         unknown = {n for dst, srcs in rules.items() for n in (dst, *srcs)} - set(self.nodes)
         if unknown:
             raise ValueError(f"no node {sorted(unknown)[0]}")
-        for name in sorted(set(self.rules) | set(rules)):
+        for name in sorted(self.nodes):  # every node: a half-applied earlier call is undone too
             sources = [self.address(src) for src in rules.get(name, frozenset())]
             for cmd in iptables_commands(sources):
                 _run(*self.command(name, cmd))

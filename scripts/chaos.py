@@ -64,27 +64,17 @@ def ratio(pair: tuple[int, int]) -> str:
     return f"{ok / attempted:.1%} ({ok}/{attempted})" if attempted else "-"
 
 
-def read_history(path: Path, outcome: Outcome) -> None:
-    """Fill `outcome` from a `ringkv check` history file (JSON lines)."""
-    ops: list[dict[str, Any]] = []
-    windows: list[tuple[float, float]] = []
-    end = 0.0
-    for line in path.read_text(encoding="utf-8").splitlines():
-        doc = json.loads(line)
-        if doc["type"] == "op" and not doc.get("final"):
-            ops.append(doc)
-            end = max(end, doc["complete"] or doc["invoke"])
-        elif doc["type"] == "fault":
-            windows.append((doc["start"], doc["end"] if doc["end"] is not None else float("inf")))
-        elif doc["type"] == "verdict":
-            outcome.violations = sum(doc["violations"].values())
-    outcome.ops = len(ops)
-    outcome.acked_writes = sum(op["kind"] == "write" and op["outcome"] == "ok" for op in ops)
-    outcome.unknown = sum(op["outcome"] == "unknown" for op in ops)
-    outcome.faults = len(windows)
-    in_fault = [op for op in ops if any(s <= op["invoke"] <= e for s, e in windows)]
-    outcome.during_faults = (sum(op["outcome"] == "ok" for op in in_fault), len(in_fault))
-    outcome.overall = (sum(op["outcome"] == "ok" for op in ops), len(ops))
+def read_summary(path: Path, outcome: Outcome) -> None:
+    """Fill `outcome` from the summary `ringkv check --summary` wrote."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    outcome.ops = doc["operations"]
+    outcome.acked_writes = doc["acknowledged_writes"]
+    outcome.unknown = doc["unknown"]
+    outcome.violations = doc["violations"]
+    outcome.faults = doc["faults"]
+    for name in ("during_faults", "overall"):
+        ratio_doc = doc[f"availability_{name}"]
+        setattr(outcome, name, (ratio_doc["ok"], ratio_doc["attempted"]))
 
 
 def _get_json(url: str) -> Any:
@@ -130,20 +120,21 @@ def run_one(nemesis: str, args: argparse.Namespace, work: Path) -> Outcome:
     try:
         urls = _wait_cluster(control, launcher, launcher_log, 120)
         token = (run_dir / "data" / "token").read_text().strip()
-        history = run_dir / "history.jsonl"
+        history, summary = run_dir / "history.jsonl", run_dir / "summary.json"
         check_cmd = [sys.executable, "-m", "ringkv.client.cli", "check", "--url", ",".join(urls),
                      "--token", token, "--control", control, "--nemesis", nemesis,
                      "--duration", str(args.duration), "--interval", str(args.interval),
                      "--fault-duration", str(args.fault_duration), "--workers", str(args.workers),
-                     "--keys", str(args.keys), "--history", str(history), "--seed", str(args.seed)]
+                     "--keys", str(args.keys), "--history", str(history), "--summary", str(summary),
+                     "--seed", str(args.seed)]
         print(f"== {nemesis}: {' '.join(check_cmd[2:])}", flush=True)
         check_log = run_dir / "check.log"
         with check_log.open("wb") as out:
             outcome.exit_code = subprocess.call(check_cmd, stdout=out, stderr=subprocess.STDOUT,
                                                 cwd=ROOT)
         outcome.log = str(check_log)
-        if history.exists():
-            read_history(history, outcome)
+        if summary.exists():
+            read_summary(summary, outcome)
         print(log_tail(check_log, 12), flush=True)
     except RuntimeError as exc:
         outcome.log = str(exc)

@@ -8,23 +8,37 @@ on 127.0.0.1, which works the same on the shared/k8s cluster, kind and minikube.
 from __future__ import annotations
 
 import base64
+import contextlib
+import datetime
 import json
 import os
 import random
+import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 from ringkv.client import Client, NotFound, RingkvError
+
+try:  # a dev dependency; only the TLS tests need it
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+except ImportError:  # pragma: no cover - reported as a skip by the TLS fixture
+    x509 = None  # type: ignore[assignment]
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "ringkv"
@@ -71,6 +85,63 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A CA and one certificate it signed (PEM), for both server and client auth."""
+
+    ca: bytes
+    cert: bytes
+    key: bytes
+
+    def write(self, directory: Path) -> dict[str, Path]:
+        """The files as the chart's Secret holds them: ca.crt, tls.crt, tls.key."""
+        files = {"ca.crt": self.ca, "tls.crt": self.cert, "tls.key": self.key}
+        for name, data in files.items():
+            (directory / name).write_bytes(data)
+        return {name: directory / name for name in files}
+
+
+def make_pki(common_name: str, dns_names: list[str], days: int = 2) -> Pki:
+    """A fresh CA (EC P-256) and a certificate signed by it for `dns_names`."""
+    assert x509 is not None, "the cryptography package is missing (pip install -e '.[dev]')"
+    now = datetime.datetime.now(datetime.UTC)
+    valid = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days))
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = name(f"{common_name} CA")
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(valid[0]).not_valid_after(valid[1])
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False,
+                                       encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
+                         critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(name(common_name)).issuer_name(ca_name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(valid[0]).not_valid_after(valid[1])
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                  ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    return Pki(ca.public_bytes(pem), cert.public_bytes(pem),
+               key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption()))
 
 
 def parse_version(version: str) -> tuple[int, str]:
@@ -124,13 +195,16 @@ def pod_ready(pod: dict[str, Any]) -> bool:
 
 class PortForward:
     """`kubectl port-forward <target> <port>:8080` on 127.0.0.1 that can be restarted on the
-    same local port, so a client's URL survives the pod behind it being replaced."""
+    same local port, so a client's URL survives the pod behind it being replaced. With
+    `ca_file` the API is HTTPS, reached as `https://localhost:<port>` and verified with it."""
 
-    def __init__(self, kube: Kube, target: str, remote_port: int = 8080, log_dir: Path | None = None) -> None:
+    def __init__(self, kube: Kube, target: str, remote_port: int = 8080, log_dir: Path | None = None,
+                 ca_file: Path | None = None) -> None:
         self.kube = kube
         self.target = target
         self.remote_port = remote_port
         self.port = free_port()
+        self.ca_file = ca_file
         self._log_dir = log_dir or Path(tempfile.gettempdir())
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
@@ -138,6 +212,8 @@ class PortForward:
 
     @property
     def url(self) -> str:
+        if self.ca_file is not None:
+            return f"https://localhost:{self.port}"
         return f"http://127.0.0.1:{self.port}"
 
     def spawn(self) -> None:
@@ -158,8 +234,9 @@ class PortForward:
         """The process runs and a node answers /healthz through it."""
         if not self.running():
             return False
+        context = None if self.ca_file is None else ssl.create_default_context(cafile=str(self.ca_file))
         try:
-            with urllib.request.urlopen(f"{self.url}/healthz", timeout=5) as resp:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=5, context=context) as resp:
                 return bool(resp.status == 200)
         except (OSError, urllib.error.URLError):
             return False
@@ -469,3 +546,66 @@ class Release:
             proc = self.kube.kubectl(*args, check=False, timeout=60)
             (out / filename).write_text(proc.stdout + proc.stderr)
         return out
+
+
+@contextlib.contextmanager
+def installed(tools: tuple[str, str], request: pytest.FixtureRequest, prefix: str, nodes: int,
+              rf: int, values: Sequence[str] = (),
+              prepare: Callable[[Release], None] | None = None) -> Iterator[Release]:
+    """A release `<prefix>-<random>` in a namespace of the same name, installed with the
+    freshly built image and `values` (`--set` arguments) and waited for; `prepare` runs in
+    the namespace first (e.g. to create a Secret the release mounts). Uninstalled, with its
+    namespace and PVCs, at the end; diagnostics are saved when a test failed."""
+    name = f"{prefix}-{secrets.token_hex(3)}"
+    kube = Kube(tools[0], tools[1], namespace=name)
+    log_dir = ROOT / "build" / "e2e-logs" / name
+    log_dir.mkdir(parents=True, exist_ok=True)
+    rel = Release(kube, name, replicas=nodes, rf=rf, log_dir=log_dir)
+    image = os.environ.get("RINGKV_E2E_IMAGE", "ringkv")
+    tag = os.environ["RINGKV_E2E_TAG"]
+    failed_before = request.session.testsfailed
+    done = False
+
+    kube.kubectl("create", "namespace", name)
+    kube.kubectl("label", "namespace", name, "ringkv.io/e2e=true")
+    try:
+        if prepare is not None:
+            prepare(rel)
+        started = time.monotonic()
+        say(f"helm install {name} (image {image}:{tag}) in namespace {name}")
+        kube.helm("install", name, str(CHART),
+                  "--set", f"image.repository={image}", "--set", f"image.tag={tag}",
+                  "--set", "image.pullPolicy=IfNotPresent",
+                  "--set", f"replicaCount={nodes}", "--set", f"replication.rf={rf}",
+                  *values, "--wait", "--timeout", "8m")
+        say(f"installed in {time.monotonic() - started:.0f}s")
+        rel.token = kube.secret_value(f"{name}-tokens", "api-token")
+        done = True
+        yield rel
+    finally:
+        failed = not done or request.session.testsfailed > failed_before
+        if failed:
+            say(f"a test failed: diagnostics in {rel.dump_diagnostics()}")
+        if os.environ.get("RINGKV_E2E_KEEP") == "1":
+            say(f"RINGKV_E2E_KEEP=1: release and namespace {name} left in place")
+        else:
+            _teardown(kube, name)
+        if not failed:
+            shutil.rmtree(log_dir, ignore_errors=True)  # only port-forward logs of a good run
+
+
+def _teardown(kube: Kube, name: str) -> None:
+    """Uninstall, then delete what `helm uninstall` leaves (PVCs, the operator's ConfigMap)
+    by deleting the namespace; every step runs even if an earlier one failed."""
+    started = time.monotonic()
+    results = [
+        kube.helm("uninstall", name, "--wait", "--timeout", "3m", check=False),
+        kube.kubectl("delete", "pvc", "-l", f"app.kubernetes.io/instance={name}", "--wait=true",
+                     "--timeout=180s", check=False, timeout=240),
+        kube.kubectl("delete", "namespace", name, "--wait=true", "--timeout=300s",
+                     check=False, timeout=360),
+    ]
+    say(f"torn down in {time.monotonic() - started:.0f}s")
+    failures = [f"{' '.join(r.args)}: {r.stdout}{r.stderr}" for r in results if r.returncode != 0]
+    assert not failures, "teardown failed:\n" + "\n".join(failures)
+

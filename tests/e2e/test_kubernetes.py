@@ -91,6 +91,20 @@ def test_install_serves_through_port_forward(release: Release, service: PortForw
     release.progress.add("written")
 
 
+def test_pods_run_unprivileged_on_a_read_only_root(release: Release) -> None:
+    """What the chart's security context asks for, as the running containers see it; and
+    the NetworkPolicy is in place (this cluster does not enforce it: tests/chart checks
+    its rules)."""
+    kube = release.kube
+    probe = ("import os\n"
+             "try:\n    open('/probe', 'w')\nexcept OSError as e:\n    print(os.getuid(), e.strerror)")
+    for pod in (f"{release.name}-0", kube.pods(release.selector("operator"))[0]["metadata"]["name"]):
+        out = kube.kubectl("exec", pod, "--", "python", "-c", probe).stdout.strip()
+        assert out == "10001 Read-only file system", (pod, out)
+    policies = [p["metadata"]["name"] for p in kube.get_json("networkpolicy")["items"]]
+    assert policies == [release.name], policies
+
+
 def test_node_and_operator_deletion_lose_nothing(release: Release, service: PortForward) -> None:
     """Delete node pod 2, then the operator while that node is out of the membership, all
     under quorum traffic through every node; afterwards nothing acknowledged is lost and

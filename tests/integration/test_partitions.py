@@ -12,12 +12,16 @@ partition serves a key at quorum if and only if it holds two of the key's three 
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import signal
+import subprocess
 import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from harness import API_TOKEN, LocalCluster, Response, http, wait_for
@@ -28,6 +32,7 @@ from ringkv.operator.netns import (
     IFNAMSIZ,
     NetnsError,
     bridge_name,
+    cleanup_stale,
     describe,
     iptables_commands,
     isolate_rules,
@@ -290,3 +295,53 @@ def test_partition_requests_are_validated(net: LocalCluster) -> None:
         assert r.status == 400, (body, r.status, r.body)
         assert "error" in r.json()
     assert http("GET", net.control + "/net", token=None).json()["dropped"] == {}
+
+
+def _leftovers(owner: int) -> list[str]:
+    """Namespaces and interfaces still named after launcher ``owner``."""
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout.split()
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    names += [part.strip().split("@")[0] for line in links.splitlines() for part in line.split(":")[1:2]]
+    return [n for n in names if owner_of(n) == owner]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@needs_netns
+@pytest.mark.timeout(300)
+def test_a_crashed_launchers_namespaces_and_nodes_are_removed_by_the_next(tmp_path: Path) -> None:
+    (tmp_path / "crashed").mkdir()
+    (tmp_path / "next").mkdir()
+    crashed = LocalCluster(tmp_path / "crashed", nodes=2, rf=2, netns=True)
+    survivor = LocalCluster(tmp_path / "next", nodes=2, rf=2, netns=True)
+    orphans: list[int] = []
+    try:
+        crashed.start()
+        assert crashed.proc is not None
+        owner = crashed.proc.pid
+        orphans = [n["pid"] for n in crashed.node_list()]
+        assert len(_leftovers(owner)) >= 5  # bridge, 2 namespaces, 2 veths
+        crashed.proc.kill()  # SIGKILL: no teardown, the nodes keep running in their namespaces
+        crashed.proc.wait(30)
+        assert all(_alive(pid) for pid in orphans)
+
+        survivor.start()  # creating its network removes the dead launcher's
+        wait_for(lambda: not _leftovers(owner) and not any(_alive(p) for p in orphans), 60,
+                 "the crashed launcher's namespaces and nodes to be gone")
+        assert survivor.proc is not None
+        live = survivor.proc.pid
+        assert _leftovers(live)
+        survivor.stop()  # SIGTERM: a clean teardown
+        wait_for(lambda: not _leftovers(live), 60, "the stopped launcher's namespaces to be gone")
+    finally:
+        survivor.stop()
+        for pid in orphans:  # only if the test failed before they were removed
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        cleanup_stale()

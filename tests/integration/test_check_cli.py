@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -22,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import free_ports, wait_for
+from harness import free_port_block, free_ports, wait_for
 
 from ringkv.client import QuorumUnavailable, Unavailable
 from ringkv.client.check import classify, main
@@ -32,26 +30,6 @@ from ringkv.operator.netns import unusable_reason
 
 NODES = 3
 CLI = [sys.executable, "-m", "ringkv.client.cli"]
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_base_port(nodes: int) -> int:
-    """A base port P with P-1..P+nodes (control, APIs) and P+1000..P+1000+nodes free."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 40000)
-        ports = [*range(base - 1, base + nodes + 1), *range(base + 1000, base + 1000 + nodes + 1)]
-        if all(_port_free(p) for p in ports):
-            return base
-    raise AssertionError("no free block of ports found")
 
 
 def _get_json(url: str) -> object:
@@ -100,7 +78,7 @@ class LocalUp:
 
 def _launch(root: Path, netns: bool) -> Iterator[LocalUp]:
     """`ringkv up` with 3 nodes, ready; stopped (and its nodes reaped) afterwards."""
-    base = free_base_port(NODES)
+    base = free_port_block(NODES + 1)  # below the ephemeral range: restarts rebind safely
     data_dir = root / "data"
     log = root / "up.log"
     with log.open("wb") as out:

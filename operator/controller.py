@@ -71,10 +71,10 @@ def held_document(reports: Mapping[str, Report]) -> Document | None:
     return max(docs, key=lambda d: d.epoch, default=None)
 
 
-def restore(stored: Document | None, reports: Mapping[str, Report], seed_epoch: int,
+def restore(stored: Document | None, held: Document | None, seed_epoch: int,
             ours: Document | None) -> Document | None:
-    """The nodes' own document re-issued above every epoch seen, when the store cannot be
-    trusted; None when it can.
+    """The nodes' own document (`held`, see `held_document`) re-issued above every epoch
+    seen, when the store cannot be trusted; None when it can.
 
     The nodes only ever adopt what the controller published, so the newest document they
     hold is the membership the cluster runs. A stored document that differs from it was
@@ -84,7 +84,6 @@ def restore(stored: Document | None, reports: Mapping[str, Report], seed_epoch: 
     or promote one that holds no data; re-issuing the nodes' document cannot. The epoch
     goes above the stored one too, so no epoch is ever published with two contents.
     """
-    held = held_document(reports)
     if held is None or stored == held:
         return None
     if stored is not None and stored == ours and stored.epoch >= held.epoch:

@@ -101,10 +101,9 @@ class Reconciler:
         seed_epoch = max((r.epoch for r in reports.values()), default=0)
 
         stepped = False
-        restored = restore(doc, reports, seed_epoch, self._saved)
-        if restored is not None:
-            held = held_document(reports)
-            assert held is not None
+        held = held_document(reports)
+        restored = restore(doc, held, seed_epoch, self._saved)
+        if held is not None and restored is not None:
             log.warning("the store holds %s, the nodes run epoch %d: re-issuing the nodes' "
                         "document", "nothing valid" if doc is None else f"epoch {doc.epoch} "
                         f"({', '.join(f'{m.name}:{m.state}' for m in doc.members)})", held.epoch)

@@ -24,6 +24,7 @@ def holding(*docs: Document | None) -> dict[str, Report]:
 RUNNING = doc(7, "kv-0", "kv-1", "kv-2", "kv-3", joining=("kv-3",), settled=False,
               base=("kv-0", "kv-1", "kv-2"))
 NODES = holding(RUNNING, RUNNING, replace(RUNNING, epoch=6))
+HELD = held_document(NODES)
 
 
 def test_the_newest_document_a_node_tells_is_held() -> None:
@@ -34,36 +35,36 @@ def test_the_newest_document_a_node_tells_is_held() -> None:
 
 
 def test_a_store_that_matches_the_nodes_is_kept() -> None:
-    assert restore(RUNNING, NODES, 7, ours=None) is None
+    assert restore(RUNNING, HELD, 7, ours=None) is None
 
 
 def test_a_lost_store_gets_the_nodes_document_above_their_epoch() -> None:
-    assert restore(None, NODES, 7, ours=None) == replace(RUNNING, epoch=8)
+    assert restore(None, HELD, 7, ours=None) == replace(RUNNING, epoch=8)
 
 
 def test_a_store_edited_at_the_same_epoch_is_replaced() -> None:
     edited = doc(7, "kv-0", "kv-2", "kv-9")
-    assert restore(edited, NODES, 7, ours=None) == replace(RUNNING, epoch=8)
+    assert restore(edited, HELD, 7, ours=None) == replace(RUNNING, epoch=8)
 
 
 def test_a_store_behind_the_nodes_is_replaced_above_them() -> None:
-    assert restore(doc(1, "kv-0"), NODES, 7, ours=None) == replace(RUNNING, epoch=8)
+    assert restore(doc(1, "kv-0"), HELD, 7, ours=None) == replace(RUNNING, epoch=8)
 
 
 def test_a_store_ahead_that_this_controller_wrote_is_kept_until_pushed() -> None:
     ahead = replace(RUNNING, epoch=8, members=tuple(
         replace(m, state="normal") for m in RUNNING.members))
-    assert restore(ahead, NODES, 7, ours=ahead) is None
+    assert restore(ahead, HELD, 7, ours=ahead) is None
 
 
 def test_a_store_ahead_that_someone_else_wrote_is_replaced_above_it() -> None:
     bogus = doc(1007, "kv-0", "kv-1")
-    assert restore(bogus, NODES, 7, ours=None) == replace(RUNNING, epoch=1008)
+    assert restore(bogus, HELD, 7, ours=None) == replace(RUNNING, epoch=1008)
     # Even when it was ours once: an edit can keep the epoch and change the members.
-    assert restore(bogus, NODES, 7, ours=doc(1007, "kv-0", "kv-1", "kv-2")) == replace(
+    assert restore(bogus, HELD, 7, ours=doc(1007, "kv-0", "kv-1", "kv-2")) == replace(
         RUNNING, epoch=1008)
 
 
 def test_nothing_to_restore_from_when_no_node_tells() -> None:
-    assert restore(None, holding(None, None), 7, ours=None) is None
-    assert restore(doc(3, "kv-0"), {}, 0, ours=None) is None
+    assert restore(None, None, 7, ours=None) is None
+    assert restore(doc(3, "kv-0"), None, 0, ours=None) is None

@@ -497,3 +497,17 @@ async def fully_replicated(node: NodeProcess, written: dict[str, str], rf: int =
                            for r in reps)):
             return False
     return True
+
+
+STEADY = frozenset({"kv-0", "kv-1", "kv-2"})  # live and ready throughout the fault tests
+
+
+def assert_never_dropped(k8s: Cluster, names: frozenset[str] = STEADY) -> None:
+    """Every document the operator wrote keeps `names` as normal members of both rings."""
+    docs = k8s.operator_documents()
+    assert docs
+    for doc in docs:
+        for name in names:
+            m = doc.member(name)
+            assert m is not None and m.state == "normal" and name in doc.base_names(), (
+                f"epoch {doc.epoch} dropped or demoted {name}: {doc}")

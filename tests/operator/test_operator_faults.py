@@ -13,6 +13,8 @@ import json
 
 from harness import http
 from kube_harness import (
+    STEADY,
+    assert_never_dropped,
     eventually,
     fully_replicated,
     make_config,
@@ -21,19 +23,6 @@ from kube_harness import (
 )
 
 from ringkv.node.membership import Document
-
-STEADY = frozenset({"kv-0", "kv-1", "kv-2"})  # live and ready in every test
-
-
-def assert_never_dropped(k8s, names: frozenset[str] = STEADY) -> None:
-    """Every document the operator wrote keeps `names` as normal members of both rings."""
-    docs = k8s.operator_documents()
-    assert docs
-    for doc in docs:
-        for name in names:
-            m = doc.member(name)
-            assert m is not None and m.state == "normal" and name in doc.base_names(), (
-                f"epoch {doc.epoch} dropped or demoted {name}: {doc}")
 
 
 async def write(node, prefix: str, count: int) -> dict[str, str]:

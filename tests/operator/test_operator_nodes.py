@@ -19,6 +19,8 @@ from kube_harness import (
     CONFIGMAP,
     NAMESPACE,
     SELECTOR,
+    STEADY,
+    assert_never_dropped,
     eventually,
     fully_replicated,
     make_config,
@@ -80,6 +82,7 @@ async def test_a_configmap_deleted_by_hand_is_reissued_above_the_nodes_epoch(
     assert doc.epoch == before.epoch + 1  # the first epoch every node will adopt
     for name in names:
         assert (await node_get(nodes.procs[name], "/v1/cluster"))["epoch"] == doc.epoch
+    assert_never_dropped(k8s, STEADY)
 
 
 async def test_the_console_script_runs_the_operator(k8s, nodes, tmp_path: Path) -> None:

@@ -540,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run ringkv's nodes with this SQLite synchronous setting (default: theirs)",
     )
     p.add_argument("--out-dir", type=Path, default=Path("bench/results"))
+    p.add_argument("--name", help="report file stem (default <date>), to keep several runs")
     p.add_argument("--work-dir", type=Path, help="where servers keep data (default: temp)")
     p.add_argument(
         "--ringkv-bin",
@@ -563,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows, systems, notes = run_suite(args, work)
         args.out_dir.mkdir(parents=True, exist_ok=True)
-        stem = f"{started:%Y-%m-%d}"
+        stem = args.name or f"{started:%Y-%m-%d}"
         plot_note = write_plot(rows, args.workloads, args.out_dir / f"{stem}.png") if rows else (
             "plot skipped: nothing was measured"
         )

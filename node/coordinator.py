@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -20,7 +21,7 @@ from .membership import View
 from .records import Record
 from .ring import key_token
 from .storage import KeyInfo, StorageFull
-from .transport import PeerError, PeerTimeout, PeerUnavailable, RemoteError, StaleEpoch
+from .transport import Done, PeerError, PeerTimeout, PeerUnavailable, RemoteError, StaleEpoch
 from .versions import COUNTER_BITS, HybridClock, Version
 
 log = logging.getLogger("ringkv.coordinator")
@@ -67,6 +68,8 @@ def needed(level: str, replicas: int) -> int:
 class Replica(Protocol):
     suspected: bool
 
+    def send(self, op: list[Any], done: Done) -> None: ...
+
     def submit(self, op: list[Any]) -> asyncio.Future[Any]: ...
 
 
@@ -109,11 +112,60 @@ class _Tally:
                 and len(self.acked & self.target) >= self.need_target)
 
 
+class Deadlines:
+    """Run callbacks a fixed delay after they were added, unless cancelled first.
+
+    One timer serves them all, instead of a timer per request: every request has a
+    deadline and almost none reaches it, and a uvloop timer costs a libuv handle to create
+    and to cancel. With one fixed delay, insertion order is deadline order, so the timer
+    only ever needs the oldest entry; a cancelled entry is gone at once (nothing lingers
+    for the garbage collector to walk)."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self._entries: dict[int, tuple[float, Callable[[], object]]] = {}
+        self._next = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, callback: Callable[[], object]) -> int:
+        loop = asyncio.get_running_loop()
+        key = self._next
+        self._next += 1
+        self._entries[key] = (loop.time() + self.delay, callback)
+        if self._timer is None:
+            self._timer = loop.call_later(self.delay, self._tick)
+        return key
+
+    def cancel(self, key: int) -> None:
+        self._entries.pop(key, None)
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        due = []
+        for key, (deadline, _) in self._entries.items():
+            if deadline > now:
+                break
+            due.append(key)
+        for key in due:
+            entry = self._entries.pop(key, None)
+            if entry is not None:
+                try:
+                    entry[1]()
+                except Exception:
+                    log.exception("a deadline callback failed")
+        first = next(iter(self._entries.values()), None)
+        self._timer = None if first is None else loop.call_later(
+            max(first[0] - now, 0.001), self._tick)
+
+
 class Coordinator:
     def __init__(self, cluster: Cluster, wait_timeout: float, speculative_delay: float = 0.05) -> None:
         self.cluster = cluster
         self.wait_timeout = wait_timeout
         self.speculative_delay = speculative_delay
+        self._timeouts = Deadlines(wait_timeout)
+        self._speculations = Deadlines(speculative_delay)
 
     # -- writes -------------------------------------------------------------------------
     async def write(self, key: bytes, value: bytes, content_type: str, level: str,
@@ -152,14 +204,12 @@ class Coordinator:
     async def _fan_out(self, rec: Record, tally: _Tally) -> None:
         loop = asyncio.get_running_loop()
         decided: asyncio.Future[None] = loop.create_future()
-        wire = rec.to_wire()
+        op = ["w", rec.to_wire(), True]
         members = self.cluster.view.by_name
 
-        def on_done(name: str, fut: asyncio.Future[Any]) -> None:
+        def on_done(name: str, res: Any, exc: BaseException | None) -> None:
             tally.answered.add(name)
-            exc = fut.exception()
             if exc is None:
-                res = fut.result()
                 if res is None:
                     tally.acked.add(name)
                 else:
@@ -179,9 +229,19 @@ class Coordinator:
                 decided.set_result(None)
 
         for name in tally.base | tally.target:
-            fut = self.cluster.replica(name).submit(["w", wire, True])
-            fut.add_done_callback(lambda f, n=name: on_done(n, f))
-        await _decided_within(decided, self.wait_timeout)
+            self.cluster.replica(name).send(op, lambda r, e, n=name: on_done(n, r, e))
+        await self._decided_within(decided)
+
+    async def _decided_within(self, decided: asyncio.Future[None]) -> None:
+        """Await a decision or time out; no task and no timer of its own (see Deadlines)."""
+        if decided.done():
+            return decided.result()
+        entry = self._timeouts.add(
+            lambda: decided.done() or decided.set_exception(TimeoutError()))
+        try:
+            await decided
+        finally:
+            self._timeouts.cancel(entry)
 
     # -- reads --------------------------------------------------------------------------
     async def read(self, key: bytes, level: str) -> Record | None:
@@ -215,19 +275,20 @@ class Coordinator:
         waiting = list(voters)
 
         def ask(count: int) -> None:
-            for _ in range(min(count, len(waiting))):
+            # A local read answers inside send(), and a failure asks the next replica from
+            # inside on_done: `waiting` may shrink under this loop.
+            while count > 0 and waiting:
+                count -= 1
                 name = waiting.pop(0)
-                fut = self.cluster.replica(name).submit(["r", key, name == full_from])
-                fut.add_done_callback(lambda f, n=name: on_done(n, f))
+                self.cluster.replica(name).send(["r", key, name == full_from],
+                                                lambda r, e, n=name: on_done(n, r, e))
 
-        def on_done(name: str, fut: asyncio.Future[Any]) -> None:
-            exc = fut.exception()
+        def on_done(name: str, res: Any, exc: BaseException | None) -> None:
             if exc is not None:
                 self.cluster.replica_failed(name, exc)
                 failed.append(exc)
                 ask(1)
             else:
-                res = fut.result()
                 version = None if res is None else (
                     Version(res[3], res[4]) if len(res) == 7 else Version(res[0], res[1])
                 )
@@ -241,11 +302,12 @@ class Coordinator:
                 decided.set_result(None)
 
         ask(need)
-        speculate = loop.call_later(self.speculative_delay, ask, len(voters))
-        try:
-            await _decided_within(decided, self.wait_timeout)
-        finally:
-            speculate.cancel()
+        if not decided.done():
+            speculate = self._speculations.add(lambda: ask(len(voters)))
+            try:
+                await self._decided_within(decided)
+            finally:
+                self._speculations.cancel(speculate)
         if any(isinstance(e, StaleEpoch) for e in failed) and len(answers) < need:
             raise StaleEpoch({})
         if len(answers) < need:
@@ -263,10 +325,11 @@ class Coordinator:
                      answers: dict[str, tuple[Version | None, Any]]) -> Record:
         """The full record of the newest version: from the answers, or from a holder."""
         holders = []
+        me = self.cluster.name
         for name, (version, res) in answers.items():
             if version == newest:
                 if len(res) == 7:
-                    return Record.from_wire(res)
+                    return Record.from_wire(res, trusted=name == me)
                 holders.append(name)
         for name in holders:
             try:
@@ -283,8 +346,7 @@ class Coordinator:
         if record is None or (version is not None and version >= record.version):
             return
         self.cluster.repaired(name)
-        fut = self.cluster.replica(name).submit(["w", record.to_wire(), False])
-        fut.add_done_callback(_ignore_result)
+        self.cluster.replica(name).send(["w", record.to_wire(), False], _ignore_result)
 
     # -- conditional writes -------------------------------------------------------------
     async def check_condition(self, key: bytes, if_match: str | None, if_none_match: bool) -> None:
@@ -375,18 +437,7 @@ class Coordinator:
         return out
 
 
-async def _decided_within(decided: asyncio.Future[None], timeout: float) -> None:
-    """Await a decision or time out; cheaper than wait_for on this per-request path (no
-    extra task, one timer)."""
-    timer = asyncio.get_running_loop().call_later(
-        timeout, lambda: decided.done() or decided.set_exception(TimeoutError()))
-    try:
-        await decided
-    finally:
-        timer.cancel()
-
-
-def _ignore_result(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()
+def _ignore_result(result: Any, exc: BaseException | None) -> None:
+    """Repairs are best effort: a replica that missed one is repaired by later reads,
+    hints or anti-entropy."""
 

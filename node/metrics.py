@@ -2,22 +2,60 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from bisect import bisect_left
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class RequestStats:
+    """HTTP request counts and latency histograms as plain ints and floats.
+
+    Every request updates them, so they skip prometheus_client's per-sample locks and
+    label lookups (the event loop is the only writer); they are turned into the same
+    metric families (`ringkv_requests_total`, `ringkv_request_seconds`) only when scraped."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, int], int] = {}
+        # (route, method) -> [count per bucket (the last one +Inf)..., sum of seconds]
+        self.latency: dict[tuple[str, str], list[float]] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        hist = self.latency.get((route, method))
+        if hist is None:
+            hist = self.latency[(route, method)] = [0] * (len(LATENCY_BUCKETS) + 2)
+        hist[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        hist[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("ringkv_requests", "HTTP requests served",
+                                       labels=["route", "method", "status"])
+        for (route, method, status), count in self.counts.items():
+            requests.add_metric([route, method, str(status)], count)
+        latency = HistogramMetricFamily("ringkv_request_seconds", "HTTP request latency",
+                                        labels=["route", "method"])
+        bounds = [floatToGoString(b) for b in LATENCY_BUCKETS] + ["+Inf"]
+        for (route, method), hist in self.latency.items():
+            total, cumulative = 0.0, []
+            for bound, count in zip(bounds, hist[:-1], strict=True):
+                total += count
+                cumulative.append((bound, total))
+            latency.add_metric([route, method], cumulative, hist[-1])
+        yield requests
+        yield latency
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "ringkv_requests", "HTTP requests served", ["route", "method", "status"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "ringkv_request_seconds", "HTTP request latency", ["route", "method"],
-            buckets=LATENCY_BUCKETS, registry=self.registry,
-        )
+        self.requests = RequestStats()
+        self.registry.register(self.requests)
         self.replica_errors = Counter(
             "ringkv_replica_errors", "Failed replica operations", ["peer", "kind"],
             registry=self.registry,
@@ -46,18 +84,9 @@ class Metrics:
             registry=self.registry)
         self.anti_entropy_repaired = Counter(
             "ringkv_anti_entropy_records", "Records merged by anti-entropy", registry=self.registry)
-        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        """Record one request; label children are cached because lookups are not free."""
-        key = (route, method, status)
-        child = self._children.get(key)
-        if child is None:
-            child = (self.requests.labels(route, method, str(status)),
-                     self.latency.labels(route, method))
-            self._children[key] = child
-        child[0].inc()
-        child[1].observe(seconds)
+        self.requests.observe(route, method, status, seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -34,14 +34,15 @@ class Record:
         return (self.key, self.value, self.content_type, v.hlc, v.node, self.tombstone, self.expires_ms)
 
     @classmethod
-    def from_wire(cls, w: WireRecord | list) -> Record:
+    def from_wire(cls, w: WireRecord | list, trusted: bool = False) -> Record:
         """Decode a record from a peer, checking every field's type and range: a bad record
-        must be refused alone, not fail a whole group commit or poison the clock."""
+        must be refused alone, not fail a whole group commit or poison the clock. Records
+        from this node's own storage or coordinator are `trusted` (not checked again)."""
         try:
             key, value, ctype, hlc, node, tomb, expires = w
         except (TypeError, ValueError):
             raise ValueError("a record has 7 fields") from None
-        if not (isinstance(key, bytes) and key and isinstance(value, bytes)
+        if not trusted and not (isinstance(key, bytes) and key and isinstance(value, bytes)
                 and isinstance(ctype, str) and isinstance(node, str) and valid_node_name(node)
                 and type(hlc) is int and 0 <= hlc <= MAX_HLC
                 and type(expires) is int and 0 <= expires <= MAX_HLC

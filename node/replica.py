@@ -1,32 +1,42 @@
 """This node as a replica: group-committed writes and inline point reads.
 
 Every write queued during one event-loop tick (from local coordinators and from peers'
-batch frames alike) is applied on the storage thread in one transaction, and each write's
-future resolves only after that commit: the ack never precedes durability (rule 5). While
-one transaction runs, new writes queue up for the next, so batches grow with load.
+batch frames alike) is applied in one transaction, and each write completes only after
+that commit: the ack never precedes durability (rule 5). When a commit does not wait for
+the disk (SQLite synchronous OFF or NORMAL: the WAL is written, not fsynced) the event
+loop commits the batch itself; a thread hop per batch cost more than the commit, since
+the storage thread must win the GIL back after every statement. With an fsync per commit
+(FULL), or while another writer (a handoff page, a purge) holds the database, the batch
+goes to the storage thread, and while that transaction runs new writes queue up for the
+next, so batches grow with load.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .records import Record
-from .storage import Storage, StorageFull
-from .transport import RemoteError
+from .storage import Storage, StorageBusy, StorageFull
+from .transport import Done, RemoteError, future_done
 from .versions import HybridClock, Version
 
 T = TypeVar("T")
+log = logging.getLogger("ringkv.replica")
 
 # Replica operations, as they travel in batch frames:
 #   ["w", wire_record, refuse]  -> None (stored) | [hlc, node] (a newer version is stored)
 #   ["r", key, full]            -> None | wire_record (full) | [hlc, node, tombstone, expires]
 WRITE, READ = "w", "r"
+# Records committed on the event loop between two WAL checkpoints (on the storage thread;
+# SQLite's own automatic checkpoint would run inside a commit, on the loop).
+CHECKPOINT_EVERY = 1000
 
-# A queued unit of the group commit: its records, its future, and whether the future
-# resolves to one result (a local write) or to the list (a peer's batch).
+
 class ReplicaRefusal(RemoteError):
     """This replica will not serve one op; the peer sees it as that op's error."""
 
@@ -36,7 +46,9 @@ def op_error(code: str, message: str) -> dict[str, str]:
     return {"error": code, "message": message}
 
 
-_Entry = tuple[list[Record], "asyncio.Future[Any]", bool]
+# A queued unit of the group commit: its records and the callback that gets their results
+# (a list: one per record).
+_Entry = tuple[list[Record], Callable[[list[Any] | None, BaseException | None], None]]
 
 
 class LocalReplica:
@@ -45,22 +57,37 @@ class LocalReplica:
         self.clock = clock
         self.max_clock_drift_ms = int(max_clock_drift * 1000)
         self.rebuilding = False  # set while a node that lost its data re-pulls it
-        # One thread owns the SQLite write connection: writes, scans and maintenance.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ringkv-storage")
+        # One thread owns the SQLite write connection: writes, scans and maintenance. It
+        # takes jobs from a queue and hands results back with call_soon_threadsafe: an
+        # executor would add two futures and a chain of callbacks to every group commit.
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._queue: list[_Entry] = []
         self._busy = False
         self._scheduled = False
         self._loop = asyncio.get_running_loop()
         self.suspected = False  # the local replica is never suspected (same interface as links)
+        self._uncheckpointed = 0
+        self._checkpointing = False
+        self._thread = threading.Thread(target=self._storage_thread, name="ringkv-storage",
+                                        daemon=True)
+        self._thread.start()
+
+    def send(self, op: list[Any], done: Done) -> None:
+        """The same interface as a peer link: a read completes at once (inside this call),
+        a write after its group commit."""
+        if op[0] == WRITE:  # from this node's coordinator or hint replay: trusted
+            self.write(Record.from_wire(op[1], trusted=True), done)
+            return
+        try:
+            result = self.read(op[1], op[2])
+        except ReplicaRefusal as exc:
+            done(None, exc)
+        else:
+            done(result, None)
 
     def submit(self, op: list[Any]) -> asyncio.Future[Any]:
-        if op[0] == WRITE:
-            return self.write(Record.from_wire(op[1]))
         fut: asyncio.Future[Any] = self._loop.create_future()
-        try:
-            fut.set_result(self.read(op[1], op[2]))
-        except ReplicaRefusal as exc:
-            fut.set_exception(exc)
+        self.send(op, future_done(fut))
         return fut
 
     def _check_clock(self, rec: Record) -> None:
@@ -74,8 +101,9 @@ class LocalReplica:
                 f"(limit {self.max_clock_drift_ms // 1000}s)",
             )
 
-    async def batch(self, ops: list[Any]) -> list[Any]:
-        """Serve one peer batch frame: its writes join one group commit as one unit.
+    def batch(self, ops: list[Any], reply: Done) -> None:
+        """Serve one peer batch frame: reads at once, its writes in one group commit as one
+        unit; `reply` gets the list of results when all are done.
 
         A malformed or unacceptable op is answered alone with an error entry (see
         `op_error`); the rest of the batch is served."""
@@ -99,14 +127,21 @@ class LocalReplica:
                 results[i] = op_error(exc.code, str(exc))
             except ValueError as exc:
                 results[i] = op_error("bad_request", str(exc))
-        if records:
-            try:
-                written = await self._enqueue(records, single=False)
-            except StorageFull as exc:  # the peer sees a full disk, not a crash
-                raise RemoteError("insufficient_storage", str(exc)) from None
-            for i, res in zip(slots, written, strict=True):
+        if not records:
+            reply(results, None)
+            return
+
+        def committed(written: list[Any] | None, exc: BaseException | None) -> None:
+            if exc is not None:
+                if isinstance(exc, StorageFull):  # the peer sees a full disk, not a crash
+                    exc = RemoteError("insufficient_storage", str(exc))
+                reply(None, exc)
+                return
+            for i, res in zip(slots, written or (), strict=True):
                 results[i] = res
-        return results
+            reply(results, None)
+
+        self._enqueue(records, committed)
 
     def read(self, key: bytes, full: bool) -> Any:
         if self.rebuilding:
@@ -121,52 +156,80 @@ class LocalReplica:
         version, tomb, expires = meta
         return [version.hlc, version.node, tomb, expires]
 
-    def write(self, rec: Record) -> asyncio.Future[Any]:
-        """Apply-if-newer; resolves to None or the newer stored version as [hlc, node]."""
+    def write(self, rec: Record, done: Done) -> None:
+        """Apply-if-newer; `done` gets None or the newer stored version as [hlc, node]."""
         try:
             self._check_clock(rec)
         except ReplicaRefusal as exc:
-            fut: asyncio.Future[Any] = self._loop.create_future()
-            fut.set_exception(exc)
-            return fut
-        return self._enqueue([rec], single=True)
+            done(None, exc)
+            return
 
-    def _enqueue(self, records: list[Record], single: bool) -> asyncio.Future[Any]:
+        def committed(written: list[Any] | None, exc: BaseException | None) -> None:
+            done(None if written is None else written[0], exc)
+
+        self._enqueue([rec], committed)
+
+    def _enqueue(self, records: list[Record],
+                 done: Callable[[list[Any] | None, BaseException | None], None]) -> None:
         self.clock.observe(max(r.version.hlc for r in records))
-        fut: asyncio.Future[Any] = self._loop.create_future()
-        self._queue.append((records, fut, single))
+        self._queue.append((records, done))
         if not self._busy and not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._flush)
-        return fut
 
     def _flush(self) -> None:
         self._scheduled = False
         if self._busy or not self._queue:
             return
         batch, self._queue = self._queue, []
+        records = [r for recs, _ in batch for r in recs]
+        if self.storage.inline_writes:
+            try:
+                written = self.storage.apply_now(records)
+            except StorageBusy:
+                pass  # queue behind the other writer, on the storage thread
+            except Exception as exc:
+                self._committed(batch, None, exc)
+                return
+            else:
+                self._logged(len(records))
+                self._committed(batch, written, None)
+                return
         self._busy = True
-        records = [r for recs, _, _ in batch for r in recs]
-        job = self._loop.run_in_executor(self._executor, self.storage.apply, records)
-        job.add_done_callback(lambda done: self._committed(batch, done))
+        self._jobs.put((self.storage.apply, (records,),
+                        lambda written, exc: self._committed(batch, written, exc)))
 
-    def _committed(self, batch: list[_Entry], done: asyncio.Future[list[Version | None]]) -> None:
+    def _committed(self, batch: list[_Entry], written: list[Version | None] | None,
+                   exc: BaseException | None) -> None:
         self._busy = False
-        exc = done.exception()
-        if exc is not None:
-            for _, fut, _ in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
-        else:
-            results = [None if v is None else [v.hlc, v.node] for v in done.result()]
-            at = 0
-            for recs, fut, single in batch:
-                part = results[at : at + len(recs)]
-                at += len(recs)
-                if not fut.done():
-                    fut.set_result(part[0] if single else part)
+        results = None if written is None else [
+            None if v is None else [v.hlc, v.node] for v in written]
+        at = 0
+        for recs, callback in batch:
+            try:
+                if results is None:
+                    callback(None, exc)
+                else:
+                    callback(results[at : at + len(recs)], None)
+            except Exception:
+                log.exception("a write's callback failed")
+            at += len(recs)
         if self._queue:
             self._flush()
+
+    def _logged(self, count: int) -> None:
+        """Checkpoint on the storage thread once enough was committed on the loop."""
+        self._uncheckpointed += count
+        if self._uncheckpointed < CHECKPOINT_EVERY or self._checkpointing:
+            return
+        self._uncheckpointed = 0
+        self._checkpointing = True
+        self._jobs.put((self.storage.checkpoint, (), self._checkpointed))
+
+    def _checkpointed(self, _: Any, exc: BaseException | None) -> None:
+        self._checkpointing = False
+        if exc is not None:
+            log.warning("WAL checkpoint failed (retried later): %s", exc)
 
     async def apply_repairs(self, records: list[Record]) -> None:
         """Merge records from handoff or anti-entropy: newer wins, nothing is refused
@@ -179,8 +242,27 @@ class LocalReplica:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a storage call (scan, hints, purge) on the storage thread."""
-        return await self._loop.run_in_executor(self._executor, fn, *args)
+        fut: asyncio.Future[T] = self._loop.create_future()
+        self._jobs.put((fn, args, future_done(fut)))
+        return await fut
+
+    def _storage_thread(self) -> None:
+        loop = self._loop
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fn, args, done = job
+            try:
+                result, exc = fn(*args), None
+            except BaseException as e:  # handed to the caller, as an executor would
+                result, exc = None, e
+            try:
+                loop.call_soon_threadsafe(done, result, exc)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                return
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        self._jobs.put(None)
+        self._thread.join()
         self.storage.close()

@@ -34,6 +34,10 @@ class StorageFull(StorageError):
     """The disk is full: writes fail, reads keep working."""
 
 
+class StorageBusy(StorageError):
+    """`apply_now` found another writer holding the database: apply on the storage thread."""
+
+
 @dataclass(frozen=True, slots=True)
 class KeyInfo:
     """What a list scan needs of a record: no value bytes."""
@@ -65,6 +69,9 @@ class Storage(ABC):
 
     synchronous = "n/a"
     created = False  # True when this open created an empty store
+    # `apply_now` may run on the event loop: a commit there does not wait for the disk.
+    inline_writes = True
+
     @abstractmethod
     def get(self, key: bytes) -> Record | None: ...
 
@@ -76,6 +83,13 @@ class Storage(ABC):
     def apply(self, records: Sequence[Record]) -> list[Version | None]:
         """Apply a batch atomically; per record None (stored, or already had that version)
         or the newer version already stored (not applied)."""
+
+    def apply_now(self, records: Sequence[Record]) -> list[Version | None]:
+        """`apply` from the event loop: never waits for another writer (StorageBusy)."""
+        return self.apply(records)
+
+    def checkpoint(self) -> None:  # noqa: B027 - engines without a log need nothing
+        """Move what `apply_now` logged into the database file (on the storage thread)."""
 
     @abstractmethod
     def scan_range(self, rng: TokenRange, after: tuple[int, bytes] | None, limit: int) -> list[Record]:
@@ -325,14 +339,22 @@ class SqliteStorage(Storage):
             if check != "ok":
                 raise StorageError(f"{path}: integrity check failed ({check}); {advice}")
             self._r = self._connect()
+            # With synchronous OFF or NORMAL a commit only appends to the WAL (no fsync),
+            # so the event loop commits its group writes itself on this connection: no
+            # thread hop per batch. It never waits for a lock (busy_timeout 0: StorageBusy
+            # instead) and never checkpoints (the storage thread does, see `checkpoint`).
+            self.inline_writes = self.synchronous in ("OFF", "NORMAL")
+            self._l = self._connect(busy_timeout_ms=0) if self.inline_writes else None
+            if self._l is not None:
+                self._l.execute("PRAGMA wal_autocheckpoint=0")
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"{path}: cannot open the database ({exc}); {advice}") from exc
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, busy_timeout_ms: int = 10000) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         return conn
 
     def get(self, key: bytes) -> Record | None:
@@ -345,16 +367,22 @@ class SqliteStorage(Storage):
         ).fetchone()
         return None if row is None else (Version(row[0], row[1]), bool(row[2]), row[3])
 
-    def _write(self, fn, *args):  # type: ignore[no-untyped-def]
+    def _write(self, fn, *args, conn: sqlite3.Connection | None = None):  # type: ignore[no-untyped-def]
         """Run `fn(cursor, *args)` in one transaction; map disk-full to StorageFull."""
-        cur = self._w.cursor()
+        conn = conn or self._w
+        cur = conn.cursor()
         try:
-            cur.execute("BEGIN IMMEDIATE")
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if conn is self._l and "locked" in str(exc):
+                    raise StorageBusy(str(exc)) from exc
+                raise
             try:
                 result = fn(cur, *args)
                 cur.execute("COMMIT")
             except BaseException:
-                if self._w.in_transaction:
+                if conn.in_transaction:
                     cur.execute("ROLLBACK")
                 raise
         except sqlite3.OperationalError as exc:
@@ -363,7 +391,8 @@ class SqliteStorage(Storage):
             raise
         return result
 
-    def apply(self, records: Sequence[Record]) -> list[Version | None]:
+    def apply(self, records: Sequence[Record], conn: sqlite3.Connection | None = None
+              ) -> list[Version | None]:
         def run(cur: sqlite3.Cursor) -> list[Version | None]:
             out: list[Version | None] = []
             for rec in records:
@@ -382,7 +411,18 @@ class SqliteStorage(Storage):
                 out.append(None if stored == v else stored)
             return out
 
-        return self._write(run)
+        return self._write(run, conn=conn)
+
+    def apply_now(self, records: Sequence[Record]) -> list[Version | None]:
+        if self._l is None:
+            raise StorageBusy("this database commits with fsync: not on the event loop")
+        return self.apply(records, conn=self._l)
+
+    def checkpoint(self) -> None:
+        # RESTART, not PASSIVE: writes keep arriving during a checkpoint, so a passive one
+        # never catches up and the WAL would grow without end. Meanwhile the loop's
+        # commits find the database busy and queue on the storage thread.
+        self._w.execute("PRAGMA wal_checkpoint(RESTART)")
 
     def scan_range(self, rng: TokenRange, after: tuple[int, bytes] | None, limit: int) -> list[Record]:
         if after is None:
@@ -483,6 +523,6 @@ class SqliteStorage(Storage):
         return dict(rows)
 
     def close(self) -> None:
-        for conn in (getattr(self, "_r", None), getattr(self, "_w", None)):
+        for conn in (getattr(self, "_l", None), getattr(self, "_r", None), getattr(self, "_w", None)):
             if conn is not None:
                 conn.close()

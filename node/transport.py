@@ -13,6 +13,11 @@ transaction). Frames are `[u32 length][msgpack]`:
 membership epoch; result = its document). A sender epoch of 0 skips the epoch check (pushes
 from the operator carry their own document). A peer that keeps failing is suspected: calls
 to it fail at once until a backoff expires, so no request waits on a dead node.
+
+Replica operations complete through plain callbacks `done(result, error)`, not futures:
+one client request costs several of them, and each future callback costs an extra trip
+through the event loop. Batch frames are served inline on the receiving side (no task per
+frame); only the other requests (scans, digests, pushes) run as tasks.
 """
 
 from __future__ import annotations
@@ -64,9 +69,41 @@ class StaleEpoch(PeerError):
         self.doc = doc
 
 
+Done = Callable[[Any, "BaseException | None"], None]
+_PACKER = msgpack.Packer(use_bin_type=True)  # reused: only the loop thread packs
+
+
 def pack(obj: Any) -> bytes:
-    body = msgpack.packb(obj, use_bin_type=True)
+    body = _PACKER.pack(obj)
     return HEADER.pack(len(body)) + body
+
+
+def run_callbacks(callbacks: list[Done], results: list[Any] | None, exc: BaseException | None) -> None:
+    """Complete replica operations; one failing callback must not strand the others."""
+    for i, done in enumerate(callbacks):
+        try:
+            if exc is not None:
+                done(None, exc)
+            else:
+                res = results[i]  # type: ignore[index]
+                if isinstance(res, dict):  # a per-op error entry
+                    done(None, RemoteError(str(res.get("error")), str(res.get("message"))))
+                else:
+                    done(res, None)
+        except Exception:
+            log.exception("a replica operation's callback failed")
+
+
+def future_done(fut: asyncio.Future[Any]) -> Done:
+    """A completion callback that settles `fut`, for callers that await one operation."""
+    def done(result: Any, exc: BaseException | None) -> None:
+        if not fut.done():
+            if exc is None:
+                fut.set_result(result)
+            else:
+                fut.set_exception(exc)
+
+    return done
 
 
 class FrameProtocol(asyncio.Protocol):
@@ -152,10 +189,11 @@ class PeerLink:
         self.timeout = timeout
         self._proto: FrameProtocol | None = None
         self._connecting: asyncio.Future[None] | None = None
-        self._pending: list[tuple[list[Any], asyncio.Future[Any]]] = []
+        self._pending_ops: list[list[Any]] = []
+        self._pending_done: list[Done] = []
         self._flush_scheduled = False
-        # msg id -> (futures, batched, timer); a batch maps its reply list onto its futures
-        self._inflight: dict[int, tuple[list[asyncio.Future[Any]], bool, asyncio.TimerHandle]] = {}
+        # msg id -> (callbacks, batched, timer); a batch maps its reply list onto them
+        self._inflight: dict[int, tuple[list[Done], bool, asyncio.TimerHandle]] = {}
         self._next_id = 1
         self.failures = 0
         self._retry_at = 0.0
@@ -177,27 +215,34 @@ class PeerLink:
                 self._proto.close()
 
     # -- batched replica operations -----------------------------------------------------
-    def submit(self, op: list[Any]) -> asyncio.Future[Any]:
-        """Queue one replica operation; all queued in this tick go out in one frame."""
-        fut: asyncio.Future[Any] = self._loop.create_future()
+    def send(self, op: list[Any], done: Done) -> None:
+        """Queue one replica operation; all queued in this tick go out in one frame.
+        `done` is called later, never from inside this call."""
         if self._closed or self.suspected:
-            fut.set_exception(PeerUnavailable(f"{self.name} is suspected down"))
-            return fut
-        self._pending.append((op, fut))
+            self._loop.call_soon(done, None, PeerUnavailable(f"{self.name} is suspected down"))
+            return
+        self._pending_ops.append(op)
+        self._pending_done.append(done)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
+
+    def submit(self, op: list[Any]) -> asyncio.Future[Any]:
+        """`send` for callers that await one operation."""
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self.send(op, future_done(fut))
         return fut
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if not self._pending:
+        if not self._pending_ops:
             return
         if self._proto is None:
             self._ensure_connecting()
             return  # flushed again once connected
-        batch, self._pending = self._pending, []
-        self._send("batch", [op for op, _ in batch], [f for _, f in batch], batched=True)
+        ops, done = self._pending_ops, self._pending_done
+        self._pending_ops, self._pending_done = [], []
+        self._send("batch", ops, done, batched=True)
 
     async def call(self, method: str, args: Any, timeout: float | None = None,
                    check_epoch: bool = True) -> Any:
@@ -211,27 +256,25 @@ class PeerLink:
             if self._proto is None:
                 raise PeerUnavailable(f"{self.name}: not connected ({self.last_error})")
         fut: asyncio.Future[Any] = self._loop.create_future()
-        self._send(method, args, [fut], timeout, check_epoch)
+        self._send(method, args, [future_done(fut)], timeout, check_epoch)
         return await fut
 
-    def _send(self, method: str, args: Any, futures: list[asyncio.Future[Any]],
+    def _send(self, method: str, args: Any, callbacks: list[Done],
               timeout: float | None = None, check_epoch: bool = True,
               batched: bool = False) -> None:
         assert self._proto is not None
         msg_id = self._next_id
         self._next_id += 1
         timer = self._loop.call_later(timeout or self.timeout, self._expire, msg_id)
-        self._inflight[msg_id] = (futures, batched, timer)
+        self._inflight[msg_id] = (callbacks, batched, timer)
         self._proto.send([msg_id, method, self._epoch() if check_epoch else 0, args])
 
     def _expire(self, msg_id: int) -> None:
         entry = self._inflight.pop(msg_id, None)
         if entry is None:
             return
-        for fut in entry[0]:
-            if not fut.done():
-                fut.set_exception(PeerTimeout(f"{self.name} did not answer in time"))
         self._failed()
+        run_callbacks(entry[0], None, PeerTimeout(f"{self.name} did not answer in time"))
 
     def _on_frame(self, proto: FrameProtocol, frame: Any) -> None:
         try:
@@ -242,26 +285,25 @@ class PeerLink:
         entry = self._inflight.pop(msg_id, None)
         if entry is None:
             return  # answered after its timeout
-        futures, batched, timer = entry
+        callbacks, batched, timer = entry
         timer.cancel()
         self.failures = 0
         if status == OK:
-            for fut, res in zip(futures, result if batched else [result], strict=False):
-                if fut.done():
-                    continue
-                if batched and isinstance(res, dict):  # a per-op error entry
-                    fut.set_exception(RemoteError(str(res.get("error")), str(res.get("message"))))
-                else:
-                    fut.set_result(res)
+            if not batched:  # one call, one callback (see `call`): the result as it is
+                callbacks[0](result, None)
+            elif isinstance(result, list) and len(result) == len(callbacks):
+                run_callbacks(callbacks, result, None)
+            else:
+                run_callbacks(callbacks, None, RemoteError("bad_reply", "malformed batch reply"))
             return
         if status == STALE:
             self._on_stale(result)
             exc: PeerError = StaleEpoch(result)
-        else:
+        elif isinstance(result, dict):
             exc = RemoteError(str(result.get("code", "error")), str(result.get("message", "")))
-        for fut in futures:
-            if not fut.done():
-                fut.set_exception(exc)
+        else:
+            exc = RemoteError("bad_reply", "malformed error reply")
+        run_callbacks(callbacks, None, exc)
 
     # -- connection ---------------------------------------------------------------------
     def _ensure_connecting(self) -> None:
@@ -306,23 +348,19 @@ class PeerLink:
         self._flush()
 
     def _fail_pending(self, exc: PeerError) -> None:
-        pending, self._pending = self._pending, []
-        for _, fut in pending:
-            if not fut.done():
-                fut.set_exception(exc)
+        done, self._pending_done, self._pending_ops = self._pending_done, [], []
+        run_callbacks(done, None, exc)
 
     def _lost(self, proto: FrameProtocol) -> None:
         if self._proto is proto:
             self._proto = None
         inflight, self._inflight = self._inflight, {}
         exc = PeerUnavailable(f"connection to {self.name} lost")
-        for futures, _, timer in inflight.values():
-            timer.cancel()
-            for fut in futures:
-                if not fut.done():
-                    fut.set_exception(exc)
         if inflight:
             self._failed()
+        for callbacks, _, timer in inflight.values():
+            timer.cancel()
+            run_callbacks(callbacks, None, exc)
 
     def close(self) -> None:
         self._closed = True
@@ -332,6 +370,8 @@ class PeerLink:
 
 
 Handler = Callable[[Any], Awaitable[Any]]
+# Serves one batch frame and calls `reply(results, error)` once, at once or after a commit.
+BatchServer = Callable[[list[Any], Done], None]
 
 
 class InternalServer:
@@ -341,7 +381,7 @@ class InternalServer:
         self,
         node_name: str,
         token: str,
-        batch: Callable[[list[Any]], Awaitable[list[Any]]],
+        batch: BatchServer,
         handlers: dict[str, Handler],
         epoch: Callable[[], int],
         document: Callable[[], dict[str, Any] | None],
@@ -398,21 +438,39 @@ class InternalServer:
         if epoch and epoch < self._epoch():
             proto.send([msg_id, STALE, self._document()])
             return
+        if method == "batch":  # the hot path: served inline, answered by a callback
+            def reply(result: Any, exc: BaseException | None) -> None:
+                self._answer(proto, msg_id, method, result, exc)
+
+            if not isinstance(args, list):
+                reply(None, RemoteError("bad_request", "a batch is a list of ops"))
+                return
+            try:
+                self._batch(args, reply)
+            except Exception as exc:
+                reply(None, exc)
+            return
         task = asyncio.ensure_future(self._dispatch(proto, msg_id, method, args))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _dispatch(self, proto: FrameProtocol, msg_id: int, method: str, args: Any) -> None:
         try:
-            if method == "batch":
-                result = await self._batch(args)
-            elif method in self._handlers:
-                result = await self._handlers[method](args)
-            else:
+            if method not in self._handlers:
                 raise RemoteError("bad_request", f"unknown method {method!r}")
-            proto.send([msg_id, OK, result])
-        except RemoteError as exc:
-            proto.send([msg_id, ERROR, {"code": exc.code, "message": str(exc)}])
+            result = await self._handlers[method](args)
         except Exception as exc:
-            log.exception("internal request %s failed", method)
+            self._answer(proto, msg_id, method, None, exc)
+        else:
+            self._answer(proto, msg_id, method, result, None)
+
+    @staticmethod
+    def _answer(proto: FrameProtocol, msg_id: int, method: str, result: Any,
+                exc: BaseException | None) -> None:
+        if exc is None:
+            proto.send([msg_id, OK, result])
+        elif isinstance(exc, RemoteError):
+            proto.send([msg_id, ERROR, {"code": exc.code, "message": str(exc)}])
+        else:
+            log.error("internal request %s failed", method, exc_info=exc)
             proto.send([msg_id, ERROR, {"code": "internal", "message": type(exc).__name__}])

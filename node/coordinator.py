@@ -15,6 +15,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from .membership import View
@@ -266,48 +267,15 @@ class Coordinator:
         # others are asked when one fails or after the speculative delay (as Cassandra's
         # speculative retry), so a healthy read costs R replica operations, not rf.
         voters.sort(key=lambda n: (n != me, self.cluster.replica(n).suspected))
-        full_from = voters[0]
-        loop = asyncio.get_running_loop()
-        decided: asyncio.Future[None] = loop.create_future()
-        answers: dict[str, tuple[Version | None, Any]] = {}
-        failed: list[BaseException] = []
-        newest_box: list[Record | None] = []
-        waiting = list(voters)
-
-        def ask(count: int) -> None:
-            # A local read answers inside send(), and a failure asks the next replica from
-            # inside on_done: `waiting` may shrink under this loop.
-            while count > 0 and waiting:
-                count -= 1
-                name = waiting.pop(0)
-                self.cluster.replica(name).send(["r", key, name == full_from],
-                                                lambda r, e, n=name: on_done(n, r, e))
-
-        def on_done(name: str, res: Any, exc: BaseException | None) -> None:
-            if exc is not None:
-                self.cluster.replica_failed(name, exc)
-                failed.append(exc)
-                ask(1)
-            else:
-                version = None if res is None else (
-                    Version(res[3], res[4]) if len(res) == 7 else Version(res[0], res[1])
-                )
-                if newest_box:  # answered after the read was decided: repair if behind
-                    self._repair_if_behind(name, version, newest_box[0])
-                    return
-                answers[name] = (version, res)
-            if not decided.done() and (
-                len(answers) >= need or len(voters) - len(failed) < need
-            ):
-                decided.set_result(None)
-
-        ask(need)
-        if not decided.done():
-            speculate = self._speculations.add(lambda: ask(len(voters)))
+        read = _Read(self, key, need, voters, asyncio.get_running_loop().create_future())
+        read.ask(need)
+        if not read.decided.done():
+            speculate = self._speculations.add(read.ask_all)
             try:
-                await self._decided_within(decided)
+                await self._decided_within(read.decided)
             finally:
                 self._speculations.cancel(speculate)
+        answers, failed = read.answers, read.failed
         if any(isinstance(e, StaleEpoch) for e in failed) and len(answers) < need:
             raise StaleEpoch({})
         if len(answers) < need:
@@ -316,7 +284,7 @@ class Coordinator:
         record = None
         if newest is not None:
             record = await self._fetch(key, newest, answers)
-        newest_box.append(record)
+        read.finish(record)
         for name, (version, _) in answers.items():
             self._repair_if_behind(name, version, record)
         return record
@@ -435,6 +403,65 @@ class Coordinator:
                 entry["live"] = not res[2] and (res[3] == 0 or res[3] > now)
             out.append(entry)
         return out
+
+
+class _Read:
+    """The answers to one read as they arrive (a class, not closures: closures that call
+    each other form a reference cycle that the garbage collector must find after every
+    read)."""
+
+    __slots__ = ("answers", "coordinator", "decided", "failed", "finished", "full_from", "key",
+                 "need", "record", "voters", "waiting")
+
+    def __init__(self, coordinator: Coordinator, key: bytes, need: int, voters: list[str],
+                 decided: asyncio.Future[None]) -> None:
+        self.coordinator = coordinator
+        self.key = key
+        self.need = need
+        self.voters = voters
+        self.waiting = list(voters)
+        self.full_from = voters[0]
+        self.decided = decided
+        self.answers: dict[str, tuple[Version | None, Any]] = {}
+        self.failed: list[BaseException] = []
+        self.record: Record | None = None
+        self.finished = False
+
+    def ask(self, count: int) -> None:
+        # A local read answers inside send(), and a failure asks the next replica from
+        # inside `done`: `waiting` may shrink under this loop.
+        cluster = self.coordinator.cluster
+        while count > 0 and self.waiting:
+            count -= 1
+            name = self.waiting.pop(0)
+            cluster.replica(name).send(["r", self.key, name == self.full_from],
+                                       partial(self.done, name))
+
+    def ask_all(self) -> None:
+        self.ask(len(self.voters))
+
+    def done(self, name: str, res: Any, exc: BaseException | None) -> None:
+        if exc is not None:
+            self.coordinator.cluster.replica_failed(name, exc)
+            if self.finished:
+                return
+            self.failed.append(exc)
+            self.ask(1)
+        else:
+            version = None if res is None else (
+                Version(res[3], res[4]) if len(res) == 7 else Version(res[0], res[1]))
+            if self.finished:  # answered after the read was decided: repair if behind
+                self.coordinator._repair_if_behind(name, version, self.record)
+                return
+            self.answers[name] = (version, res)
+        if not self.decided.done() and (
+            len(self.answers) >= self.need or len(self.voters) - len(self.failed) < self.need
+        ):
+            self.decided.set_result(None)
+
+    def finish(self, record: Record | None) -> None:
+        self.record = record
+        self.finished = True
 
 
 def _ignore_result(result: Any, exc: BaseException | None) -> None:

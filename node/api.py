@@ -252,9 +252,12 @@ class Api:
             raise ApiError(413, "payload_too_large",
                            f"the value is {request.content_length} bytes; the limit is {limit}")
         try:
-            # A client that trickles its body would hold a connection and a buffer forever.
-            async with asyncio.timeout(self.settings.body_timeout):
+            if request.content.is_eof():  # all of it arrived (as small values do): no wait
                 value = await request.read()
+            else:
+                # A client that trickles its body would hold a connection and a buffer forever.
+                async with asyncio.timeout(self.settings.body_timeout):
+                    value = await request.read()
         except RequestPayloadError as exc:
             raise bad(f"the request body could not be read: {exc}") from None
         except TimeoutError:

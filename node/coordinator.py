@@ -74,6 +74,10 @@ class Replica(Protocol):
     def submit(self, op: list[Any]) -> asyncio.Future[Any]: ...
 
 
+class LocalWriter(Protocol):
+    def write(self, rec: Record, done: Done) -> None: ...
+
+
 class Cluster(Protocol):
     """What the coordinator needs of its node."""
 
@@ -84,6 +88,9 @@ class Cluster(Protocol):
     def view(self) -> View: ...
 
     def replica(self, name: str) -> Replica: ...
+
+    @property
+    def local(self) -> LocalWriter: ...
 
     def store_hint(self, target: str, record: Record) -> None: ...
 
@@ -229,8 +236,12 @@ class Coordinator:
             if not decided.done() and (tally.ok() or tally.answered >= tally.base | tally.target):
                 decided.set_result(None)
 
+        me = self.cluster.name
         for name in tally.base | tally.target:
-            self.cluster.replica(name).send(op, lambda r, e, n=name: on_done(n, r, e))
+            if name == me:  # the record as it is, not its wire form decoded again
+                self.cluster.local.write(rec, lambda r, e, n=name: on_done(n, r, e))
+            else:
+                self.cluster.replica(name).send(op, lambda r, e, n=name: on_done(n, r, e))
         await self._decided_within(decided)
 
     async def _decided_within(self, decided: asyncio.Future[None]) -> None:

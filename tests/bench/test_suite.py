@@ -41,9 +41,11 @@ def test_suite_against_the_dict_server_writes_a_report(tmp_path: Path) -> None:
     argv = [
         "--systems", "dict", "--workloads", "write,read", "-d", "0.5", "--warmup", "0",
         "-c", "4", "--keyspace", "50", "--out-dir", str(tmp_path), "--work-dir", str(tmp_path),
+        "--name", "run-a",
     ]
     assert main(argv) == 0
     (md,) = tmp_path.glob("*.md")
+    assert md.name == "run-a.md"  # --name keeps several runs of one day apart
     text = md.read_text()
     assert "| ceiling (dict server) | write |" in text
     assert "| ceiling (dict server) | read |" in text

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from harness import API_TOKEN, CLUSTER_TOKEN, StaticCluster, http, wait_for
 
-
 MALFORMED = [
     b"GET /v1/kv/x HTTP/1.1\r\nAuthorization: Bearer " + API_TOKEN.encode() + b"\x01\r\n\r\n",
     b"PUT /v1/kv/very-secret-value-4711\x00 HTTP/1.1\r\n\r\n",

@@ -27,6 +27,8 @@ from typing import cast
 from aiohttp import http_exceptions, web
 from aiohttp.web_protocol import RequestHandler
 
+from .api import error_response
+
 log = logging.getLogger("ringkv.node.http")
 
 _BUSY_BODY = json.dumps({"error": {
@@ -77,7 +79,6 @@ _PARSER_ERRORS: tuple[tuple[type[Exception], str], ...] = (
     (http_exceptions.BadHttpMethod, "not an HTTP/1.1 request (bad method)"),
     (http_exceptions.BadStatusLine, "not an HTTP/1.1 request (bad request line)"),
     (http_exceptions.InvalidHeader, "a header name or value HTTP does not allow"),
-    (http_exceptions.HttpProcessingError, "a malformed HTTP request"),
 )
 
 
@@ -94,8 +95,7 @@ class _Handler(RequestHandler):
                  request.remote, what)
         if request.writer.output_size > 0:
             raise ConnectionError("the response has started; the connection is dropped")
-        resp = web.json_response({"error": {"code": "bad_request", "message": what}},
-                                 status=status)
+        resp = error_response(status, "bad_request", what)
         resp.force_close()
         return resp
 

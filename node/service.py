@@ -92,6 +92,7 @@ class NodeService:
             self.internal_handlers(),
             epoch=lambda: self.epoch,
             document=lambda: self._view.doc.to_json() if self._view else None,
+            max_connections=self.settings.max_connections,
         )
         tls = self.settings.tls
         await self.internal.start(

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import socket
 import ssl
 import struct
 from collections.abc import Awaitable, Callable
@@ -41,6 +42,10 @@ HELLO_TIMEOUT = 10.0
 OK, ERROR, STALE = 0, 1, 2
 SUSPECT_AFTER = 3  # consecutive failures before a peer is suspected
 MAX_BACKOFF = 5.0
+MAX_PENDING_HELLOS = 64  # anonymous connections waiting to authenticate, per node
+# Accepted peer connections probe an idle link (seconds idle, between probes, probes), so a
+# peer that vanished behind a partition does not hold a connection slot forever.
+KEEPALIVE = (60, 10, 3)
 
 
 class PeerError(Exception):
@@ -117,11 +122,16 @@ class FrameProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.max_frame = MAX_FRAME
+        self.received = 0  # data arrivals: a link that answers nothing while we wait is dead
+        self._aborted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self._aborted:  # dropped between accept and here
+            transport.abort()  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
+        self.received += 1
         buf = self._buf
         buf += data
         start = 0
@@ -155,9 +165,29 @@ class FrameProtocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def abort(self) -> None:
+        """Drop the connection now, without flushing what a dead peer will never take."""
+        self._aborted = True
+        if self.transport is not None:
+            self.transport.abort()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self._on_lost(self)
+
+
+class _AcceptedProtocol(FrameProtocol):
+    """A peer's connection to us: TCP keepalive reaps it if the peer vanished."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and hasattr(socket, "TCP_KEEPIDLE"):
+            idle, interval, count = KEEPALIVE
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -192,8 +222,9 @@ class PeerLink:
         self._pending_ops: list[list[Any]] = []
         self._pending_done: list[Done] = []
         self._flush_scheduled = False
-        # msg id -> (callbacks, batched, timer); a batch maps its reply list onto them
-        self._inflight: dict[int, tuple[list[Done], bool, asyncio.TimerHandle]] = {}
+        # msg id -> (callbacks, batched, timer, the connection's data arrivals when sent);
+        # a batch maps its reply list onto its callbacks
+        self._inflight: dict[int, tuple[list[Done], bool, asyncio.TimerHandle, int]] = {}
         self._next_id = 1
         self.failures = 0
         self._retry_at = 0.0
@@ -266,7 +297,7 @@ class PeerLink:
         msg_id = self._next_id
         self._next_id += 1
         timer = self._loop.call_later(timeout or self.timeout, self._expire, msg_id)
-        self._inflight[msg_id] = (callbacks, batched, timer)
+        self._inflight[msg_id] = (callbacks, batched, timer, self._proto.received)
         self._proto.send([msg_id, method, self._epoch() if check_epoch else 0, args])
 
     def _expire(self, msg_id: int) -> None:
@@ -275,6 +306,15 @@ class PeerLink:
             return
         self._failed()
         run_callbacks(entry[0], None, PeerTimeout(f"{self.name} did not answer in time"))
+        proto = self._proto
+        if proto is not None and proto.received == entry[3]:
+            # Not one byte arrived in a whole timeout while a request waited: the path is
+            # gone (a partition, a paused or vanished host), not just slow. Drop the
+            # connection so the next request reconnects: after a partition heals, a kept
+            # connection would stall behind TCP's backed-off retransmissions for many
+            # seconds, while a new one works at once.
+            log.info("no answer from %s while a request waited: reconnecting", self.name)
+            proto.abort()
 
     def _on_frame(self, proto: FrameProtocol, frame: Any) -> None:
         try:
@@ -285,7 +325,7 @@ class PeerLink:
         entry = self._inflight.pop(msg_id, None)
         if entry is None:
             return  # answered after its timeout
-        callbacks, batched, timer = entry
+        callbacks, batched, timer, _ = entry
         timer.cancel()
         self.failures = 0
         if status == OK:
@@ -358,7 +398,7 @@ class PeerLink:
         exc = PeerUnavailable(f"connection to {self.name} lost")
         if inflight:
             self._failed()
-        for callbacks, _, timer in inflight.values():
+        for callbacks, _, timer, _ in inflight.values():
             timer.cancel()
             run_callbacks(callbacks, None, exc)
 
@@ -374,8 +414,23 @@ Handler = Callable[[Any], Awaitable[Any]]
 BatchServer = Callable[[list[Any], Done], None]
 
 
+class _Refused(asyncio.Protocol):
+    """A connection past the limit: dropped as soon as it is accepted."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()  # type: ignore[attr-defined]
+
+
 class InternalServer:
-    """The receiving side: authenticates peers, checks epochs, dispatches requests."""
+    """The receiving side: authenticates peers, checks epochs, dispatches requests.
+
+    At most `max_connections` are open at once, so nobody exhausts the node's file
+    descriptors, and at most MAX_PENDING_HELLOS of them are anonymous (not yet past the
+    hello). A new connection past either limit replaces the oldest anonymous one; only when
+    every open connection is an authenticated peer is it dropped. So a flood of silent
+    connections cannot keep a real peer out: its hello arrives within a round trip, long
+    before the flood turns it over (the idea of sshd's MaxStartups).
+    """
 
     def __init__(
         self,
@@ -385,6 +440,7 @@ class InternalServer:
         handlers: dict[str, Handler],
         epoch: Callable[[], int],
         document: Callable[[], dict[str, Any] | None],
+        max_connections: int = 1000,
     ) -> None:
         self.node_name = node_name
         self._token = token.encode()
@@ -392,27 +448,46 @@ class InternalServer:
         self._handlers = handlers
         self._epoch = epoch
         self._document = document
+        self.max_connections = max_connections
+        self._pending: dict[FrameProtocol, None] = {}  # anonymous, oldest first
         self._authed: set[FrameProtocol] = set()
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.refused = 0
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._new_connection, host, port,
                                                 reuse_address=True, ssl=ssl_context)
 
-    def _new_connection(self) -> FrameProtocol:
+    def _new_connection(self) -> asyncio.Protocol:
         """An anonymous connection may send one small hello within HELLO_TIMEOUT."""
-        proto = FrameProtocol(self._on_frame, self._authed.discard)
+        full = len(self._pending) + len(self._authed) >= self.max_connections
+        if full and not self._pending:
+            self.refused += 1
+            if self.refused == 1 or self.refused % 1000 == 0:
+                log.warning("refusing peer connections: %d open is the limit (max_connections); "
+                            "%d refused so far", self.max_connections, self.refused)
+            return _Refused()
+        if full or len(self._pending) >= MAX_PENDING_HELLOS:
+            oldest = next(iter(self._pending))
+            del self._pending[oldest]
+            oldest.abort()
+        proto = _AcceptedProtocol(self._on_frame, self._forget)
         proto.max_frame = MAX_HELLO_FRAME
+        self._pending[proto] = None
         loop = asyncio.get_running_loop()
         loop.call_later(HELLO_TIMEOUT, lambda: proto in self._authed or proto.close())
         return proto
 
+    def _forget(self, proto: FrameProtocol) -> None:
+        self._pending.pop(proto, None)
+        self._authed.discard(proto)
+
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-            for proto in list(self._authed):
+            for proto in [*self._pending, *self._authed]:
                 proto.close()
             await self._server.wait_closed()
         for task in list(self._tasks):
@@ -430,6 +505,7 @@ class InternalServer:
                 proto.send([msg_id, ERROR, {"code": "unauthorized", "message": "bad cluster token"}])
                 proto.close()
                 return
+            self._pending.pop(proto, None)
             self._authed.add(proto)
             proto.max_frame = MAX_FRAME
             proto.peer = str(args.get("node", ""))

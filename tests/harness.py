@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -20,12 +22,54 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgpack
+
 from ringkv.operator.launcher import free_port_block, free_ports, log_tail, terminate
 
 API_TOKEN = "test-api-token"
 CLUSTER_TOKEN = "test-cluster-token"
 
 
+def frame(obj: Any) -> bytes:
+    """One internal-protocol frame: [u32 length][msgpack]."""
+    body = msgpack.packb(obj, use_bin_type=True)
+    return struct.pack(">I", len(body)) + body
+
+
+def hello(token: Any = CLUSTER_TOKEN) -> bytes:
+    """A peer's first frame on the internal port."""
+    return frame([0, "hello", 0, {"token": token, "node": "intruder"}])
+
+
+def exchange(port: int, data: bytes, expect: int | None = None,
+             timeout: float = 30.0) -> tuple[list[Any], bool]:
+    """Send `data` to an internal port; the frames answered and whether the node closed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        return read_frames(sock, expect)
+
+
+def read_frames(sock: socket.socket, expect: int | None = None) -> tuple[list[Any], bool]:
+    """Frames from an internal-port connection until the node closes it (True) or until
+    `expect` frames have come back (False)."""
+    received = b""
+    frames: list[Any] = []
+    while expect is None or len(frames) < expect:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            return frames, True
+        received += chunk
+        while len(received) >= 4 and len(received) >= 4 + struct.unpack(">I", received[:4])[0]:
+            (size,) = struct.unpack(">I", received[:4])
+            frames.append(msgpack.unpackb(received[4 : 4 + size], raw=False))
+            received = received[4 + size :]
+    return frames, False
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition",

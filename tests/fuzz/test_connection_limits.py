@@ -1,5 +1,7 @@
 """Clients that hold connections: silent or trickling ones are cut off, and past
-`max_connections` a node answers 503 instead of running out of file descriptors."""
+`max_connections` a node answers 503 instead of running out of file descriptors. The
+internal port has the same limit, and anonymous connections there cannot crowd out a peer
+that authenticates."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from harness import StaticCluster, wait_for
+from harness import StaticCluster, hello, read_frames, wait_for
+
+from ringkv.node.transport import MAX_PENDING_HELLOS
 
 LIMIT = 8
 READYZ = b"GET /readyz HTTP/1.1\r\nHost: n\r\n\r\n"
@@ -123,4 +127,57 @@ def test_past_the_connection_limit_a_node_answers_503_and_recovers(crowded: Stat
                  "a new connection accepted once others closed")
     finally:
         for sock in held[LIMIT // 2 :]:
+            sock.close()
+
+
+def peer_connection(port: int) -> tuple[socket.socket, bool]:
+    """A connection that sent the cluster hello; whether the node accepted it (an OK
+    answer) rather than closing it."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    try:
+        sock.sendall(hello())
+    except (BrokenPipeError, ConnectionResetError):
+        return sock, False
+    frames, _ = read_frames(sock, expect=1)
+    return sock, bool(frames) and frames[0][1] == 0
+
+
+def test_past_the_connection_limit_the_internal_port_drops_new_peers(crowded: StaticCluster) -> None:
+    port = crowded.nodes[0].internal_port
+    held: list[socket.socket] = []
+    try:
+        for _ in range(LIMIT):
+            sock, accepted = peer_connection(port)
+            held.append(sock)
+            assert accepted, "a peer within the limit was refused"
+        sock, accepted = peer_connection(port)
+        sock.close()
+        assert not accepted, "a peer past max_connections got in"
+    finally:
+        for sock in held[: LIMIT // 2]:
+            sock.close()
+    try:
+        def one_more() -> bool:
+            sock, accepted = peer_connection(port)
+            sock.close()
+            return accepted
+        wait_for(one_more, 60, "a peer accepted once others closed")
+    finally:
+        for sock in held[LIMIT // 2 :]:
+            sock.close()
+
+
+def test_silent_connections_cannot_keep_a_peer_off_the_internal_port(crowded: StaticCluster) -> None:
+    """More anonymous connections than either limit allows, then a real peer: it gets in,
+    and the oldest silent connection is one of those dropped for it."""
+    port = crowded.nodes[0].internal_port
+    silent = [socket.create_connection(("127.0.0.1", port), timeout=30)
+              for _ in range(MAX_PENDING_HELLOS + LIMIT)]
+    try:
+        sock, accepted = peer_connection(port)
+        sock.close()
+        assert accepted, "silent connections kept an authenticated peer out"
+        assert closed_by_node(silent[0], within=5), "the oldest silent connection was kept"
+    finally:
+        for sock in silent:
             sock.close()

@@ -9,9 +9,8 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-import msgpack
 import pytest
-from harness import API_TOKEN, CLUSTER_TOKEN, StaticCluster, http
+from harness import API_TOKEN, CLUSTER_TOKEN, StaticCluster, exchange, frame, hello, http
 
 from ringkv.node.versions import MAX_HLC
 
@@ -20,43 +19,6 @@ OK, ERROR = 0, 1
 PUBLIC_OPS = [("PUT", "/v1/kv/door"), ("GET", "/v1/kv/door"), ("HEAD", "/v1/kv/door"),
               ("DELETE", "/v1/kv/door"), ("GET", "/v1/kv"), ("GET", "/v1/cluster"),
               ("GET", "/v1/replicas/door")]
-
-
-def frame(obj: Any) -> bytes:
-    body = msgpack.packb(obj, use_bin_type=True)
-    return struct.pack(">I", len(body)) + body
-
-
-def hello(token: Any = CLUSTER_TOKEN) -> bytes:
-    return frame([0, "hello", 0, {"token": token, "node": "intruder"}])
-
-
-def exchange(port: int, data: bytes, expect: int | None = None,
-             timeout: float = 30.0) -> tuple[list[Any], bool]:
-    """Send `data` to an internal port; the frames answered and whether the node closed.
-
-    Reads until the node closes the connection, or until `expect` frames have come back.
-    """
-    received = b""
-    frames: list[Any] = []
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        try:
-            sock.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        while expect is None or len(frames) < expect:
-            try:
-                chunk = sock.recv(65536)
-            except ConnectionResetError:
-                chunk = b""
-            if not chunk:
-                return frames, True
-            received += chunk
-            while len(received) >= 4 and len(received) >= 4 + struct.unpack(">I", received[:4])[0]:
-                (size,) = struct.unpack(">I", received[:4])
-                frames.append(msgpack.unpackb(received[4 : 4 + size], raw=False))
-                received = received[4 + size :]
-    return frames, False
 
 
 def assert_node_serves(cluster: StaticCluster, i: int = 0) -> None:

@@ -105,11 +105,13 @@ def net5(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 @pytest.fixture
 def net(net5: LocalCluster) -> Iterator[LocalCluster]:
-    """The shared cluster, whole: every node coordinates a quorum write, and the network is
-    healed again after the test."""
+    """The shared cluster, whole: every node reaches every other one and coordinates a
+    quorum write, and the network is healed again after the test. (A quorum write alone
+    would pass with one of a node's links still down after the last test's partition.)"""
     probe = f"probe-{secrets.token_hex(4)}"
     for url in urls(net5).values():
-        wait_for(lambda url=url: put(url, probe, "x").status == 200, 60, f"{url} to serve quorum writes")
+        wait_for(lambda url=url: reaches_all(url) and put(url, probe, "x").status == 200, 90,
+                 f"{url} to reach every node and serve quorum writes")
     try:
         yield net5
     finally:
@@ -136,6 +138,11 @@ def replica_set(url: str, key: str) -> list[str]:
     r = http("GET", f"{url}/v1/replicas/{_path(key)}")
     assert r.status == 200, r.body
     return [e["node"] for e in r.json()["replicas"] if e["in_target"]]
+
+
+def reaches_all(url: str) -> bool:
+    r = http("GET", f"{url}/v1/cluster", timeout=30)
+    return r.status == 200 and all(m["reachable"] for m in r.json()["members"])
 
 
 def converged(url: str, key: str, version: str) -> bool:

@@ -37,7 +37,7 @@ class Demo:
         self.base_port = base_port
         self.bulk = bulk
         self.pace = pace
-        self.token = secrets.token_urlsafe(16)
+        self.token = secrets.token_hex(16)
         self.proc: subprocess.Popen[bytes] | None = None
         self.control = f"http://127.0.0.1:{base_port - 1}"
         self.keys = 0  # how many keys the demo wrote

@@ -134,7 +134,8 @@ class LocalCluster:
         elif path.exists():
             value = path.read_text().strip()
         else:
-            value = secrets.token_urlsafe(24)
+            # Hex, so it never starts with "-" (argparse would take `--token -x...` for options).
+            value = secrets.token_hex(24)
         path.write_text(value + "\n")
         path.chmod(0o600)
         return value

@@ -49,6 +49,7 @@ class Outcome:
     exit_code: int | None = None
     skipped: str = ""
     log: str = ""
+    plot: Path | None = None  # the check's timeline PNG, when matplotlib could draw it
 
     @property
     def passed(self) -> bool:
@@ -57,6 +58,11 @@ class Outcome:
             return True
         injected = self.faults > 0 or self.nemesis == "none"
         return self.exit_code == 0 and self.violations == 0 and self.acked_writes > 0 and injected
+
+
+def plot_path(args: argparse.Namespace, nemesis: str) -> Path:
+    """Timelines go beside the report: docs/RELIABILITY.md -> docs/reliability/kill.png."""
+    return args.out.parent / args.out.stem.lower() / f"{nemesis}.png"
 
 
 def ratio(pair: tuple[int, int]) -> str:
@@ -108,6 +114,7 @@ def run_one(nemesis: str, args: argparse.Namespace, work: Path) -> Outcome:
         return outcome
     run_dir = work / nemesis
     run_dir.mkdir()
+    plot_path(args, nemesis).parent.mkdir(parents=True, exist_ok=True)
     base = free_port_block(NODES + 4)
     control = f"http://127.0.0.1:{base - 1}"
     launcher_log = run_dir / "launcher.log"
@@ -126,7 +133,7 @@ def run_one(nemesis: str, args: argparse.Namespace, work: Path) -> Outcome:
                      "--duration", str(args.duration), "--interval", str(args.interval),
                      "--fault-duration", str(args.fault_duration), "--workers", str(args.workers),
                      "--keys", str(args.keys), "--history", str(history), "--summary", str(summary),
-                     "--seed", str(args.seed)]
+                     "--seed", str(args.seed), "--plot", str(plot_path(args, nemesis))]
         print(f"== {nemesis}: {' '.join(check_cmd[2:])}", flush=True)
         check_log = run_dir / "check.log"
         with check_log.open("wb") as out:
@@ -135,6 +142,8 @@ def run_one(nemesis: str, args: argparse.Namespace, work: Path) -> Outcome:
         outcome.log = str(check_log)
         if summary.exists():
             read_summary(summary, outcome)
+        if plot_path(args, nemesis).exists():
+            outcome.plot = plot_path(args, nemesis)
         print(log_tail(check_log, 12), flush=True)
     except RuntimeError as exc:
         outcome.log = str(exc)
@@ -148,11 +157,13 @@ def report(outcomes: list[Outcome], args: argparse.Namespace) -> str:
     rows = []
     for o in outcomes:
         if o.skipped:
-            rows.append(f"| {o.nemesis} | skipped: {o.skipped} | | | | | | |")
+            rows.append(f"| {o.nemesis} | skipped: {o.skipped} | | | | | | | |")
             continue
         verdict = "valid" if o.passed else f"NOT VALID (exit {o.exit_code}, {o.faults} faults; {o.log})"
+        timeline = f"[png]({o.plot.relative_to(args.out.parent)})" if o.plot else "-"
         rows.append(f"| {o.nemesis} | {o.faults} | {o.ops} | {o.acked_writes} | {o.unknown} | "
-                    f"**{o.violations}** | {ratio(o.during_faults)} | {ratio(o.overall)} | {verdict} |")
+                    f"**{o.violations}** | {ratio(o.during_faults)} | {ratio(o.overall)} | {verdict} | "
+                    f"{timeline} |")
     return "\n".join([
         "# Reliability: checked histories under faults",
         "",
@@ -171,8 +182,8 @@ def report(outcomes: list[Outcome], args: argparse.Namespace) -> str:
         "sequential writes never reordered.",
         "",
         "| fault | faults injected | operations | acknowledged writes | unknown outcome | "
-        "violations | availability during faults | availability overall | verdict |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "violations | availability during faults | availability overall | verdict | timeline |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         "- *kill*: SIGKILL one node; the launcher restarts it on its data directory.",
@@ -186,7 +197,9 @@ def report(outcomes: list[Outcome], args: argparse.Namespace) -> str:
         "Availability during faults counts the operations begun while a fault was active "
         "(from the fault until the node was ready again) that succeeded; a 503 for a quorum "
         "that cannot be reached counts against it, as it should. An operation with an unknown "
-        "outcome (a timeout) is neither a success nor a violation.",
+        "outcome (a timeout) is neither a success nor a violation. Each timeline (`ringkv check "
+        "--plot`) draws every operation as a bar per client, green acknowledged, red failed, "
+        "orange unknown, with the faults shaded.",
         "",
         f"Reproduce: `make chaos` (about {len(outcomes) * (args.duration + 20) / 60:.0f} minutes; "
         "the partition row needs root). `make test` runs a short version of every nemesis "

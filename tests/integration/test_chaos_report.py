@@ -22,7 +22,9 @@ def test_chaos_writes_a_reliability_table(tmp_path: Path) -> None:
     cells = [c.strip() for c in row.strip("|").split("|")]
     faults, ops, acked, violations = int(cells[1]), int(cells[2]), int(cells[3]), cells[5]
     assert faults >= 1 and ops > acked > 0, row
-    assert violations == "**0**" and cells[-1] == "valid", row
+    assert violations == "**0**" and cells[8] == "valid", row
     assert re.fullmatch(r"\d+\.\d% \(\d+/\d+\)", cells[6]), row  # availability during faults
+    assert cells[9] == "[png](reliability/kill.png)", row  # the check's timeline, beside the table
+    assert (tmp_path / "reliability" / "kill.png").read_bytes().startswith(b"\x89PNG")
     history = tmp_path / "work" / "kill" / "history.jsonl"
     assert history.exists() and '"type": "fault"' in history.read_text()

@@ -2,6 +2,13 @@
 
 Every setting is a field here with its default; its environment variable is the field
 name upper-cased with a RINGKV_ prefix (`max_value_bytes` -> RINGKV_MAX_VALUE_BYTES).
+
+The handoff budget (`handoff_*`) paces re-replication and anti-entropy pulls, like
+Cassandra's stream throughput cap and Riak's handoff concurrency: `handoff_ranges` ranges
+at once while this node serves fewer than `handoff_busy_requests` client requests a second;
+above that, one page at a time for at most `handoff_busy_share` of the time, so clients
+keep most of the CPU and handoff still finishes. `handoff_max_mb_per_s` caps the rate in
+both cases (0: no cap).
 """
 
 from __future__ import annotations
@@ -45,6 +52,10 @@ class Settings:
     hint_ttl: int = 10800  # seconds a hint is kept; well below gc_grace
     hint_interval: float = 1.0  # seconds between hint replay rounds
     anti_entropy_interval: float = 600.0  # a round reads every replicated range
+    handoff_ranges: int = 4  # ranges pulled at once while clients are quiet
+    handoff_busy_requests: float = 20.0  # client requests/s on this node that mean "busy"
+    handoff_busy_share: float = 0.25  # share of the time handoff pulls while busy; 1: no throttle
+    handoff_max_mb_per_s: float = 0.0  # key+value MB/s handoff may pull; 0: no cap
     max_clock_drift: float = 3600.0  # seconds a version may be ahead of this node's clock
     log_format: str = "text"  # text | json
     log_level: str = "INFO"
@@ -68,6 +79,10 @@ class Settings:
             raise ConfigError("size limits must be positive")
         if self.max_connections < 1 or self.idle_timeout <= 0 or self.body_timeout <= 0:
             raise ConfigError("max_connections, idle_timeout and body_timeout must be positive")
+        if self.handoff_ranges < 1 or not 0 < self.handoff_busy_share <= 1:
+            raise ConfigError("handoff_ranges must be at least 1, handoff_busy_share in (0, 1]")
+        if not (self.handoff_busy_requests >= 0 and self.handoff_max_mb_per_s >= 0):
+            raise ConfigError("handoff_busy_requests and handoff_max_mb_per_s must not be negative")
         if self.hint_ttl >= self.gc_grace:
             raise ConfigError("hint_ttl must be shorter than gc_grace")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):

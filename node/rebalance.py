@@ -12,12 +12,19 @@ promotes and settles on those reports.
 
 Anti-entropy periodically compares bucketed range digests with the other replicas and
 pulls only the buckets that differ, so replicas converge without any client reading.
+
+Both are paced by one `Pacer` per node (the `handoff_*` settings): full speed while the
+node serves no client traffic, one page at a time for a share of the time while it does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,13 +35,104 @@ from .ring import MAX_TOKEN, MIN_LO, TokenRange
 from .storage import bucket_range
 
 if TYPE_CHECKING:
+    from .config import Settings
+    from .metrics import RequestStats
     from .service import NodeService
 
 log = logging.getLogger("ringkv.rebalance")
 
 PAGE = 1000
-PARALLEL_RANGES = 4
 DIGEST_BUCKETS = 64
+SAMPLE_S = 0.5  # seconds over which the client request rate is measured
+KV_ROUTES = "/v1/kv"  # the public key-value routes: what counts as client traffic
+
+
+def client_requests(stats: RequestStats) -> int:
+    """Key-value requests this node has answered (health, metrics and cluster polls aside)."""
+    return sum(n for (route, _method, _status), n in stats.counts.items()
+               if route.startswith(KV_ROUTES))
+
+
+@dataclass
+class Turn:
+    """One admitted page: when it started, and the bytes it brought (set by the puller)."""
+
+    started: float
+    bytes: int = 0
+
+
+class Pacer:
+    """The node's handoff budget: admits each page of handoff or anti-entropy work.
+
+    Quiet (fewer than `handoff_busy_requests` client requests a second): pages start as
+    soon as the puller asks (`handoff_ranges` ranges at once). Busy: one page at a time,
+    each followed by a pause that keeps the pages' share of the wall time at
+    `handoff_busy_share`; a page slowed by client load is followed by a longer pause, and
+    the share stays above 0, so handoff always finishes. `handoff_max_mb_per_s` (> 0)
+    spaces page starts so that bytes / time stays under the cap in either mode.
+    """
+
+    def __init__(self, settings: Settings, requests: Callable[[], int],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.share = settings.handoff_busy_share
+        self.busy_requests = settings.handoff_busy_requests
+        self.max_bytes_per_s = settings.handoff_max_mb_per_s * 1e6
+        self._requests = requests
+        self._clock = clock
+        self._sampled_at = -math.inf
+        self._sampled = 0
+        self._busy = True
+        self._paused_until = -math.inf  # the duty cycle's pause after a busy page
+        self._rate_free_at = -math.inf  # the byte cap's earliest next start
+        self._one_at_a_time = asyncio.Lock()
+
+    def busy(self) -> bool:
+        """Whether clients are active: their request rate since the last sample.
+
+        A sample more than two windows old says nothing about now, so until the next
+        one the node counts as busy: pulling fast into a loaded node costs more than
+        pulling slowly for half a second on a quiet one."""
+        now = self._clock()
+        elapsed = now - self._sampled_at
+        if elapsed >= SAMPLE_S:
+            count = self._requests()
+            self._busy = (elapsed > 2 * SAMPLE_S
+                          or (count - self._sampled) / elapsed >= self.busy_requests)
+            self._sampled_at, self._sampled = now, count
+        return self._busy
+
+    def throttled(self) -> bool:
+        return self.share < 1 and self.busy()
+
+    def delay(self, throttled: bool) -> float:
+        """Seconds until the next page may start."""
+        gate = max(self._rate_free_at, self._paused_until if throttled else -math.inf)
+        return max(0.0, gate - self._clock())
+
+    def finished(self, turn: Turn, throttled: bool) -> None:
+        """Account a finished (or failed) page against the byte cap and the duty cycle."""
+        now = self._clock()
+        if self.max_bytes_per_s > 0:
+            self._rate_free_at = (max(self._rate_free_at, turn.started)
+                                  + turn.bytes / self.max_bytes_per_s)
+        if throttled:
+            self._paused_until = now + (now - turn.started) * (1 - self.share) / self.share
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[Turn]:
+        """Wait until the budget admits a page, then time it (the body does the page)."""
+        throttled = self.throttled()
+        async with self._one_at_a_time if throttled else contextlib.nullcontext():
+            # Pages that wait together start together: a burst of at most handoff_ranges
+            # pages, after which the cap's gate has moved past all of them.
+            wait = self.delay(throttled)
+            if wait > 0:
+                await asyncio.sleep(wait)
+            turn = Turn(self._clock())
+            try:
+                yield turn
+            finally:
+                self.finished(turn, throttled)
 
 
 @dataclass
@@ -86,6 +184,7 @@ class Rebalancer:
         self._synced: SyncKey | None = None
         self._task: asyncio.Task[None] | None = None
         self.cleaned_epoch = 0
+        self.pacer = Pacer(service.settings, lambda: client_requests(service.metrics.requests))
 
     @property
     def caught_up(self) -> bool:
@@ -118,8 +217,9 @@ class Rebalancer:
                         key: SyncKey) -> None:
         log.info("epoch %d: pulling %d ranges", view.doc.epoch, len(work))
         # A few ranges at once: one page in flight per range keeps memory bounded, and
-        # overlapping the round trips is what makes handoff fast (not bandwidth).
-        slots = asyncio.Semaphore(PARALLEL_RANGES)
+        # overlapping the round trips is what makes handoff fast (not bandwidth). The
+        # pacer admits each page, one at a time while clients are busy.
+        slots = asyncio.Semaphore(self.service.settings.handoff_ranges)
 
         async def one(rng: TokenRange, sources: list[str]) -> None:
             async with slots:
@@ -169,14 +269,15 @@ class Rebalancer:
         after: list[Any] | None = None
         merged = 0
         while True:
-            page = await self.service.call(source, "scan", [rng.lo, rng.hi, after, PAGE])
+            async with self.pacer.turn() as turn:
+                page = await self.service.call(source, "scan", [rng.lo, rng.hi, after, PAGE])
+                records = [Record.from_wire(w) for w in page]
+                await self.service.local.apply_repairs(records)
+                turn.bytes = size = sum(len(r.key) + len(r.value) for r in records)
             if not page:
                 return merged
-            records = [Record.from_wire(w) for w in page]
-            await self.service.local.apply_repairs(records)
             merged += len(records)
             if progress is not None:
-                size = sum(len(r.key) + len(r.value) for r in records)
                 progress.keys += len(records)
                 progress.bytes += size
                 self.service.metrics.rebalance_keys.inc(len(records))
@@ -209,8 +310,9 @@ class Rebalancer:
     async def sync_buckets(self, peer: str, rng: TokenRange, progress: Progress | None = None) -> int:
         """Compare bucketed digests of a range with a peer; pull only the differing buckets."""
         local = self.service.local
-        mine = await local.run(local.storage.digest, rng, DIGEST_BUCKETS)
-        theirs = await self.service.call(peer, "digest", [rng.lo, rng.hi, DIGEST_BUCKETS])
+        async with self.pacer.turn():  # a digest scans the range on both nodes
+            mine = await local.run(local.storage.digest, rng, DIGEST_BUCKETS)
+            theirs = await self.service.call(peer, "digest", [rng.lo, rng.hi, DIGEST_BUCKETS])
         merged = 0
         for bucket, (a, b) in enumerate(zip(mine, theirs, strict=True)):
             if a != b:

@@ -18,7 +18,8 @@ throughput before, during and after the handoff comes from the same client and t
 connections. The settle is taken from the controller's membership store (the launcher's
 membership.json, polled every 100 ms): ``GET /v1/cluster`` makes every node count its
 records (a full table scan on its event loop), so polling it at 10 Hz would itself slow the
-cluster. Everything started is stopped by PID.
+cluster. Everything started is stopped by PID. The nodes inherit this environment, so
+`RINGKV_HANDOFF_*` variables set the handoff budget under test; the report records it.
 
     python -m ringkv.bench.scale [--scenarios rereplication,rss,moved,throughput]
                                  [--keys 100000] [--loss stop|kill]
@@ -63,6 +64,7 @@ from ringkv.bench.suite import (
     tree_cpu_seconds,
     wait_ready,
 )
+from ringkv.node import config as node_config
 from ringkv.node import membership
 from ringkv.operator.launcher import free_port_block
 
@@ -713,7 +715,8 @@ def _fmt(v: Any, spec: str = "") -> str:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    m, a, sc = report["machine"], report["args"], report["scenarios"]
+    m, a, sc, ns = report["machine"], report["args"], report["scenarios"], report["node_settings"]
+    budget = ", ".join(f"`{k}={v:g}`" for k, v in ns.items() if k.startswith("handoff_"))
     lines = [
         f"# ringkv scale benchmark, {report['started'][:10]}",
         "",
@@ -722,8 +725,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{m['loadavg_start']} at start, {m['loadavg_end']} at the end (other work shares "
         f"this machine). Took {report['duration_s'] / 60:.1f} min. Servers and the load "
         "generator share the CPUs. Local clusters (`ringkv up`, SQLite "
-        f"`synchronous={m['sqlite_synchronous']}`), {a['key_size']}-byte keys, "
-        f"{a['value_size']}-byte values, consistency `{a['consistency']}`.",
+        f"`synchronous={ns['sqlite_synchronous'].upper()}`), {a['key_size']}-byte keys, "
+        f"{a['value_size']}-byte values, consistency `{a['consistency']}`. Handoff budget "
+        f"of every node: {budget}.",
     ]
     if "rereplication" in sc:
         lines += _md_rereplication(sc["rereplication"], a)
@@ -964,9 +968,11 @@ def _keys_label(keys: int) -> str:
     return f"{keys // 1000}k" if keys % 1000 == 0 else str(keys)
 
 
-def _sqlite_sync() -> str:
-    """The nodes' SQLite synchronous setting: they inherit this environment."""
-    return os.environ.get("RINGKV_SQLITE_SYNCHRONOUS", "NORMAL").upper()
+def _node_settings() -> dict[str, Any]:
+    """The nodes' settings that shape these numbers: they inherit this environment."""
+    settings = node_config.load(overrides={"node_name": "bench"})
+    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)
+            if f.name == "sqlite_synchronous" or f.name.startswith("handoff_")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -996,7 +1002,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     work = Path(tempfile.mkdtemp(prefix="ringkv-scale-", dir=args.work_dir))
     report["machine"]["fs"] = _fs_type(work)
-    report["machine"]["sqlite_synchronous"] = _sqlite_sync()
+    report["node_settings"] = _node_settings()
     runs: list[tuple[str, Any]] = []
     if "rereplication" in scenarios:
         runs.append(("rereplication",

@@ -110,7 +110,7 @@ class Pacer:
         return max(0.0, gate - self._clock())
 
     def finished(self, turn: Turn, throttled: bool) -> None:
-        """Account a finished (or failed) page against the byte cap and the duty cycle."""
+        """Account a finished page against the byte cap and the duty cycle."""
         now = self._clock()
         if self.max_bytes_per_s > 0:
             self._rate_free_at = (max(self._rate_free_at, turn.started)
@@ -129,10 +129,10 @@ class Pacer:
             if wait > 0:
                 await asyncio.sleep(wait)
             turn = Turn(self._clock())
-            try:
-                yield turn
-            finally:
-                self.finished(turn, throttled)
+            # A failed page (a source that timed out) did no work: no pause after it, so
+            # the next source is tried at once.
+            yield turn
+            self.finished(turn, throttled)
 
 
 @dataclass

@@ -121,6 +121,19 @@ async def test_busy_turns_run_one_at_a_time() -> None:
     assert inside == []
 
 
+async def test_a_failed_page_is_followed_by_no_pause() -> None:
+    node = Node(handoff_busy_share=0.25)
+    node.serve(requests=1000, seconds=SAMPLE_S)
+    with pytest.raises(TimeoutError):
+        async with node.pacer.turn():
+            node.clock.now += 2.0  # a source that never answered
+            raise TimeoutError
+    assert node.pacer.delay(throttled=True) == 0.0
+    async with node.pacer.turn():
+        node.clock.now += 0.1
+    assert node.pacer.delay(throttled=True) == pytest.approx(0.3)
+
+
 async def test_a_cancelled_turn_frees_its_place() -> None:
     node = Node()
     node.serve(requests=1000, seconds=SAMPLE_S)

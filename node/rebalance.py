@@ -44,6 +44,7 @@ log = logging.getLogger("ringkv.rebalance")
 PAGE = 1000
 DIGEST_BUCKETS = 64
 SAMPLE_S = 0.5  # seconds over which the client request rate is measured
+FIRST_SAMPLE_S = 0.1  # the first window after a stale sample: a quick first answer
 KV_ROUTES = "/v1/kv"  # the public key-value routes: what counts as client traffic
 
 
@@ -79,7 +80,7 @@ class Pacer:
         self.max_bytes_per_s = settings.handoff_max_mb_per_s * 1e6
         self._requests = requests
         self._clock = clock
-        self._sampled_at = -math.inf
+        self._sampled_at = self._next_sample = -math.inf
         self._sampled = 0
         self._busy = True
         self._paused_until = -math.inf  # the duty cycle's pause after a busy page
@@ -89,16 +90,17 @@ class Pacer:
     def busy(self) -> bool:
         """Whether clients are active: their request rate since the last sample.
 
-        A sample more than two windows old says nothing about now, so until the next
-        one the node counts as busy: pulling fast into a loaded node costs more than
-        pulling slowly for half a second on a quiet one."""
+        A sample more than two windows old says nothing about now (handoff was idle), so
+        the node counts as busy until a short first window has been measured: pulling
+        fast into a loaded node costs more than pulling slowly for 0.1 s on a quiet one."""
         now = self._clock()
-        elapsed = now - self._sampled_at
-        if elapsed >= SAMPLE_S:
+        if now >= self._next_sample:
             count = self._requests()
-            self._busy = (elapsed > 2 * SAMPLE_S
-                          or (count - self._sampled) / elapsed >= self.busy_requests)
+            elapsed = now - self._sampled_at
+            stale = elapsed > 2 * SAMPLE_S
+            self._busy = stale or (count - self._sampled) / elapsed >= self.busy_requests
             self._sampled_at, self._sampled = now, count
+            self._next_sample = now + (FIRST_SAMPLE_S if stale else SAMPLE_S)
         return self._busy
 
     def throttled(self) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ringkv.node.config import ConfigError, Settings, load
-from ringkv.node.rebalance import SAMPLE_S, Pacer, Turn
+from ringkv.node.rebalance import FIRST_SAMPLE_S, SAMPLE_S, Pacer, Turn
 
 
 class Clock:
@@ -51,10 +51,10 @@ class Node:
 def test_busy_until_the_first_sample_says_otherwise() -> None:
     node = Node()
     assert node.pacer.throttled()  # no recent sample: assume clients
-    node.clock.now += SAMPLE_S / 2
+    node.clock.now += FIRST_SAMPLE_S / 2
     assert node.pacer.throttled()  # still no rate to go by
-    node.serve(requests=0, seconds=SAMPLE_S)
-    assert not node.pacer.throttled()
+    node.clock.now += FIRST_SAMPLE_S
+    assert not node.pacer.throttled()  # a quick first window: no requests in it
     node.serve(requests=100, seconds=SAMPLE_S)  # 200 requests/s
     assert node.pacer.throttled()
     node.serve(requests=5, seconds=SAMPLE_S)  # 10 requests/s: under the default 20

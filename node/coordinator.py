@@ -74,8 +74,10 @@ class Replica(Protocol):
     def submit(self, op: list[Any]) -> asyncio.Future[Any]: ...
 
 
-class LocalWriter(Protocol):
+class LocalStore(Protocol):
     def write(self, rec: Record, done: Done) -> None: ...
+
+    def read_record(self, key: bytes) -> Record | None: ...
 
 
 class Cluster(Protocol):
@@ -90,7 +92,7 @@ class Cluster(Protocol):
     def replica(self, name: str) -> Replica: ...
 
     @property
-    def local(self) -> LocalWriter: ...
+    def local(self) -> LocalStore: ...
 
     def store_hint(self, target: str, record: Record) -> None: ...
 
@@ -174,6 +176,8 @@ class Coordinator:
         self.speculative_delay = speculative_delay
         self._timeouts = Deadlines(wait_timeout)
         self._speculations = Deadlines(speculative_delay)
+        self._voters_view: View | None = None
+        self._voters_of: dict[tuple[str, ...], list[str]] = {}
 
     # -- writes -------------------------------------------------------------------------
     async def write(self, key: bytes, value: bytes, content_type: str, level: str,
@@ -267,17 +271,11 @@ class Coordinator:
 
     async def _read_once(self, key: bytes, level: str) -> Record | None:
         view = self.cluster.view
-        me = self.cluster.name
         reps = view.base.replicas_for_token(key_token(key))
         need = needed(level, len(reps))
-        # A joining member may have lost its data (a wiped volume): it counts for nothing.
-        voters = [n for n in reps if (m := view.by_name.get(n)) is None or m.state != "joining"]
+        voters = self._voters(view, reps)
         if len(voters) < need:
             raise QuorumUnavailable(0, need, "read")
-        # Ask only as many replicas as needed, this node and unsuspected peers first; the
-        # others are asked when one fails or after the speculative delay (as Cassandra's
-        # speculative retry), so a healthy read costs R replica operations, not rf.
-        voters.sort(key=lambda n: (n != me, self.cluster.replica(n).suspected))
         read = _Read(self, key, need, voters, asyncio.get_running_loop().create_future())
         read.ask(need)
         if not read.decided.done():
@@ -300,15 +298,38 @@ class Coordinator:
             self._repair_if_behind(name, version, record)
         return record
 
+    def _voters(self, view: View, reps: tuple[str, ...]) -> list[str]:
+        """The replicas that count in a read, in the order to ask them: this node, then
+        unsuspected peers, then suspected ones. A read asks only as many as it needs; the
+        others are asked when one fails or after the speculative delay (as Cassandra's
+        speculative retry), so a healthy read costs R replica operations, not rf.
+
+        The order without suspicion is fixed per view and replica set, so it is kept (the
+        ring has a bounded number of distinct replica sets)."""
+        if view is not self._voters_view:
+            self._voters_view, self._voters_of = view, {}
+        voters = self._voters_of.get(reps)
+        if voters is None:
+            me = self.cluster.name
+            # A joining member may have lost its data (a wiped volume): it counts for nothing.
+            voters = [n for n in reps if (m := view.by_name.get(n)) is None or m.state != "joining"]
+            voters.sort(key=lambda n: n != me)
+            self._voters_of[reps] = voters
+        replica = self.cluster.replica
+        if any(replica(n).suspected for n in voters):
+            voters = sorted(voters, key=lambda n: replica(n).suspected)  # stable: me first
+        return voters
+
     async def _fetch(self, key: bytes, newest: Version,
                      answers: dict[str, tuple[Version | None, Any]]) -> Record:
         """The full record of the newest version: from the answers, or from a holder."""
         holders = []
-        me = self.cluster.name
         for name, (version, res) in answers.items():
             if version == newest:
+                if type(res) is Record:  # this node's own
+                    return res
                 if len(res) == 7:
-                    return Record.from_wire(res, trusted=name == me)
+                    return Record.from_wire(res)
                 holders.append(name)
         for name in holders:
             try:
@@ -433,20 +454,30 @@ class _Read:
         self.waiting = list(voters)
         self.full_from = voters[0]
         self.decided = decided
+        # name -> (version, answer): this node's Record, a peer's wire record or digest
         self.answers: dict[str, tuple[Version | None, Any]] = {}
         self.failed: list[BaseException] = []
         self.record: Record | None = None
         self.finished = False
 
     def ask(self, count: int) -> None:
-        # A local read answers inside send(), and a failure asks the next replica from
-        # inside `done`: `waiting` may shrink under this loop.
+        # A local read answers at once (always in full: the record is at hand), and a
+        # failure asks the next replica from inside `done`: `waiting` may shrink under
+        # this loop.
         cluster = self.coordinator.cluster
         while count > 0 and self.waiting:
             count -= 1
             name = self.waiting.pop(0)
-            cluster.replica(name).send(["r", self.key, name == self.full_from],
-                                       partial(self.done, name))
+            if name == cluster.name:
+                try:
+                    record = cluster.local.read_record(self.key)
+                except RemoteError as exc:
+                    self.done(name, None, exc)
+                else:
+                    self.done(name, record, None)
+            else:
+                cluster.replica(name).send(["r", self.key, name == self.full_from],
+                                           partial(self.done, name))
 
     def ask_all(self) -> None:
         self.ask(len(self.voters))
@@ -459,8 +490,12 @@ class _Read:
             self.failed.append(exc)
             self.ask(1)
         else:
-            version = None if res is None else (
-                Version(res[3], res[4]) if len(res) == 7 else Version(res[0], res[1]))
+            if res is None:
+                version = None
+            elif type(res) is Record:
+                version = res.version
+            else:
+                version = Version(res[3], res[4]) if len(res) == 7 else Version(res[0], res[1])
             if self.finished:  # answered after the read was decided: repair if behind
                 self.coordinator._repair_if_behind(name, version, self.record)
                 return

@@ -126,7 +126,7 @@ class ConnectionLimit:
         return _Refused()
 
 
-async def listen(runner: web.AppRunner, host: str, port: int, max_connections: int,
+async def listen(runner: web.BaseRunner, host: str, port: int, max_connections: int,
                  ssl_context: ssl.SSLContext | None) -> asyncio.AbstractServer:
     """Start accepting on ``host:port``; the caller closes the server before the runner."""
     assert runner.server is not None, "runner.setup() first"

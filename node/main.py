@@ -11,9 +11,10 @@ import sys
 from aiohttp import web
 
 from . import config, logs
-from .api import make_app
+from .api import make_server
 from .httpserver import listen
 from .security import server_context
+from .service import NodeService
 from .storage import StorageError
 
 log = logging.getLogger("ringkv.node")
@@ -38,27 +39,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def serve(settings: config.Settings) -> None:
-    app = make_app(settings)
+    service = NodeService(settings)
+    await service.start()
     # A valid request line can be ~8 KiB (a 1024-byte prefix, percent-encoded, plus a
     # cursor): twice aiohttp's default limit, so valid requests reach the JSON errors.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, max_line_size=16384,
-                           keepalive_timeout=settings.idle_timeout)
-    await runner.setup()
-    tls = settings.tls
-    listener = await listen(runner, settings.host, settings.port, settings.max_connections,
-                            server_context(tls, require_client_cert=False) if tls.enabled else None)
-    log.info("serving the API on %s:%d and peers on %s:%d", settings.host, settings.port,
-             settings.internal_host, settings.internal_port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    server = make_server(service, access_log=None, max_line_size=16384,
+                         keepalive_timeout=settings.idle_timeout)
+    runner = web.ServerRunner(server)
     try:
-        await stop.wait()
+        await runner.setup()
+        tls = settings.tls
+        listener = await listen(runner, settings.host, settings.port, settings.max_connections,
+                                server_context(tls, require_client_cert=False) if tls.enabled
+                                else None)
+        log.info("serving the API on %s:%d and peers on %s:%d", settings.host, settings.port,
+                 settings.internal_host, settings.internal_port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            log.info("shutting down")
+            listener.close()
+            await runner.cleanup()
     finally:
-        log.info("shutting down")
-        listener.close()
-        await runner.cleanup()
+        await service.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

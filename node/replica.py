@@ -146,17 +146,25 @@ class LocalReplica:
         self._enqueue(records, committed)
 
     def read(self, key: bytes, full: bool) -> Any:
-        if self.rebuilding:
-            # Lost its data: an empty answer here would count as "not found" in a quorum.
-            raise ReplicaRefusal("rebuilding", "this replica is rebuilding its data")
         if full:
-            rec = self.storage.get(key)
+            rec = self.read_record(key)
             return None if rec is None else rec.to_wire()
+        self._readable()
         meta = self.storage.get_version(key)
         if meta is None:
             return None
         version, tomb, expires = meta
         return [version.hlc, version.node, tomb, expires]
+
+    def read_record(self, key: bytes) -> Record | None:
+        """The stored record itself: this node's coordinator needs no wire form."""
+        self._readable()
+        return self.storage.get(key)
+
+    def _readable(self) -> None:
+        if self.rebuilding:
+            # Lost its data: an empty answer here would count as "not found" in a quorum.
+            raise ReplicaRefusal("rebuilding", "this replica is rebuilding its data")
 
     def write(self, rec: Record, done: Done) -> None:
         """Apply-if-newer; `done` gets None or the newer stored version as [hlc, node]."""

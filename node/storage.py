@@ -304,6 +304,8 @@ WHERE (excluded.hlc, excluded.node) > (kv.hlc, kv.node)
 """
 
 _COLUMNS = "key, hlc, node, tombstone, expires, ctype, value"
+_GET = f"SELECT {_COLUMNS} FROM kv WHERE key = ?"
+_GET_VERSION = "SELECT hlc, node, tombstone, expires FROM kv WHERE key = ?"
 
 
 def _row_record(row: tuple) -> Record:
@@ -339,6 +341,7 @@ class SqliteStorage(Storage):
             if check != "ok":
                 raise StorageError(f"{path}: integrity check failed ({check}); {advice}")
             self._r = self._connect()
+            self._rc = self._r.cursor()  # point reads, on the event loop only: one cursor
             # With synchronous OFF or NORMAL a commit only appends to the WAL (no fsync),
             # so the event loop commits its group writes itself on this connection: no
             # thread hop per batch. It never waits for a lock (busy_timeout 0: StorageBusy
@@ -358,13 +361,11 @@ class SqliteStorage(Storage):
         return conn
 
     def get(self, key: bytes) -> Record | None:
-        row = self._r.execute(f"SELECT {_COLUMNS} FROM kv WHERE key = ?", (key,)).fetchone()
+        row = self._rc.execute(_GET, (key,)).fetchone()
         return None if row is None else _row_record(row)
 
     def get_version(self, key: bytes) -> tuple[Version, bool, int] | None:
-        row = self._r.execute(
-            "SELECT hlc, node, tombstone, expires FROM kv WHERE key = ?", (key,)
-        ).fetchone()
+        row = self._rc.execute(_GET_VERSION, (key,)).fetchone()
         return None if row is None else (Version(row[0], row[1]), bool(row[2]), row[3])
 
     def _write(self, fn, *args, conn: sqlite3.Connection | None = None):  # type: ignore[no-untyped-def]

@@ -12,6 +12,7 @@ import pytest
 from harness import API_TOKEN, StaticCluster, http, wait_for
 
 from ringkv.client import Client, NotFound, PreconditionFailed
+from ringkv.node.rebalance import KV_ROUTES
 
 
 def kv(cluster: StaticCluster, key: str, i: int = 0, query: str = "") -> str:
@@ -166,6 +167,8 @@ def test_health_ready_metrics_openapi(shared3: StaticCluster) -> None:
     text = metrics.body.decode()
     assert metrics.status == 200 and metrics.headers["content-type"].startswith("text/plain")
     assert 'ringkv_requests_total{method="PUT",route="/v1/kv/{key}",status="200"}' in text
+    # The handoff pacer tells client traffic by this label; renaming it would turn pacing off.
+    assert "/v1/kv/{key}".startswith(KV_ROUTES) and not "/v1/cluster".startswith(KV_ROUTES)
     assert "ringkv_request_seconds_bucket" in text and "ringkv_hints_pending" in text
     spec = http("GET", shared3.url(0) + "/openapi.json", token=None).json()
     assert spec["openapi"].startswith("3.")

@@ -46,7 +46,7 @@ class Settings:
     replica_timeout: float = 2.0  # seconds a coordinator waits for one replica
     body_timeout: float = 30.0  # seconds a client may take to send a request body
     idle_timeout: float = 30.0  # seconds a connection may idle, or take to send its headers
-    max_connections: int = 1000  # open client connections; past it, 503 and close
+    max_connections: int = 1000  # open connections per port (public: 503 past it; peers: see transport)
     vnodes: int = 64
     gc_grace: int = 86400  # seconds a tombstone is kept
     hint_ttl: int = 10800  # seconds a hint is kept; well below gc_grace

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
@@ -22,7 +21,15 @@ from .membership import View
 from .records import Record
 from .ring import key_token
 from .storage import KeyInfo, StorageFull
-from .transport import Done, PeerError, PeerTimeout, PeerUnavailable, RemoteError, StaleEpoch
+from .transport import (
+    Deadlines,
+    Done,
+    PeerError,
+    PeerTimeout,
+    PeerUnavailable,
+    RemoteError,
+    StaleEpoch,
+)
 from .versions import COUNTER_BITS, HybridClock, Version
 
 log = logging.getLogger("ringkv.coordinator")
@@ -122,60 +129,16 @@ class _Tally:
                 and len(self.acked & self.target) >= self.need_target)
 
 
-class Deadlines:
-    """Run callbacks a fixed delay after they were added, unless cancelled first.
-
-    One timer serves them all, instead of a timer per request: every request has a
-    deadline and almost none reaches it, and a uvloop timer costs a libuv handle to create
-    and to cancel. With one fixed delay, insertion order is deadline order, so the timer
-    only ever needs the oldest entry; a cancelled entry is gone at once (nothing lingers
-    for the garbage collector to walk)."""
-
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
-        self._entries: dict[int, tuple[float, Callable[[], object]]] = {}
-        self._next = 0
-        self._timer: asyncio.TimerHandle | None = None
-
-    def add(self, callback: Callable[[], object]) -> int:
-        loop = asyncio.get_running_loop()
-        key = self._next
-        self._next += 1
-        self._entries[key] = (loop.time() + self.delay, callback)
-        if self._timer is None:
-            self._timer = loop.call_later(self.delay, self._tick)
-        return key
-
-    def cancel(self, key: int) -> None:
-        self._entries.pop(key, None)
-
-    def _tick(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        due = []
-        for key, (deadline, _) in self._entries.items():
-            if deadline > now:
-                break
-            due.append(key)
-        for key in due:
-            entry = self._entries.pop(key, None)
-            if entry is not None:
-                try:
-                    entry[1]()
-                except Exception:
-                    log.exception("a deadline callback failed")
-        first = next(iter(self._entries.values()), None)
-        self._timer = None if first is None else loop.call_later(
-            max(first[0] - now, 0.001), self._tick)
-
-
 class Coordinator:
     def __init__(self, cluster: Cluster, wait_timeout: float, speculative_delay: float = 0.05) -> None:
         self.cluster = cluster
         self.wait_timeout = wait_timeout
         self.speculative_delay = speculative_delay
         self._timeouts = Deadlines(wait_timeout)
+        # A read has one deadline entry at a time: the speculative delay, then the rest of
+        # its timeout (see _Read.speculate).
         self._speculations = Deadlines(speculative_delay)
+        self._read_timeouts = Deadlines(max(wait_timeout - speculative_delay, 0.001))
         self._voters_view: View | None = None
         self._voters_of: dict[tuple[str, ...], list[str]] = {}
 
@@ -279,20 +242,24 @@ class Coordinator:
         read = _Read(self, key, need, voters, asyncio.get_running_loop().create_future())
         read.ask(need)
         if not read.decided.done():
-            speculate = self._speculations.add(read.ask_all)
+            read.deadline = self._speculations.add(read.speculate)
             try:
-                await self._decided_within(read.decided)
+                await read.decided
             finally:
-                self._speculations.cancel(speculate)
+                (self._read_timeouts if read.speculated else self._speculations).cancel(
+                    read.deadline)
         answers, failed = read.answers, read.failed
-        if any(isinstance(e, StaleEpoch) for e in failed) and len(answers) < need:
-            raise StaleEpoch({})
         if len(answers) < need:
+            if any(isinstance(e, StaleEpoch) for e in failed):
+                raise StaleEpoch({})
             raise QuorumUnavailable(len(answers), need, "read")
-        newest = max((v for v, _ in answers.values() if v is not None), default=None)
+        newest = None
+        for version, _ in answers.values():
+            if version is not None and (newest is None or version > newest):
+                newest = version
         record = None
         if newest is not None:
-            record = await self._fetch(key, newest, answers)
+            record = _answered_record(newest, answers) or await self._fetch(key, newest, answers)
         read.finish(record)
         for name, (version, _) in answers.items():
             self._repair_if_behind(name, version, record)
@@ -316,22 +283,15 @@ class Coordinator:
             voters.sort(key=lambda n: n != me)
             self._voters_of[reps] = voters
         replica = self.cluster.replica
-        if any(replica(n).suspected for n in voters):
-            voters = sorted(voters, key=lambda n: replica(n).suspected)  # stable: me first
+        for name in voters:
+            if replica(name).suspected:
+                return sorted(voters, key=lambda n: replica(n).suspected)  # stable: me first
         return voters
 
     async def _fetch(self, key: bytes, newest: Version,
                      answers: dict[str, tuple[Version | None, Any]]) -> Record:
-        """The full record of the newest version: from the answers, or from a holder."""
-        holders = []
-        for name, (version, res) in answers.items():
-            if version == newest:
-                if type(res) is Record:  # this node's own
-                    return res
-                if len(res) == 7:
-                    return Record.from_wire(res)
-                holders.append(name)
-        for name in holders:
+        """The full record of the newest version from a holder that answered a digest."""
+        for name in [n for n, (version, _) in answers.items() if version == newest]:
             try:
                 res = await self.cluster.replica(name).submit(["r", key, True])
             except PeerError as exc:
@@ -442,8 +402,8 @@ class _Read:
     each other form a reference cycle that the garbage collector must find after every
     read)."""
 
-    __slots__ = ("answers", "coordinator", "decided", "failed", "finished", "full_from", "key",
-                 "need", "record", "voters", "waiting")
+    __slots__ = ("answers", "coordinator", "deadline", "decided", "failed", "finished",
+                 "full_from", "key", "need", "record", "speculated", "voters", "waiting")
 
     def __init__(self, coordinator: Coordinator, key: bytes, need: int, voters: list[str],
                  decided: asyncio.Future[None]) -> None:
@@ -459,6 +419,8 @@ class _Read:
         self.failed: list[BaseException] = []
         self.record: Record | None = None
         self.finished = False
+        self.deadline = 0  # its entry in the coordinator's speculation or timeout wheel
+        self.speculated = False
 
     def ask(self, count: int) -> None:
         # A local read answers at once (always in full: the record is at hand), and a
@@ -479,8 +441,16 @@ class _Read:
                 cluster.replica(name).send(["r", self.key, name == self.full_from],
                                            partial(self.done, name))
 
-    def ask_all(self) -> None:
+    def speculate(self) -> None:
+        """The speculative delay passed undecided: ask every voter, and from now on wait
+        only for the rest of the read's timeout."""
+        self.speculated = True
+        self.deadline = self.coordinator._read_timeouts.add(self.expire)
         self.ask(len(self.voters))
+
+    def expire(self) -> None:
+        if not self.decided.done():
+            self.decided.set_exception(TimeoutError())
 
     def done(self, name: str, res: Any, exc: BaseException | None) -> None:
         if exc is not None:
@@ -508,6 +478,19 @@ class _Read:
     def finish(self, record: Record | None) -> None:
         self.record = record
         self.finished = True
+
+
+def _answered_record(newest: Version,
+                     answers: dict[str, tuple[Version | None, Any]]) -> Record | None:
+    """The full record of the newest version if an answer carried it (no await: the
+    common case, where this node or the replica asked in full holds the newest)."""
+    for version, res in answers.values():
+        if version == newest:
+            if type(res) is Record:  # this node's own
+                return res
+            if len(res) == 7:
+                return Record.from_wire(res)
+    return None
 
 
 def _ignore_result(result: Any, exc: BaseException | None) -> None:

@@ -30,7 +30,7 @@ log = logging.getLogger("ringkv.replica")
 
 # Replica operations, as they travel in batch frames:
 #   ["w", wire_record, refuse]  -> None (stored) | [hlc, node] (a newer version is stored)
-#   ["r", key, full]            -> None | wire_record (full) | [hlc, node, tombstone, expires]
+#   ["r", key, full]            -> None | wire_record (full) | [hlc, node, tombstone 0/1, expires]
 WRITE, READ = "w", "r"
 # Records committed on the event loop between two WAL checkpoints (on the storage thread;
 # SQLite's own automatic checkpoint would run inside a commit, on the loop). Writes wait
@@ -150,11 +150,7 @@ class LocalReplica:
             rec = self.read_record(key)
             return None if rec is None else rec.to_wire()
         self._readable()
-        meta = self.storage.get_version(key)
-        if meta is None:
-            return None
-        version, tomb, expires = meta
-        return [version.hlc, version.node, tomb, expires]
+        return self.storage.get_version(key)
 
     def read_record(self, key: bytes) -> Record | None:
         """The stored record itself: this node's coordinator needs no wire form."""

@@ -76,8 +76,9 @@ class Storage(ABC):
     def get(self, key: bytes) -> Record | None: ...
 
     @abstractmethod
-    def get_version(self, key: bytes) -> tuple[Version, bool, int] | None:
-        """(version, tombstone, expires_ms) without the value: for digest reads."""
+    def get_version(self, key: bytes) -> tuple[int, str, int, int] | None:
+        """(hlc, node, tombstone 0/1, expires_ms) without the value: a digest read's answer
+        as it goes on the wire, so serving one builds no Version and no second tuple."""
 
     @abstractmethod
     def apply(self, records: Sequence[Record]) -> list[Version | None]:
@@ -164,9 +165,10 @@ class MemoryStorage(Storage):
     def get(self, key: bytes) -> Record | None:
         return self._data.get(key)
 
-    def get_version(self, key: bytes) -> tuple[Version, bool, int] | None:
+    def get_version(self, key: bytes) -> tuple[int, str, int, int] | None:
         rec = self._data.get(key)
-        return None if rec is None else (rec.version, rec.tombstone, rec.expires_ms)
+        return None if rec is None else (rec.version.hlc, rec.version.node, int(rec.tombstone),
+                                         rec.expires_ms)
 
     def apply(self, records: Sequence[Record]) -> list[Version | None]:
         out: list[Version | None] = []
@@ -367,9 +369,8 @@ class SqliteStorage(Storage):
         row = self._rc.execute(_GET, (key,)).fetchone()
         return None if row is None else _row_record(row)
 
-    def get_version(self, key: bytes) -> tuple[Version, bool, int] | None:
-        row = self._rc.execute(_GET_VERSION, (key,)).fetchone()
-        return None if row is None else (Version(row[0], row[1]), bool(row[2]), row[3])
+    def get_version(self, key: bytes) -> tuple[int, str, int, int] | None:
+        return self._rc.execute(_GET_VERSION, (key,)).fetchone()
 
     def _write(self, fn, *args, conn: sqlite3.Connection | None = None):  # type: ignore[no-untyped-def]
         """Run `fn(cursor, *args)` in one transaction; map disk-full to StorageFull."""

@@ -29,6 +29,7 @@ import socket
 import ssl
 import struct
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import msgpack
@@ -109,6 +110,53 @@ def future_done(fut: asyncio.Future[Any]) -> Done:
                 fut.set_exception(exc)
 
     return done
+
+
+class Deadlines:
+    """Run callbacks a fixed delay after they were added, unless cancelled first.
+
+    One timer serves them all, instead of a timer per request: every request has a
+    deadline and almost none reaches it, and a uvloop timer costs a libuv handle to create
+    and to cancel. With one fixed delay, insertion order is deadline order, so the timer
+    only ever needs the oldest entry; a cancelled entry is gone at once (nothing lingers
+    for the garbage collector to walk)."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self._entries: dict[int, tuple[float, Callable[[], object]]] = {}
+        self._next = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, callback: Callable[[], object]) -> int:
+        loop = asyncio.get_running_loop()
+        key = self._next
+        self._next += 1
+        self._entries[key] = (loop.time() + self.delay, callback)
+        if self._timer is None:
+            self._timer = loop.call_later(self.delay, self._tick)
+        return key
+
+    def cancel(self, key: int) -> None:
+        self._entries.pop(key, None)
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        due = []
+        for key, (deadline, _) in self._entries.items():
+            if deadline > now:
+                break
+            due.append(key)
+        for key in due:
+            entry = self._entries.pop(key, None)
+            if entry is not None:
+                try:
+                    entry[1]()
+                except Exception:
+                    log.exception("a deadline callback failed")
+        first = next(iter(self._entries.values()), None)
+        self._timer = None if first is None else loop.call_later(
+            max(first[0] - now, 0.001), self._tick)
 
 
 class FrameProtocol(asyncio.Protocol):
@@ -222,9 +270,10 @@ class PeerLink:
         self._pending_ops: list[list[Any]] = []
         self._pending_done: list[Done] = []
         self._flush_scheduled = False
-        # msg id -> (callbacks, batched, timer, the connection's data arrivals when sent);
-        # a batch maps its reply list onto its callbacks
-        self._inflight: dict[int, tuple[list[Done], bool, asyncio.TimerHandle, int]] = {}
+        # msg id -> (callbacks, batched, deadline entry, the connection's data arrivals when
+        # sent); a batch maps its reply list onto its callbacks
+        self._inflight: dict[int, tuple[list[Done], bool, int, int]] = {}
+        self._deadlines = Deadlines(timeout)
         self._next_id = 1
         self.failures = 0
         self._retry_at = 0.0
@@ -275,8 +324,7 @@ class PeerLink:
         self._pending_ops, self._pending_done = [], []
         self._send("batch", ops, done, batched=True)
 
-    async def call(self, method: str, args: Any, timeout: float | None = None,
-                   check_epoch: bool = True) -> Any:
+    async def call(self, method: str, args: Any, check_epoch: bool = True) -> Any:
         """One unbatched request (scans, digests, membership pushes)."""
         if self._closed or self.suspected:
             raise PeerUnavailable(f"{self.name} is suspected down")
@@ -287,17 +335,16 @@ class PeerLink:
             if self._proto is None:
                 raise PeerUnavailable(f"{self.name}: not connected ({self.last_error})")
         fut: asyncio.Future[Any] = self._loop.create_future()
-        self._send(method, args, [future_done(fut)], timeout, check_epoch)
+        self._send(method, args, [future_done(fut)], check_epoch)
         return await fut
 
-    def _send(self, method: str, args: Any, callbacks: list[Done],
-              timeout: float | None = None, check_epoch: bool = True,
+    def _send(self, method: str, args: Any, callbacks: list[Done], check_epoch: bool = True,
               batched: bool = False) -> None:
         assert self._proto is not None
         msg_id = self._next_id
         self._next_id += 1
-        timer = self._loop.call_later(timeout or self.timeout, self._expire, msg_id)
-        self._inflight[msg_id] = (callbacks, batched, timer, self._proto.received)
+        deadline = self._deadlines.add(partial(self._expire, msg_id))
+        self._inflight[msg_id] = (callbacks, batched, deadline, self._proto.received)
         self._proto.send([msg_id, method, self._epoch() if check_epoch else 0, args])
 
     def _expire(self, msg_id: int) -> None:
@@ -325,8 +372,8 @@ class PeerLink:
         entry = self._inflight.pop(msg_id, None)
         if entry is None:
             return  # answered after its timeout
-        callbacks, batched, timer, _ = entry
-        timer.cancel()
+        callbacks, batched, deadline, _ = entry
+        self._deadlines.cancel(deadline)
         self.failures = 0
         if status == OK:
             if not batched:  # one call, one callback (see `call`): the result as it is
@@ -398,8 +445,8 @@ class PeerLink:
         exc = PeerUnavailable(f"connection to {self.name} lost")
         if inflight:
             self._failed()
-        for callbacks, _, timer, _ in inflight.values():
-            timer.cancel()
+        for callbacks, _, deadline, _ in inflight.values():
+            self._deadlines.cancel(deadline)
             run_callbacks(callbacks, None, exc)
 
     def close(self) -> None:

@@ -85,7 +85,7 @@ def test_apply_keeps_newer(store: Storage) -> None:
     assert store.apply([rec(b"k", 2)]) == [None]
     got = store.get(b"k")
     assert got == rec(b"k", 2)
-    assert store.get_version(b"k") == (Version(2, "n1"), False, 0)
+    assert store.get_version(b"k") == (2, "n1", 0, 0)
 
 
 def test_apply_equal_version_is_idempotent(store: Storage) -> None:
@@ -104,7 +104,7 @@ def test_apply_older_returns_stored_version(store: Storage) -> None:
     assert store.apply([rec(b"k", 5, node="a")]) == [Version(5, "b")]  # node breaks the tie
     assert store.get(b"k") == rec(b"k", 5, node="b")
     assert store.apply([rec(b"k", 5, node="c")]) == [None]
-    assert store.get_version(b"k") == (Version(5, "c"), False, 0)
+    assert store.get_version(b"k") == (5, "c", 0, 0)
 
 
 def test_missing_key(store: Storage) -> None:
@@ -117,7 +117,7 @@ def test_record_fields_round_trip(store: Storage) -> None:
                Version(1 << 60, "node-7.peers"), False, 1_800_000_000_000)
     store.apply([r])
     assert store.get(r.key) == r
-    assert store.get_version(r.key) == (r.version, False, r.expires_ms)
+    assert store.get_version(r.key) == (r.version.hlc, r.version.node, 0, r.expires_ms)
 
 
 def test_tombstones(store: Storage) -> None:
@@ -125,7 +125,7 @@ def test_tombstones(store: Storage) -> None:
     assert store.apply([rec(b"k", 2, tomb=True)]) == [None]
     got = store.get(b"k")
     assert got is not None and got.tombstone and not got.live(0)
-    assert store.get_version(b"k") == (Version(2, "n1"), True, 0)
+    assert store.get_version(b"k") == (2, "n1", 1, 0)
     assert store.counts() == (2, 1)
     # An older write does not resurrect the key; a newer one does.
     assert store.apply([rec(b"k", 1, node="zz")]) == [Version(2, "n1")]
@@ -137,7 +137,7 @@ def test_tombstones(store: Storage) -> None:
 
 def test_tombstone_for_unknown_key_is_stored(store: Storage) -> None:
     assert store.apply([rec(b"ghost", 9, tomb=True)]) == [None]
-    assert store.get_version(b"ghost") == (Version(9, "n1"), True, 0)
+    assert store.get_version(b"ghost") == (9, "n1", 1, 0)
     assert store.counts() == (1, 1)
 
 

@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ringkv.node import storage as storage_module
 from ringkv.node.records import Record
 from ringkv.node.ring import MAX_TOKEN, MIN_LO, TokenRange, key_token
 from ringkv.node.storage import (
@@ -323,6 +325,43 @@ def test_purge_drops_old_tombstones_and_expired_records_only(store: Storage) -> 
     assert remaining == {b"edge-tomb", b"new-tomb", b"old-value", b"edge-expiry", b"future-expiry"}
     assert store.counts() == (5, 2)
     assert store.purge(50, 2_000) == 0
+
+
+def test_point_reads_through_the_cache_see_every_committed_change(tmp_path: Path) -> None:
+    """The SQLite engine caches point reads: writes from the loop and from another
+    thread, refusals, deletions and purges must all show through it at once."""
+    store = SqliteStorage(str(tmp_path / "db"))
+    try:
+        store.apply([rec(b"k", 1), rec(b"t", 5, tomb=True)])
+        assert store.get(b"k") == rec(b"k", 1)
+        assert store.get(b"k") == rec(b"k", 1)  # now from the cache
+        writer = threading.Thread(target=store.apply, args=([rec(b"k", 2)],))
+        writer.start()
+        writer.join()
+        assert store.get(b"k") == rec(b"k", 2)
+        assert store.get_version(b"k") == (2, "n1", 0, 0)
+        assert store.apply([rec(b"k", 1, node="zz")]) == [Version(2, "n1")]
+        assert store.get(b"k") == rec(b"k", 2)
+        assert store.get_version(b"t") == (5, "n1", 1, 0)
+        assert store.purge(tombstone_before_hlc=10, expired_before_ms=0) == 1
+        assert store.get(b"t") is None and store.get_version(b"t") is None
+        assert store.delete_range(FULL) == 1
+        assert store.get(b"k") is None
+    finally:
+        store.close()
+
+
+def test_the_point_read_cache_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storage_module, "CACHE_BYTES", 5_000)
+    store = SqliteStorage(str(tmp_path / "db"))
+    try:
+        records = [rec(b"key-%03d" % i, i + 1) for i in range(100)]
+        store.apply(records)
+        for r in records:  # evicted ones are read again from the database
+            assert store.get(r.key) == r
+            assert store.get_version(r.key) == (r.version.hlc, "n1", 0, 0)
+    finally:
+        store.close()
 
 
 # --- hints ----------------------------------------------------------------------------

@@ -427,10 +427,17 @@ class SqliteStorage(Storage):
         store: after the commit the stored ones replace their keys' entries and the skipped
         ones' keys leave the cache (the database may hold another record of the same
         version); if the transaction failed, all of them leave. Without records the
-        transaction deletes rows, and the cache is emptied."""
+        transaction deletes rows, and the cache is emptied.
+
+        If another write began or ended while this one ran (one on the loop, one on the
+        storage thread), its records leave the cache instead of entering it: the other
+        may have committed a newer version of a key after this commit but updated the
+        cache before this one gets here, and putting this older record over it would serve
+        a stale read."""
         with self._cache_lock:
             self._writers += 1
             self._generation += 1
+            began = self._generation
         committed = False
         try:
             result = self._write(fn, *args, conn=conn)
@@ -441,7 +448,7 @@ class SqliteStorage(Storage):
                 if not written:
                     self._cache.clear()
                     self._cache_size = 0
-                elif committed and not skipped:
+                elif committed and not skipped and self._generation == began:
                     for rec in written:
                         self._cache_put(rec)
                 else:

@@ -167,15 +167,16 @@ class Dispatcher:
         route = self.route(path)
         label = "other" if route is None else route.label
         try:
+            # The token first: a client without it is not invited to send a body.
+            if self.token_required and path.startswith("/v1/"):
+                sent = request.headers.getall("Authorization", ())
+                given = sent[0].encode("utf-8", "replace") if len(sent) == 1 else b""
+                if not hmac.compare_digest(given, self.expected):
+                    raise ApiError(401, "unauthorized",
+                                   "missing or wrong API token: send Authorization: Bearer <token>")
             if "Expect" in request.headers and (early := await expect_continue(request)):
                 response: web.StreamResponse = early
             else:
-                if self.token_required and path.startswith("/v1/"):
-                    sent = request.headers.getall("Authorization", ())
-                    given = sent[0].encode("utf-8", "replace") if len(sent) == 1 else b""
-                    if not hmac.compare_digest(given, self.expected):
-                        raise ApiError(401, "unauthorized",
-                                       "missing or wrong API token: send Authorization: Bearer <token>")
                 if route is None:
                     raise ApiError(404, "not_found", "Not Found")
                 handler = route.handlers.get(request.method)

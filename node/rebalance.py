@@ -49,9 +49,10 @@ KV_ROUTES = "/v1/kv"  # the public key-value routes: what counts as client traff
 
 
 def client_requests(stats: RequestStats) -> int:
-    """Key-value requests this node has answered (health, metrics and cluster polls aside)."""
-    return sum(n for (route, _method, _status), n in stats.counts.items()
-               if route.startswith(KV_ROUTES))
+    """Key-value requests this node has answered (health, metrics and cluster polls aside;
+    401s too, so a client without the token cannot slow handoff down)."""
+    return sum(n for (route, _method, status), n in stats.counts.items()
+               if route.startswith(KV_ROUTES) and status != 401)
 
 
 @dataclass

@@ -354,9 +354,11 @@ class PeerLink:
         self._failed()
         run_callbacks(entry[0], None, PeerTimeout(f"{self.name} did not answer in time"))
         proto = self._proto
-        if proto is not None and proto.received == entry[3]:
-            # Not one byte arrived in a whole timeout while a request waited: the path is
-            # gone (a partition, a paused or vanished host), not just slow. Drop the
+        if entry[1] and proto is not None and proto.received == entry[3]:
+            # Not one byte arrived in a whole timeout while a batch waited: the path is gone
+            # (a partition, a paused or vanished host), not just slow, since the peer's
+            # event loop answers batches at once (an unbatched scan or digest may wait on
+            # the peer's storage thread, so its silence proves nothing). Drop the
             # connection so the next request reconnects: after a partition heals, a kept
             # connection would stall behind TCP's backed-off retransmissions for many
             # seconds, while a new one works at once.
@@ -504,8 +506,11 @@ class InternalServer:
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._new_connection, host, port,
-                                                reuse_address=True, ssl=ssl_context)
+        # The TLS handshake gets the hello's deadline: an anonymous connection has
+        # HELLO_TIMEOUT in all to prove it is a peer.
+        self._server = await loop.create_server(
+            self._new_connection, host, port, reuse_address=True, ssl=ssl_context,
+            ssl_handshake_timeout=HELLO_TIMEOUT if ssl_context else None)
 
     def _new_connection(self) -> asyncio.Protocol:
         """An anonymous connection may send one small hello within HELLO_TIMEOUT."""

@@ -54,6 +54,15 @@ PATH_TRICKS = [b"/v1/kv/secret", b"/%76%31/kv/secret", b"/v1/kv/../kv/secret", b
                b"/v1/kv?prefix=secret", b"/v1/replicas/secret"]
 
 
+def test_a_client_without_the_token_is_not_asked_for_its_body(fuzz3: StaticCluster) -> None:
+    """`Expect: 100-continue` without the token: the answer is 401, not an invitation."""
+    with socket.create_connection(("127.0.0.1", fuzz3.nodes[0].port), timeout=30) as sock:
+        sock.sendall(b"PUT /v1/kv/door HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: 1000000\r\n\r\n")
+        first = sock.recv(65536)
+    assert first.startswith(b"HTTP/1.1 401 "), first[:200]
+
+
 @pytest.mark.parametrize("target", PATH_TRICKS)
 def test_no_path_spelling_skips_the_token(fuzz3: StaticCluster, raw: Raw, target: bytes) -> None:
     assert http("PUT", fuzz3.url(0) + "/v1/kv/secret", b"TOP-SECRET").status == 200

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from ringkv.node.config import ConfigError, Settings, load
-from ringkv.node.rebalance import FIRST_SAMPLE_S, SAMPLE_S, Pacer, Turn
+from ringkv.node.metrics import RequestStats
+from ringkv.node.rebalance import FIRST_SAMPLE_S, SAMPLE_S, Pacer, Turn, client_requests
 
 
 class Clock:
@@ -165,3 +166,13 @@ def test_budget_layers_and_validation(tmp_path: Path) -> None:
                 {"RINGKV_HANDOFF_BUSY_REQUESTS": "nan"}):
         with pytest.raises(ConfigError):
             load(None, env={"RINGKV_NODE_NAME": "n1", **bad})
+
+
+def test_client_traffic_is_authorized_key_value_requests() -> None:
+    """What the pacer counts: /v1/kv requests with any answer but 401 (a client without
+    the token must not be able to slow handoff down)."""
+    stats = RequestStats()
+    for route, status in [("/v1/kv/{key}", 200), ("/v1/kv/{key}", 404), ("/v1/kv", 200),
+                          ("/v1/kv/{key}", 401), ("/v1/cluster", 200), ("/metrics", 200)]:
+        stats.observe(route, "GET", status, 0.001)
+    assert client_requests(stats) == 3

@@ -1,7 +1,7 @@
 """The public HTTP API (aiohttp): routing, validation, auth, the JSON error shape.
 
 Handlers validate everything a client sends before any replica is touched, so bad input
-costs one 4xx and nothing else. Auth runs in a middleware, before the body is read.
+costs one 4xx and nothing else. Auth runs in the dispatcher, before the body is read.
 """
 
 from __future__ import annotations
@@ -43,9 +43,6 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 JSON_TYPE = "application/json; charset=utf-8"  # as web.json_response sends it
 KV_PREFIX = "/v1/kv/"
 REPLICAS_PREFIX = "/v1/replicas/"
-# Keys may hold any character, newlines included ('.' would not match those).
-KV_ROUTE = KV_PREFIX + r"{key:[\s\S]+}"
-REPLICAS_ROUTE = REPLICAS_PREFIX + r"{key:[\s\S]+}"
 PUT_QUERY = frozenset({"consistency", "ttl"})
 READ_QUERY = frozenset({"consistency"})
 LIST_QUERY = frozenset({"prefix", "limit", "cursor"})
@@ -139,7 +136,7 @@ class Dispatcher:
     and auth, the JSON error shape (404 and 405 included) and the request metrics happen
     here, in one coroutine: aiohttp's Application would add its router, a middleware chain
     and a wrapper coroutine per request, a fifth of the HTTP path's cost for the same work.
-    Auth runs before the body is read; `Expect` is answered first, as aiohttp does."""
+    Auth runs first, before `Expect` is answered or any body is read."""
 
     def __init__(self, api: Api, metrics: Metrics) -> None:
         self.metrics = metrics

@@ -13,7 +13,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -30,6 +30,7 @@ from .coordinator import (
 from .metrics import Metrics
 from .openapi import document as openapi_document
 from .records import Record
+from .responses import RawResponse
 from .service import NodeService, NotReady
 from .storage import StorageFull
 from .transport import PeerError
@@ -47,7 +48,8 @@ PUT_QUERY = frozenset({"consistency", "ttl"})
 READ_QUERY = frozenset({"consistency"})
 LIST_QUERY = frozenset({"prefix", "limit", "cursor"})
 NO_QUERY: frozenset[str] = frozenset()
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+Response = web.StreamResponse | RawResponse
+Handler = Callable[[web.BaseRequest], Awaitable[Response]]
 
 STATUS_CODES = {
     400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
@@ -158,9 +160,9 @@ class Dispatcher:
                     return route
         return found
 
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def __call__(self, request: web.BaseRequest) -> Response:
         started = time.perf_counter()
-        path = request.rel_url.raw_path
+        path = _target(request)[0]
         route = self.route(path)
         label = "other" if route is None else route.label
         try:
@@ -172,7 +174,7 @@ class Dispatcher:
                     raise ApiError(401, "unauthorized",
                                    "missing or wrong API token: send Authorization: Bearer <token>")
             if "Expect" in request.headers and (early := await expect_continue(request)):
-                response: web.StreamResponse = early
+                response: Response = early
             else:
                 if route is None:
                     raise ApiError(404, "not_found", "Not Found")
@@ -191,9 +193,23 @@ class Dispatcher:
 
 
 # -- request parsing --------------------------------------------------------------------
+def _target(request: web.BaseRequest) -> tuple[str, str]:
+    """The raw (still percent-encoded) path and query string of the request target.
+
+    An origin-form target ("/v1/kv/k?consistency=quorum", what every client sends) is split
+    as it is, without building the URL objects aiohttp would; any other form (absolute-form,
+    RFC 9112, or a stray fragment) goes through aiohttp's parsed URL."""
+    target = request.raw_path
+    if target[:1] == "/" and "#" not in target:
+        path, _, query = target.partition("?")
+        return path, query
+    url = request.rel_url
+    return url.raw_path, url.raw_query_string
+
+
 def _key_from_path(request: web.BaseRequest, prefix: str, max_bytes: int) -> bytes:
     """The key exactly as sent: percent-decoded from the raw path, strict UTF-8."""
-    raw = request.rel_url.raw_path  # also right for absolute-form targets (RFC 9112)
+    raw = _target(request)[0]
     if not raw.startswith(prefix):
         raise bad("malformed key path")
     key = unquote_to_bytes(raw[len(prefix):])
@@ -208,15 +224,33 @@ def _key_from_path(request: web.BaseRequest, prefix: str, max_bytes: int) -> byt
     return key
 
 
-def _consistency(request: web.BaseRequest) -> str:
-    level = request.query.get("consistency", "quorum")
+# The query strings nearly every request carries, parsed once: nothing in them needs
+# decoding, so the table's answer is what aiohttp's query parser would give.
+_COMMON_QUERIES: dict[str, dict[str, str]] = {
+    "": {}, **{f"consistency={level}": {"consistency": level} for level in LEVELS}}
+
+
+def _query(request: web.BaseRequest, allowed: frozenset[str]) -> Mapping[str, str]:
+    """The query parameters (the first value of each), refusing any the route does not
+    take: a misspelt parameter silently ignored would be a wrong answer."""
+    query = _COMMON_QUERIES.get(_target(request)[1])
+    if query is None:
+        query = request.query
+    unknown = set(query) - allowed
+    if unknown:
+        raise bad(f"unknown query parameter(s): {', '.join(sorted(unknown))[:200]}")
+    return query
+
+
+def _consistency(query: Mapping[str, str]) -> str:
+    level = query.get("consistency", "quorum")
     if level not in LEVELS:
         raise bad("consistency must be one, quorum or all")
     return level
 
 
-def _ttl(request: web.BaseRequest) -> int | None:
-    raw = request.query.get("ttl")
+def _ttl(query: Mapping[str, str]) -> int | None:
+    raw = query.get("ttl")
     if raw is None:
         return None
     if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_TTL:
@@ -261,14 +295,6 @@ def _etag(version: Version) -> str:
     return f'"{version}"'
 
 
-def _check_query(request: web.BaseRequest, allowed: frozenset[str]) -> None:
-    if not request.query_string:
-        return
-    unknown = set(request.query) - allowed
-    if unknown:
-        raise bad(f"unknown query parameter(s): {', '.join(sorted(unknown))[:200]}")
-
-
 # -- handlers ---------------------------------------------------------------------------
 class Api:
     def __init__(self, service: NodeService) -> None:
@@ -279,11 +305,11 @@ class Api:
     def key(self, request: web.BaseRequest, prefix: str = KV_PREFIX) -> bytes:
         return _key_from_path(request, prefix, self.settings.max_key_bytes)
 
-    async def put(self, request: web.BaseRequest) -> web.Response:
-        _check_query(request, PUT_QUERY)
+    async def put(self, request: web.BaseRequest) -> RawResponse:
+        query = _query(request, PUT_QUERY)
         key = self.key(request)
-        level = _consistency(request)
-        ttl = _ttl(request)
+        level = _consistency(query)
+        ttl = _ttl(query)
         if_match = _if_match(request)
         if_none_match = _if_none_match(request)
         if if_match and if_none_match:
@@ -318,21 +344,23 @@ class Api:
         version = str(rec.version)
         # The body as json.dumps({"key": ..., "version": ...}) writes it, without the dict.
         body = f'{{"key": {json.dumps(key.decode())}, "version": "{version}"}}'.encode()
-        return web.Response(body=body, status=201 if if_none_match else 200,
-                            headers={"ETag": f'"{version}"', "Content-Type": JSON_TYPE})
+        return RawResponse(201 if if_none_match else 200,
+                           f'ETag: "{version}"\r\nContent-Type: {JSON_TYPE}\r\n', body)
 
     async def _read_live(self, request: web.BaseRequest) -> Record:
-        _check_query(request, READ_QUERY)
+        query = _query(request, READ_QUERY)
         key = self.key(request)
-        rec = await self.coordinator.read(key, _consistency(request))
+        rec = await self.coordinator.read(key, _consistency(query))
         if rec is None or not rec.live(self.service.clock.physical_ms()):
             raise ApiError(404, "not_found", "no such key")
         return rec
 
-    async def get(self, request: web.BaseRequest) -> web.Response:
+    async def get(self, request: web.BaseRequest) -> RawResponse:
         rec = await self._read_live(request)
-        return web.Response(body=rec.value, headers={"ETag": _etag(rec.version),
-                                                     "Content-Type": rec.content_type})
+        ctype = rec.content_type
+        if not ctype.isprintable():  # never sent (PUT validates it); a header must not break
+            ctype = DEFAULT_CONTENT_TYPE
+        return RawResponse(200, f'ETag: "{rec.version}"\r\nContent-Type: {ctype}\r\n', rec.value)
 
     async def head(self, request: web.BaseRequest) -> web.Response:
         try:
@@ -346,9 +374,9 @@ class Api:
         })
 
     async def delete(self, request: web.BaseRequest) -> web.Response:
-        _check_query(request, READ_QUERY)
+        query = _query(request, READ_QUERY)
         key = self.key(request)
-        level = _consistency(request)
+        level = _consistency(query)
         if_match = _if_match(request)
         if if_match:
             await self.coordinator.check_condition(key, if_match, False)
@@ -356,15 +384,15 @@ class Api:
         return web.Response(status=204, headers={"ETag": _etag(rec.version)})
 
     async def list(self, request: web.BaseRequest) -> web.Response:
-        _check_query(request, LIST_QUERY)
-        prefix = request.query.get("prefix", "").encode()
+        query = _query(request, LIST_QUERY)
+        prefix = query.get("prefix", "").encode()
         if len(prefix) > self.settings.max_key_bytes:
             raise bad("the prefix is longer than the key limit")
-        raw_limit = request.query.get("limit", "100")
+        raw_limit = query.get("limit", "100")
         if not raw_limit.isascii() or not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT:
             raise bad(f"limit must be an integer from 1 to {MAX_LIST_LIMIT}")
         after = None
-        cursor = request.query.get("cursor")
+        cursor = query.get("cursor")
         if cursor:
             try:
                 padded = cursor.encode() + b"=" * (-len(cursor) % 4)
@@ -380,13 +408,13 @@ class Api:
         )
 
     async def replicas(self, request: web.BaseRequest) -> web.Response:
-        _check_query(request, NO_QUERY)
+        _query(request, NO_QUERY)
         key = self.key(request, REPLICAS_PREFIX)
         entries = await self.coordinator.replica_versions(key)
         return web.json_response({"key": key.decode(), "replicas": entries})
 
     async def cluster(self, request: web.BaseRequest) -> web.Response:
-        _check_query(request, NO_QUERY)
+        _query(request, NO_QUERY)
         service = self.service
         view = service.view
         names = list(view.by_name)

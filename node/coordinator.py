@@ -141,6 +141,14 @@ class Coordinator:
         self._read_timeouts = Deadlines(max(wait_timeout - speculative_delay, 0.001))
         self._voters_view: View | None = None
         self._voters_of: dict[tuple[str, ...], list[str]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _future(self) -> asyncio.Future[None]:
+        """A future on the running loop, which is kept: `asyncio.get_running_loop()` costs a
+        getpid() system call per call on Python 3.11."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop.create_future()
 
     # -- writes -------------------------------------------------------------------------
     async def write(self, key: bytes, value: bytes, content_type: str, level: str,
@@ -177,8 +185,7 @@ class Coordinator:
         )
 
     async def _fan_out(self, rec: Record, tally: _Tally) -> None:
-        loop = asyncio.get_running_loop()
-        decided: asyncio.Future[None] = loop.create_future()
+        decided = self._future()
         op = ["w", rec.to_wire(), True]
         members = self.cluster.view.by_name
 
@@ -239,7 +246,7 @@ class Coordinator:
         voters = self._voters(view, reps)
         if len(voters) < need:
             raise QuorumUnavailable(0, need, "read")
-        read = _Read(self, key, need, voters, asyncio.get_running_loop().create_future())
+        read = _Read(self, key, need, voters, self._future())
         read.ask(need)
         if not read.decided.done():
             read.deadline = self._speculations.add(read.speculate)

@@ -126,9 +126,10 @@ class Deadlines:
         self._entries: dict[int, tuple[float, Callable[[], object]]] = {}
         self._next = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def add(self, callback: Callable[[], object]) -> int:
-        loop = asyncio.get_running_loop()
+        loop = self._loop or self._bind()
         key = self._next
         self._next += 1
         self._entries[key] = (loop.time() + self.delay, callback)
@@ -136,11 +137,17 @@ class Deadlines:
             self._timer = loop.call_later(self.delay, self._tick)
         return key
 
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        """Keep the running loop: `asyncio.get_running_loop()` makes a getpid() system call
+        on every call (Python 3.11), and `add` runs once per request."""
+        self._loop = asyncio.get_running_loop()
+        return self._loop
+
     def cancel(self, key: int) -> None:
         self._entries.pop(key, None)
 
     def _tick(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop or self._bind()
         now = loop.time()
         due = []
         for key, (deadline, _) in self._entries.items():

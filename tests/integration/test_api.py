@@ -242,6 +242,59 @@ def test_chunked_oversized_value_is_413(shared3: StaticCluster) -> None:
     assert body["error"]["code"] == "payload_too_large"
 
 
+def _read_responses(sock: socket.socket, count: int) -> list[tuple[str, dict[str, str], bytes]]:
+    """`count` responses off one connection, framed by their Content-Length."""
+    buf, out = b"", []
+    while len(out) < count:
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {len(out)} responses: {buf!r}"
+            buf += chunk
+        head, buf = buf.split(b"\r\n\r\n", 1)
+        status, *lines = head.decode().split("\r\n")
+        headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+        length = int(headers["content-length"])
+        while len(buf) < length:
+            chunk = sock.recv(65536)
+            assert chunk, "closed mid-body"
+            buf += chunk
+        out.append((status, headers, buf[:length]))
+        buf = buf[length:]
+    assert buf == b"", buf
+    return out
+
+
+def test_hot_path_answers_keep_http_framing(shared3: StaticCluster) -> None:
+    """GET and PUT answers are formatted by the node itself (responses.RawResponse): they
+    must frame, keep alive and close exactly as aiohttp's own answers do."""
+    put = http("PUT", kv(shared3, "framed"), b"v" * 300, {"Content-Type": "text/x-framed"})
+    version = put.json()["version"]
+    auth = f"Authorization: Bearer {API_TOKEN}\r\n"
+    get = f"GET /v1/kv/framed?consistency=quorum HTTP/1.1\r\nHost: x\r\n{auth}"
+    put_req = (f"PUT /v1/kv/framed2 HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 3\r\n\r\nabc")
+    with socket.create_connection(("127.0.0.1", shared3.nodes[1].port), timeout=30) as sock:
+        # Pipelined: three answers in order on one connection, the last one closing it.
+        sock.sendall(f"{get}\r\n{put_req}{get}Connection: close\r\n\r\n".encode())
+        (s1, h1, b1), (s2, h2, b2), (s3, h3, b3) = _read_responses(sock, 3)
+        assert sock.recv(1) == b""  # closed after the answer to "Connection: close"
+    assert s1 == s3 == "HTTP/1.1 200 OK" and b1 == b3 == b"v" * 300
+    assert h1["etag"] == f'"{version}"' and h1["content-type"] == "text/x-framed"
+    assert "connection" not in h1 and h3["connection"] == "close"
+    assert h1["date"].endswith(" GMT")
+    assert s2 == "HTTP/1.1 200 OK" and h2["content-type"].startswith("application/json")
+    assert json.loads(b2)["key"] == "framed2" and h2["etag"] == f'"{json.loads(b2)["version"]}"'
+    with socket.create_connection(("127.0.0.1", shared3.nodes[2].port), timeout=30) as sock:
+        # HTTP/1.0 keeps the connection only when asked to, and says so.
+        get10 = f"GET /v1/kv/framed HTTP/1.0\r\n{auth}"
+        sock.sendall(f"{get10}Connection: keep-alive\r\n\r\n".encode())
+        [(status, headers, body)] = _read_responses(sock, 1)
+        assert status == "HTTP/1.0 200 OK" and headers["connection"] == "keep-alive"
+        sock.sendall(f"{get10}\r\n".encode())
+        [(status, headers, body)] = _read_responses(sock, 1)
+        assert status == "HTTP/1.0 200 OK" and "connection" not in headers
+        assert body == b"v" * 300 and sock.recv(1) == b""
+
+
 @pytest.mark.parametrize("auth", [None, "Bearer wrong-token", "Basic dXNlcjpwYXNz", "Bearer",
                                   f"bearer {API_TOKEN}x"])
 def test_auth_required_on_v1(shared3: StaticCluster, auth: str | None) -> None:

@@ -5,19 +5,27 @@ serves it, on the same /v1/kv/{key} paths and with the same kind of answer as ri
 (JSON ``{key, version}`` and an ETag). Whatever ringkv spends beyond this server is the
 cost of replication, storage and coordination, not of HTTP in Python.
 
-    python -m ringkv.bench.dictserver --port 8099
+By default it is an aiohttp Application with a router, as an application would be
+written (the ceiling issue 5 names). ``--fast`` serves the same store the way a ringkv
+node serves HTTP: aiohttp's low-level server, one handler dispatching on the path, and
+answers formatted by `RawResponse`; the suite reports ringkv against both.
+
+    python -m ringkv.bench.dictserver --port 8099 [--fast]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
+from urllib.parse import unquote
 
 from aiohttp import web
 
 from ringkv.bench.loadgen import run_async
+from ringkv.node.responses import RawResponse
 
 STORE = web.AppKey("store", dict)
 
@@ -60,9 +68,43 @@ def make_app() -> web.Application:
     return app
 
 
-async def serve(host: str, port: int) -> None:
+KV_PREFIX = "/v1/kv/"
+
+
+def make_fast_server() -> web.Server:
+    """The same store on ringkv's own HTTP path (see the module docstring)."""
+    store: dict[str, tuple[bytes, str]] = {}
+    counter = iter(range(1, sys.maxsize))
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse | RawResponse:
+        path = request.raw_path.partition("?")[0]
+        if path.startswith(KV_PREFIX) and len(path) > len(KV_PREFIX):
+            key = unquote(path[len(KV_PREFIX):])
+            if request.method == "PUT":
+                version = str(next(counter))
+                store[key] = (await request.read(), version)
+                body = f'{{"key": {json.dumps(key)}, "version": "{version}"}}'.encode()
+                return RawResponse(
+                    200, f'ETag: "{version}"\r\nContent-Type: application/json\r\n', body)
+            if request.method == "GET":
+                found = store.get(key)
+                if found is None:
+                    return web.json_response(
+                        {"error": {"code": "not_found", "message": f"no key {key!r}"}}, status=404)
+                value, version = found
+                return RawResponse(
+                    200, f'ETag: "{version}"\r\nContent-Type: application/octet-stream\r\n', value)
+        if path in ("/healthz", "/readyz"):
+            return web.Response(text="ok")
+        return web.Response(status=404)
+
+    return web.Server(handle)  # type: ignore[arg-type]  # RawResponse is duck-typed
+
+
+async def serve(host: str, port: int, fast: bool = False) -> None:
     """Serve until SIGTERM or SIGINT; print the bound URL (``--port 0`` picks one)."""
-    runner = web.AppRunner(make_app(), access_log=None)
+    runner: web.BaseRunner = (web.ServerRunner(make_fast_server(), access_log=None) if fast
+                              else web.AppRunner(make_app(), access_log=None))
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
@@ -82,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ringkv.bench.dictserver")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8099, help="0 = any free port")
+    parser.add_argument("--fast", action="store_true",
+                        help="serve on ringkv's HTTP path (low-level server, RawResponse)")
     args = parser.parse_args(argv)
-    run_async(serve(args.host, args.port))
+    run_async(serve(args.host, args.port, args.fast))
     return 0
 
 

@@ -39,7 +39,7 @@ def test_storage_synchronous_found_top_level_or_per_node() -> None:
 
 def test_suite_against_the_dict_server_writes_a_report(tmp_path: Path) -> None:
     argv = [
-        "--systems", "dict", "--workloads", "write,read", "-d", "0.5", "--warmup", "0",
+        "--systems", "dict,dictfast", "--workloads", "write,read", "-d", "0.5", "--warmup", "0",
         "-c", "4", "--keyspace", "50", "--out-dir", str(tmp_path), "--work-dir", str(tmp_path),
         "--name", "run-a",
     ]
@@ -49,9 +49,11 @@ def test_suite_against_the_dict_server_writes_a_report(tmp_path: Path) -> None:
     text = md.read_text()
     assert "| ceiling (dict server) | write |" in text
     assert "| ceiling (dict server) | read |" in text
+    assert "| ceiling on ringkv's HTTP path | read |" in text
     assert "synchronous=NORMAL" in text
     raw = json.loads(md.with_suffix(".json").read_text())
-    assert [r["config"]["workload"] for r in raw] == ["write", "read"]
+    assert [(r["system"], r["config"]["workload"]) for r in raw] == [
+        ("dict", "write"), ("dict", "read"), ("dictfast", "write"), ("dictfast", "read")]
     assert all(r["ops"] > 0 and r["error_count"] == 0 for r in raw)
     has_plot = importlib.util.find_spec("matplotlib") is not None
     assert md.with_suffix(".png").exists() == has_plot

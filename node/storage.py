@@ -14,6 +14,7 @@ import os
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -353,7 +354,10 @@ class SqliteStorage(Storage):
                 raise StorageError(f"{path}: integrity check failed ({check}); {advice}")
             self._r = self._connect()
             self._rc = self._r.cursor()  # point reads, on the event loop only: one cursor
-            self._cache: dict[bytes, Record] = {}  # oldest first; see `get`
+            # Oldest first (see `get`). An OrderedDict, not a dict: a dict finds its first
+            # entry by scanning past every slot earlier evictions emptied, which made each
+            # eviction cost ~30 µs once the cache was full (a 1M-key load ran 30% slower).
+            self._cache: OrderedDict[bytes, Record] = OrderedDict()
             self._cache_size = 0
             self._cache_lock = threading.Lock()
             self._writers = 0  # kv write transactions running now (loop or storage thread)
@@ -416,8 +420,7 @@ class SqliteStorage(Storage):
         self._cache[rec.key] = rec
         self._cache_size += len(rec.key) + len(rec.value) + CACHE_OVERHEAD
         while self._cache_size > CACHE_BYTES:
-            first = next(iter(self._cache))
-            gone = self._cache.pop(first)
+            _, gone = self._cache.popitem(last=False)
             self._cache_size -= len(gone.key) + len(gone.value) + CACHE_OVERHEAD
 
     def _kv_write(self, fn, *args, written: Sequence[Record] = (),  # type: ignore[no-untyped-def]

@@ -54,9 +54,9 @@ class System:
     urls: list[str]
     pids: list[int]
     version: str
-    kind: str = ""  # the load generator's target kind; the name when empty
     token: str | None = None
     facts: dict[str, str] = field(default_factory=dict)
+    kind: str = ""  # the load generator's target kind; the name when empty
 
 
 @dataclass

@@ -84,3 +84,20 @@ def test_phase_picks_windows_by_overlap() -> None:
     picked = _phase(slices, 2.1, 2.3, whole=False)
     assert (picked["windows"], picked["ops"], picked["ops_per_s"]) == (1, 300, 300.0)
     assert _phase(slices, 5, 6, whole=False)["windows"] == 0
+
+
+def test_throughput_smoke_writes_a_report(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = [
+        "--scenarios", "throughput", "--throughput-nodes", "3", "--throughput-duration", "0.5",
+        "--throughput-keyspace", "200", "--throughput-connections", "8",
+        "--out-dir", str(out), "--work-dir", str(tmp_path), "--name", "tp",
+    ]
+    assert main(argv) == 0
+    report = json.loads((out / "tp.json").read_text())
+    assert report["notes"] == []
+    rows = report["scenarios"]["throughput"]
+    assert [(r["nodes"], r["workload"]) for r in rows] == [(3, "write"), (3, "read")]
+    assert all(r["ops_per_s"] > 0 and r["errors"] == {} for r in rows)
+    assert "## Throughput" in (out / "tp.md").read_text()
+    assert _processes_mentioning(str(tmp_path)) == []

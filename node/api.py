@@ -344,8 +344,7 @@ class Api:
         version = str(rec.version)
         # The body as json.dumps({"key": ..., "version": ...}) writes it, without the dict.
         body = f'{{"key": {json.dumps(key.decode())}, "version": "{version}"}}'.encode()
-        return RawResponse(201 if if_none_match else 200,
-                           f'ETag: "{version}"\r\nContent-Type: {JSON_TYPE}\r\n', body)
+        return RawResponse(201 if if_none_match else 200, body, version, JSON_TYPE)
 
     async def _read_live(self, request: web.BaseRequest) -> Record:
         query = _query(request, READ_QUERY)
@@ -360,7 +359,7 @@ class Api:
         ctype = rec.content_type
         if not ctype.isprintable():  # never sent (PUT validates it); a header must not break
             ctype = DEFAULT_CONTENT_TYPE
-        return RawResponse(200, f'ETag: "{rec.version}"\r\nContent-Type: {ctype}\r\n', rec.value)
+        return RawResponse(200, rec.value, str(rec.version), ctype)
 
     async def head(self, request: web.BaseRequest) -> web.Response:
         try:

@@ -3,7 +3,7 @@
 aiohttp's `web.Response` builds a header multidict and runs a chain of coroutines per
 response (prepare, _start, _prepare_headers, _write_headers, write_eof, each awaiting the
 next) before its bytes reach the socket: about a sixth of a quorum read's CPU on a node.
-A GET or PUT answer is a status line, four headers and a small body, so `RawResponse`
+A GET or PUT answer is a status line, five headers and a small body, so `RawResponse`
 formats them itself and hands the writer one buffer, through the same `StreamWriter` (its
 byte counts, flow control and keep-alive handling stay aiohttp's).
 """
@@ -41,17 +41,18 @@ class RawResponse:
     """What aiohttp's connection handler uses of a response (`prepare`, `write_eof`,
     `keep_alive`) and `status` for the metrics, and nothing more.
 
-    `headers` are complete "Name: value\\r\\n" lines whose values the caller made safe (no
-    CR or LF: versions and validated content types); Content-Length, Date and Connection
-    are added here as aiohttp would add them."""
+    The answer carries an ETag (`etag`, a version, quoted here) and a Content-Type whose
+    values the caller made safe (no CR or LF: versions and validated content types);
+    Content-Length, Date and Connection are added as aiohttp would add them."""
 
-    __slots__ = ("_body", "_headers", "keep_alive", "status")
+    __slots__ = ("_body", "_content_type", "_etag", "keep_alive", "status")
 
-    def __init__(self, status: int, headers: str, body: bytes) -> None:
+    def __init__(self, status: int, body: bytes, etag: str, content_type: str) -> None:
         self.status = status
         self.keep_alive = True
-        self._headers = headers
         self._body = body
+        self._etag = etag
+        self._content_type = content_type
 
     async def prepare(self, request: web.BaseRequest) -> None:
         version = request.version
@@ -61,8 +62,8 @@ class RawResponse:
         else:
             connection = "Connection: close\r\n" if version == HttpVersion11 else ""
         head = (f"HTTP/{version.major}.{version.minor} {self.status} {REASONS[self.status]}\r\n"
-                f"{self._headers}Content-Length: {len(self._body)}\r\nDate: {http_date()}\r\n"
-                f"{connection}\r\n")
+                f'ETag: "{self._etag}"\r\nContent-Type: {self._content_type}\r\n'
+                f"Content-Length: {len(self._body)}\r\nDate: {http_date()}\r\n{connection}\r\n")
         await request.writer.write_eof(head.encode() + self._body)
 
     async def write_eof(self, data: bytes = b"") -> None:

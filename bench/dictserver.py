@@ -84,14 +84,14 @@ def make_fast_server() -> web.Server:
                 version = str(next(counter))
                 store[key] = (await request.read(), version)
                 body = f'{{"key": {json.dumps(key)}, "version": "{version}"}}'.encode()
-                return RawResponse(200, body, version, "application/json")
+                return RawResponse(200, body, f'"{version}"', "application/json")
             if request.method == "GET":
                 found = store.get(key)
                 if found is None:
                     return web.json_response(
                         {"error": {"code": "not_found", "message": f"no key {key!r}"}}, status=404)
                 value, version = found
-                return RawResponse(200, value, version, "application/octet-stream")
+                return RawResponse(200, value, f'"{version}"', "application/octet-stream")
         if path in ("/healthz", "/readyz"):
             return web.Response(text="ok")
         return web.Response(status=404)

@@ -341,10 +341,9 @@ class Api:
         if if_match or if_none_match:
             await self.coordinator.check_condition(key, if_match, if_none_match)
         rec = await self.coordinator.write(key, value, ctype, level, ttl=ttl)
-        version = str(rec.version)
         # The body as json.dumps({"key": ..., "version": ...}) writes it, without the dict.
-        body = f'{{"key": {json.dumps(key.decode())}, "version": "{version}"}}'.encode()
-        return RawResponse(201 if if_none_match else 200, body, version, JSON_TYPE)
+        body = f'{{"key": {json.dumps(key.decode())}, "version": "{rec.version}"}}'.encode()
+        return RawResponse(201 if if_none_match else 200, body, _etag(rec.version), JSON_TYPE)
 
     async def _read_live(self, request: web.BaseRequest) -> Record:
         query = _query(request, READ_QUERY)
@@ -359,7 +358,7 @@ class Api:
         ctype = rec.content_type
         if not ctype.isprintable():  # never sent (PUT validates it); a header must not break
             ctype = DEFAULT_CONTENT_TYPE
-        return RawResponse(200, rec.value, str(rec.version), ctype)
+        return RawResponse(200, rec.value, _etag(rec.version), ctype)
 
     async def head(self, request: web.BaseRequest) -> web.Response:
         try:

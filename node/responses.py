@@ -41,8 +41,8 @@ class RawResponse:
     """What aiohttp's connection handler uses of a response (`prepare`, `write_eof`,
     `keep_alive`) and `status` for the metrics, and nothing more.
 
-    The answer carries an ETag (`etag`, a version, quoted here) and a Content-Type whose
-    values the caller made safe (no CR or LF: versions and validated content types);
+    The answer carries an ETag (`etag`, the header's value, quotes included) and a
+    Content-Type whose values the caller made safe (no CR or LF: versions and validated content types);
     Content-Length, Date and Connection are added as aiohttp would add them."""
 
     __slots__ = ("_body", "_content_type", "_etag", "keep_alive", "status")
@@ -62,7 +62,7 @@ class RawResponse:
         else:
             connection = "Connection: close\r\n" if version == HttpVersion11 else ""
         head = (f"HTTP/{version.major}.{version.minor} {self.status} {REASONS[self.status]}\r\n"
-                f'ETag: "{self._etag}"\r\nContent-Type: {self._content_type}\r\n'
+                f"ETag: {self._etag}\r\nContent-Type: {self._content_type}\r\n"
                 f"Content-Length: {len(self._body)}\r\nDate: {http_date()}\r\n{connection}\r\n")
         await request.writer.write_eof(head.encode() + self._body)
 

@@ -114,7 +114,8 @@ def run_one(nemesis: str, args: argparse.Namespace, work: Path) -> Outcome:
         return outcome
     run_dir = work / nemesis
     run_dir.mkdir()
-    plot_path(args, nemesis).parent.mkdir(parents=True, exist_ok=True)
+    plot = plot_path(args, nemesis)
+    plot.parent.mkdir(parents=True, exist_ok=True)
     base = free_port_block(NODES + 4)
     control = f"http://127.0.0.1:{base - 1}"
     launcher_log = run_dir / "launcher.log"
@@ -133,7 +134,7 @@ def run_one(nemesis: str, args: argparse.Namespace, work: Path) -> Outcome:
                      "--duration", str(args.duration), "--interval", str(args.interval),
                      "--fault-duration", str(args.fault_duration), "--workers", str(args.workers),
                      "--keys", str(args.keys), "--history", str(history), "--summary", str(summary),
-                     "--seed", str(args.seed), "--plot", str(plot_path(args, nemesis))]
+                     "--seed", str(args.seed), "--plot", str(plot)]
         print(f"== {nemesis}: {' '.join(check_cmd[2:])}", flush=True)
         check_log = run_dir / "check.log"
         with check_log.open("wb") as out:
@@ -142,8 +143,8 @@ def run_one(nemesis: str, args: argparse.Namespace, work: Path) -> Outcome:
         outcome.log = str(check_log)
         if summary.exists():
             read_summary(summary, outcome)
-        if plot_path(args, nemesis).exists():
-            outcome.plot = plot_path(args, nemesis)
+        if plot.exists():
+            outcome.plot = plot
         print(log_tail(check_log, 12), flush=True)
     except RuntimeError as exc:
         outcome.log = str(exc)

@@ -10,10 +10,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 # Only what the wheel is built from; tests, charts and docs stay out of the image.
 COPY pyproject.toml README.md constraints.txt ./
-COPY node/ node/
-COPY operator/ operator/
-COPY client/ client/
-COPY bench/ bench/
+COPY src/ src/
 # The operator extra (kopf) is included: the same image runs the operator.
 RUN pip wheel --no-cache-dir --constraint constraints.txt --wheel-dir /wheels ".[operator]"
 

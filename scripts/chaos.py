@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ringkv.client.check import NEMESES
-from ringkv.operator.launcher import free_port_block, log_tail, terminate
+from ringkv.local.check import NEMESES
+from ringkv.local.supervisor import free_port_block, log_tail, terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 NEEDS_ROOT = {"partition"}

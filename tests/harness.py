@@ -24,7 +24,7 @@ from typing import Any
 
 import msgpack
 
-from ringkv.operator.launcher import free_port_block, free_ports, log_tail, terminate
+from ringkv.local.supervisor import free_port_block, free_ports, log_tail, terminate
 
 API_TOKEN = "test-api-token"
 CLUSTER_TOKEN = "test-cluster-token"

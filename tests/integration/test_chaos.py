@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from harness import API_TOKEN, LocalCluster, http, wait_for
 
-from ringkv.client.check import Workload, final_reads, run_worker
 from ringkv.client.history import Op, check
+from ringkv.local.check import Workload, final_reads, run_worker
 
 
 def exact_copies(cluster: LocalCluster, keys: list[str], copies: int, members: int) -> None:

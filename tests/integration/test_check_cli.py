@@ -23,10 +23,10 @@ import pytest
 from harness import free_port_block, free_ports, wait_for
 
 from ringkv.client import QuorumUnavailable, Unavailable
-from ringkv.client.check import classify, main
 from ringkv.client.errors import BadRequest, ConflictRetryExhausted, InternalError
 from ringkv.client.history import Op, Outcome, availability
-from ringkv.operator.netns import unusable_reason
+from ringkv.local.check import classify, main
+from ringkv.local.netns import unusable_reason
 
 NODES = 3
 CLI = [sys.executable, "-m", "ringkv.client.cli"]

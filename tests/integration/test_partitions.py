@@ -2,7 +2,7 @@
 namespace on a bridge, and iptables DROP rules between node addresses cut links while the
 test (the host) still reaches every node. Root only; skipped otherwise.
 
-The pure helpers of ringkv.operator.netns are tested first, without root. One 5-node
+The pure helpers of ringkv.local.netns are tested first, without root. One 5-node
 rf=3 cluster serves the module; each test heals the network at the end and
 starts only when every node coordinates quorum writes again. Expectations are computed per
 key from its replicas (`GET /v1/replicas/{key}`), so each assertion is exact: a side of a
@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 from harness import API_TOKEN, LocalCluster, Response, http, wait_for
 
-from ringkv.client.check import Workload, final_reads, run_worker
 from ringkv.client.history import Op, check, parse_version
-from ringkv.operator.netns import (
+from ringkv.local.check import Workload, final_reads, run_worker
+from ringkv.local.netns import (
     IFNAMSIZ,
     NetnsError,
     bridge_name,

@@ -8,7 +8,7 @@ as the kopf operator, with a JSON file as the store and its children as the memb
 A control endpoint on base_port-1 takes commands: `ringkv node list|kill|stop|start|restart|add`.
 
 With `--netns` (root only) every node runs in its own network namespace on a bridge
-(:mod:`ringkv.operator.netns`), and `ringkv node partition|heal` cut links between nodes.
+(:mod:`ringkv.local.netns`), and `ringkv node partition|heal` cut links between nodes.
 """
 
 from __future__ import annotations
@@ -37,8 +37,10 @@ from ringkv.node import membership
 from ringkv.node.logs import setup as setup_logging
 from ringkv.node.membership import Document
 from ringkv.node.security import TlsFiles
+from ringkv.operator.controller import Observed
+from ringkv.operator.nodes import NodeClient
+from ringkv.operator.reconciler import Reconciler
 
-from .controller import Observed
 from .netns import (
     NetnsError,
     Network,
@@ -48,8 +50,6 @@ from .netns import (
     partition_rules,
     unusable_reason,
 )
-from .nodes import NodeClient
-from .reconciler import Reconciler
 
 log = logging.getLogger("ringkv.launcher")
 

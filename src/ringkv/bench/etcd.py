@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from ringkv.operator.launcher import free_ports, terminate
+from ringkv.local.supervisor import free_ports, terminate
 
 
 class EtcdUnavailable(RuntimeError):

@@ -38,7 +38,7 @@ from typing import Any
 
 from ringkv.bench.etcd import EtcdCluster, EtcdUnavailable
 from ringkv.bench.loadgen import LoadConfig, LoadResult, run_async, run_load
-from ringkv.operator.launcher import free_ports, log_tail, terminate
+from ringkv.local.supervisor import free_ports, log_tail, terminate
 
 SYSTEMS = ("ringkv", "etcd", "dict", "dictfast")
 LABELS = {"ringkv": "ringkv", "etcd": "etcd", "dict": "ceiling (dict server)",

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ringkv.client import Client, RingkvError, Unavailable
-from ringkv.operator.launcher import free_port_block, log_tail, terminate
+from ringkv.local.supervisor import free_port_block, log_tail, terminate
 
 BAR = 30
 

@@ -64,9 +64,9 @@ from ringkv.bench.suite import (
     tree_cpu_seconds,
     wait_ready,
 )
+from ringkv.local.supervisor import free_port_block
 from ringkv.node import config as node_config
 from ringkv.node import membership
-from ringkv.operator.launcher import free_port_block
 
 SCENARIOS = ("rereplication", "rss", "moved", "throughput")
 DEFAULT_KEYS = 100_000

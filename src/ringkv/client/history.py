@@ -1,7 +1,7 @@
 """A Jepsen-style history of client operations and a checker for ringkv's guarantees.
 
 Pure functions over recorded operations, no I/O: ``ringkv check`` records a history
-against a live cluster (:mod:`ringkv.client.check`) and hands it here; tests hand-build
+against a live cluster (:mod:`ringkv.local.check`) and hands it here; tests hand-build
 histories. Every written value is unique, so a value read names the write that produced
 it, and every acknowledged write reports its version, so the checker compares versions
 (``(int(hlc), node)``) instead of searching for a linearization.

@@ -21,13 +21,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ringkv.local.check import NEMESES
-from ringkv.local.supervisor import free_port_block, log_tail, terminate
+from ringkv.local.processes import log_tail
+from ringkv.local.spawn import UpFailed, spawn_up
 
 ROOT = Path(__file__).resolve().parent.parent
 NEEDS_ROOT = {"partition"}
@@ -83,30 +82,6 @@ def read_summary(path: Path, outcome: Outcome) -> None:
         setattr(outcome, name, (ratio_doc["ok"], ratio_doc["attempted"]))
 
 
-def _get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return json.load(resp)
-
-
-def _wait_cluster(control: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> list[str]:
-    """The nodes' URLs once the launcher lists every node alive and each answers /readyz."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"`ringkv up` exited with {proc.returncode}:\n{log_tail(log)}")
-        try:
-            nodes = _get_json(control + "/nodes")
-            urls = [str(n["url"]) for n in nodes]
-            if len(nodes) == NODES and all(n.get("alive") for n in nodes):
-                for url in urls:
-                    urllib.request.urlopen(url + "/readyz", timeout=5).close()
-                return urls
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"the cluster was not ready within {timeout:g}s:\n{log_tail(log)}")
-
-
 def run_one(nemesis: str, args: argparse.Namespace, work: Path) -> Outcome:
     outcome = Outcome(nemesis)
     if nemesis in NEEDS_ROOT and os.geteuid() != 0:
@@ -116,21 +91,17 @@ def run_one(nemesis: str, args: argparse.Namespace, work: Path) -> Outcome:
     run_dir.mkdir()
     plot = plot_path(args, nemesis)
     plot.parent.mkdir(parents=True, exist_ok=True)
-    base = free_port_block(NODES + 4)
-    control = f"http://127.0.0.1:{base - 1}"
-    launcher_log = run_dir / "launcher.log"
-    cmd = [sys.executable, "-m", "ringkv.client.cli", "up", "--nodes", str(NODES), "--rf", str(RF),
-           "--base-port", str(base), "--data-dir", str(run_dir / "data"), "--restart-delay", "1"]
-    if nemesis == "partition":
-        cmd.append("--netns")
-    with launcher_log.open("wb") as out:
-        launcher = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
-        urls = _wait_cluster(control, launcher, launcher_log, 120)
-        token = (run_dir / "data" / "token").read_text().strip()
+        up = spawn_up(run_dir / "data", nodes=NODES, rf=RF, restart_delay=1,
+                      netns=nemesis == "partition", log_path=run_dir / "launcher.log")
+    except UpFailed as exc:
+        outcome.log = str(exc)
+        print(f"== {nemesis}: {exc}", flush=True)
+        return outcome
+    with up:
         history, summary = run_dir / "history.jsonl", run_dir / "summary.json"
-        check_cmd = [sys.executable, "-m", "ringkv.client.cli", "check", "--url", ",".join(urls),
-                     "--token", token, "--control", control, "--nemesis", nemesis,
+        check_cmd = [sys.executable, "-m", "ringkv.client.cli", "check", "--url", ",".join(up.urls),
+                     "--token", up.token, "--control", up.control_url, "--nemesis", nemesis,
                      "--duration", str(args.duration), "--interval", str(args.interval),
                      "--fault-duration", str(args.fault_duration), "--workers", str(args.workers),
                      "--keys", str(args.keys), "--history", str(history), "--summary", str(summary),
@@ -146,11 +117,6 @@ def run_one(nemesis: str, args: argparse.Namespace, work: Path) -> Outcome:
         if plot.exists():
             outcome.plot = plot
         print(log_tail(check_log, 12), flush=True)
-    except RuntimeError as exc:
-        outcome.log = str(exc)
-        print(f"== {nemesis}: {exc}", flush=True)
-    finally:
-        terminate(launcher)
     return outcome
 
 

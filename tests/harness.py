@@ -24,7 +24,10 @@ from typing import Any
 
 import msgpack
 
-from ringkv.local.supervisor import free_port_block, free_ports, log_tail, terminate
+from ringkv.local.control_client import ControlClient
+from ringkv.local.ports import free_ports
+from ringkv.local.processes import log_tail, terminate
+from ringkv.local.spawn import UpProcess, spawn_up
 
 API_TOKEN = "test-api-token"
 CLUSTER_TOKEN = "test-cluster-token"
@@ -228,74 +231,59 @@ class StaticCluster:
 
 @dataclass
 class LocalCluster:
-    """`ringkv up` as a subprocess: the launcher with its controller, as `make run` runs it."""
+    """`ringkv up` as a subprocess (:func:`spawn_up`): the launcher with its controller, as
+    `make run` runs it. ``control`` is its control client (``ringkv node``'s API)."""
 
     root: Path
     nodes: int = 5
     rf: int = 3
     restart_delay: float = 1.0
     extra_env: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen[bytes] | None = None
-    base_port: int = 0
     netns: bool = False  # `ringkv up --netns`: nodes in network namespaces (root only)
+    up: UpProcess | None = None
 
     def start(self) -> LocalCluster:
-        self.base_port = free_port_block(self.nodes + 4)
-        env = {**os.environ, "RINGKV_REPLICA_TIMEOUT": "1.0", "RINGKV_HINT_INTERVAL": "0.2",
-               **self.extra_env}
-        log = open(self.root / "launcher.log", "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ringkv.client.cli", "up", "--nodes", str(self.nodes),
-             "--rf", str(self.rf), "--base-port", str(self.base_port), "--data-dir",
-             str(self.root / "data"), "--token", API_TOKEN, "--restart-delay",
-             str(self.restart_delay), *(["--netns"] if self.netns else [])],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
+        self.up = spawn_up(
+            self.root / "data", nodes=self.nodes, rf=self.rf, token=API_TOKEN,
+            restart_delay=self.restart_delay, netns=self.netns, log_path=self.root / "launcher.log",
+            env={"RINGKV_REPLICA_TIMEOUT": "1.0", "RINGKV_HINT_INTERVAL": "0.2", **self.extra_env},
+            ready_timeout=90,
         )
-        log.close()
         wait_for(lambda: self._alive() and self.settled(self.nodes), 90, "the cluster to settle")
         return self
 
+    def _running(self) -> UpProcess:
+        assert self.up is not None, "start() the cluster first"
+        return self.up
+
     def _alive(self) -> bool:
-        if self.proc is None or self.proc.poll() is not None:
+        up = self._running()
+        if not up.running():
             raise AssertionError(f"launcher exited:\n{self.log_tail()}")
         return True
 
-    def log_tail(self, lines: int = 60) -> str:
-        return log_tail(self.root / "launcher.log", lines)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            terminate(self.proc)
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        return self._running().proc
 
     @property
-    def control(self) -> str:
-        return f"http://127.0.0.1:{self.base_port - 1}"
+    def control(self) -> ControlClient:
+        return self._running().control
+
+    def log_tail(self, lines: int = 60) -> str:
+        return self._running().log_tail(lines)
+
+    def stop(self) -> None:
+        if self.up is not None:
+            self.up.stop()
 
     def url(self, i: int) -> str:
         if self.netns:
-            return str(self.node_list()[i]["url"])
-        return f"http://127.0.0.1:{self.base_port + i}"
+            return str(self.control.nodes()[i]["url"])
+        return f"http://127.0.0.1:{self._running().base_port + i}"
 
     def urls(self) -> list[str]:
-        return [n["url"] for n in self.node_list() if n["alive"]]
-
-    def node_list(self) -> list[dict[str, Any]]:
-        return http("GET", self.control + "/nodes", token=None).json()
-
-    def command(self, name: str, action: str, query: str = "") -> dict[str, Any]:
-        r = http("POST", f"{self.control}/nodes/{name}/{action}{query}", b"", token=None)
-        assert r.status == 200, r.body
-        return r.json()
-
-    def net(self, action: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        """`POST /net/partition` (with a body) or `/net/heal` on a --netns launcher."""
-        r = http("POST", f"{self.control}/net/{action}", json.dumps(body or {}).encode(), token=None,
-                 headers={"Content-Type": "application/json"})
-        assert r.status == 200, r.body
-        return r.json()
-
-    def add_node(self) -> dict[str, Any]:
-        return http("POST", self.control + "/nodes", b"", token=None).json()
+        return [n["url"] for n in self.control.nodes() if n["alive"]]
 
     def cluster_info(self, via: str | None = None) -> dict[str, Any]:
         for url in [via] if via else self.urls():

@@ -610,12 +610,14 @@ def test_cli_help_documents_exit_codes(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_delegated_commands_get_their_argv_and_the_globals(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[str, list[str]]] = []
-    launcher = types.ModuleType("ringkv.local.supervisor")
-    launcher.main = lambda argv: calls.append(("up", argv)) or 0  # type: ignore[attr-defined]
-    launcher.node_command = lambda argv: calls.append(("node", argv)) or 3  # type: ignore[attr-defined]
+    up_module = types.ModuleType("ringkv.local.up")
+    up_module.main = lambda argv: calls.append(("up", argv)) or 0  # type: ignore[attr-defined]
+    control_client = types.ModuleType("ringkv.local.control_client")
+    control_client.node_command = lambda argv: calls.append(("node", argv)) or 3  # type: ignore[attr-defined]
     loadgen = types.ModuleType("ringkv.bench.loadgen")
     loadgen.main = lambda argv: calls.append(("bench", argv))  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "ringkv.local.supervisor", launcher)
+    monkeypatch.setitem(sys.modules, "ringkv.local.up", up_module)
+    monkeypatch.setitem(sys.modules, "ringkv.local.control_client", control_client)
     monkeypatch.setitem(sys.modules, "ringkv.bench.loadgen", loadgen)
 
     up = ["--nodes", "5", "--token", "t", "--url", "x", "--help"]

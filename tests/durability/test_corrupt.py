@@ -130,17 +130,17 @@ def test_lost_file_is_never_served_as_an_empty_store(tmp_path: Path, kind: str) 
 
 def test_corrupt_node_is_rebuilt_from_its_replicas(local5: LocalCluster) -> None:
     versions = write_keys(local5.urls(), "rebuild", 150)
-    node = next(n for n in local5.node_list() if n["name"] == "node-3")
+    node = local5.control.node("node-3")
     data_dir = Path(node["data_dir"])
     log_path = data_dir.parent / "node-3.log"
     epoch = local5.cluster_info()["epoch"]
-    local5.command("node-3", "stop")
+    local5.control.stop("node-3")
     info = local5.wait_settled(4, epoch)
     path = corrupt(data_dir, overwrite_header)
 
     # It refuses to start; the launcher keeps restarting it and every attempt says why.
-    local5.command("node-3", "start")
-    wait_for(lambda: next(n for n in local5.node_list() if n["name"] == "node-3")["restarts"] >= 2,
+    local5.control.start("node-3")
+    wait_for(lambda: local5.control.node("node-3")["restarts"] >= 2,
              60, "the launcher to restart node-3 twice")
     refusals = [line for line in log_path.read_text().splitlines()
                 if " ERROR " in line and str(path) in line and "refusing to start" in line]

@@ -50,7 +50,7 @@ def test_sigkill_one_at_a_time_under_load(tmp_path: Path, rounds: int) -> None:
         epoch = cluster.cluster_info()["epoch"]
         for _ in range(rounds):
             victim = f"node-{rng.randrange(5)}"
-            cluster.command(victim, "kill", "?signal=SIGKILL")
+            cluster.control.kill(victim)
             # Removed, re-replicated, restarted on its data, rejoined, caught up, settled.
             info = cluster.wait_settled(5, epoch + 2)
             epoch = info["epoch"]

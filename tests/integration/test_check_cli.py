@@ -9,130 +9,40 @@ polled, never slept for.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from harness import free_port_block, free_ports, wait_for
+from harness import free_ports
 
 from ringkv.client import QuorumUnavailable, Unavailable
 from ringkv.client.errors import BadRequest, ConflictRetryExhausted, InternalError
 from ringkv.client.history import Op, Outcome, availability
 from ringkv.local.check import classify, main
 from ringkv.local.netns import unusable_reason
+from ringkv.local.spawn import UpProcess, spawn_up
 
 NODES = 3
 CLI = [sys.executable, "-m", "ringkv.client.cli"]
 
 
-def _get_json(url: str) -> object:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return json.load(resp)
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/readyz", timeout=2) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
-
-
-@dataclass
-class LocalUp:
-    proc: subprocess.Popen[bytes]
-    base: int
-    data_dir: Path
-    log: Path
-
-    @property
-    def control(self) -> str:
-        return f"http://127.0.0.1:{self.base - 1}"
-
-    @property
-    def urls(self) -> list[str]:
-        """The nodes' URLs as the launcher lists them (namespace addresses with --netns)."""
-        return [str(n["url"]) for n in self.node_list()]
-
-    @property
-    def token(self) -> str:
-        return (self.data_dir / "token").read_text().strip()
-
-    def log_tail(self) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
-
-    def node_list(self) -> list[dict[str, Any]]:
-        try:
-            nodes = _get_json(self.control + "/nodes")
-        except OSError:
-            return []
-        return [n for n in nodes if isinstance(n, dict)] if isinstance(nodes, list) else []
-
-
-def _launch(root: Path, netns: bool) -> Iterator[LocalUp]:
+def _launch(root: Path, netns: bool) -> Iterator[UpProcess]:
     """`ringkv up` with 3 nodes, ready; stopped (and its nodes reaped) afterwards."""
-    base = free_port_block(NODES + 1)  # below the ephemeral range: restarts rebind safely
-    data_dir = root / "data"
-    log = root / "up.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                *CLI,
-                "up",
-                *f"--nodes {NODES} --rf 3 --base-port {base} --restart-delay 1".split(),
-                "--data-dir",
-                str(data_dir),
-                *(["--netns"] if netns else []),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    up = LocalUp(proc, base, data_dir, log)
-    try:
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"ringkv up exited with {proc.returncode}:\n{up.log_tail()}")
-            nodes = up.node_list()
-            return (
-                (data_dir / "token").exists()
-                and len(nodes) == NODES
-                and all(_ready(str(n["url"])) for n in nodes)
-            )
-
-        wait_for(ready, 60, "the local cluster to be ready", interval=0.2)
+    with spawn_up(root / "data", nodes=NODES, rf=3, restart_delay=1, netns=netns,
+                  log_path=root / "up.log", ready_timeout=60) as up:
         yield up
-    finally:
-        pids = [n["pid"] for n in up.node_list() if isinstance(n.get("pid"), int)]
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-                for pid in pids:  # the nodes run in their own sessions: do not leak them
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
 
 
 @pytest.fixture(scope="module")
-def local_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalUp]:
+def local_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
     """One loopback cluster for the module: every nemesis heals, so the next run finds it whole."""
     yield from _launch(tmp_path_factory.mktemp("up"), netns=False)
 
 
 @pytest.fixture(scope="module")
-def netns_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalUp]:
+def netns_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
     reason = unusable_reason()
     if reason:
         pytest.skip(f"the partition nemesis needs network namespaces: {reason}")
@@ -140,12 +50,12 @@ def netns_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalUp]:
 
 
 def run_check(
-    up: LocalUp, tmp_path: Path, *options: str
+    up: UpProcess, tmp_path: Path, *options: str
 ) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
     """`ringkv check` against `up`; returns the result, the history and the summary file."""
     history, summary = tmp_path / "history.jsonl", tmp_path / "summary.json"
     result = subprocess.run(
-        [*CLI, "check", "--url", ",".join(up.urls), "--token", up.token, "--control", up.control,
+        [*CLI, "check", "--url", ",".join(up.urls), "--token", up.token, "--control", up.control_url,
          *options, "--history", str(history), "--summary", str(summary)],
         check=False,
         capture_output=True,
@@ -164,8 +74,8 @@ SHORT = "--duration 5 --workers 4 --interval 1 --fault-duration 1.5 --max-skew 1
 def test_every_nemesis_faults_the_cluster_and_the_history_stays_valid(
     nemesis: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    up: LocalUp = request.getfixturevalue("netns_up" if nemesis == "partition" else "local_up")
-    restarts_before = sum(n["restarts"] for n in up.node_list())
+    up: UpProcess = request.getfixturevalue("netns_up" if nemesis == "partition" else "local_up")
+    restarts_before = sum(n["restarts"] for n in up.control.nodes())
     result, history, summary_file = run_check(up, tmp_path, *SHORT.split(), "--nemesis", nemesis)
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{output}\n--- ringkv up log ---\n{up.log_tail()}"
@@ -184,7 +94,7 @@ def test_every_nemesis_faults_the_cluster_and_the_history_stays_valid(
     assert up.token not in history.read_text()
 
     # Evidence that each fault really happened, as far as the launcher can tell.
-    restarts = sum(n["restarts"] for n in up.node_list()) - restarts_before
+    restarts = sum(n["restarts"] for n in up.control.nodes()) - restarts_before
     if nemesis == "kill":
         assert restarts >= len(faults)
     elif nemesis == "skew":  # a restart with a skewed clock, and one back
@@ -193,7 +103,7 @@ def test_every_nemesis_faults_the_cluster_and_the_history_stays_valid(
         assert all(60_000 <= abs(s) <= 120_000 for s in skews), skews
     elif nemesis == "partition":
         assert {f["note"] for f in faults} <= {"isolate", "split", "one-way"}, faults
-    assert all(n["alive"] and n["clock_skew_ms"] == 0 for n in up.node_list())
+    assert all(n["alive"] and n["clock_skew_ms"] == 0 for n in up.control.nodes())
 
     summary = json.loads(summary_file.read_text())
     assert {"type": "summary", **summary} in lines
@@ -204,7 +114,7 @@ def test_every_nemesis_faults_the_cluster_and_the_history_stays_valid(
     assert 0 < during["attempted"] <= summary["operations"] and 0 <= during["ok"] <= during["attempted"]
 
 
-def test_partition_nemesis_needs_a_netns_launcher(local_up: LocalUp, tmp_path: Path) -> None:
+def test_partition_nemesis_needs_a_netns_launcher(local_up: UpProcess, tmp_path: Path) -> None:
     result, history, _ = run_check(local_up, tmp_path, "--duration", "1", "--nemesis", "partition")
     assert result.returncode == 2, result.stdout + result.stderr
     assert "ringkv up --netns" in result.stderr

@@ -48,14 +48,14 @@ def test_killed_node_is_replaced_and_returns_with_missed_writes(local5: LocalClu
     before = write_keys(local5, "before", 150)
     epoch = local5.cluster_info()["epoch"]
     # Keep the node down long enough to see the 4-node epoch settle.
-    local5.command("node-2", "stop")
+    local5.control.stop("node-2")
     info = local5.wait_settled(4, epoch)
     assert "node-2" not in [m["name"] for m in info["members"]]
     assert_replicated(local5, before, 3)
     during = write_keys(local5, "during", 100)
     read_all(local5, before)
     # The pod returns on its old (stale) data directory, rejoins and catches up.
-    local5.command("node-2", "start")
+    local5.control.start("node-2")
     info = local5.wait_settled(5, info["epoch"])
     node2 = next(m for m in info["members"] if m["name"] == "node-2")
     assert node2["state"] == "normal"
@@ -74,7 +74,7 @@ def test_killed_node_is_replaced_and_returns_with_missed_writes(local5: LocalClu
 def test_sigkilled_node_restarts_and_cluster_settles(local5: LocalCluster) -> None:
     keys = write_keys(local5, "k", 100)
     epoch = local5.cluster_info()["epoch"]
-    local5.command("node-1", "kill", "?signal=SIGKILL")
+    local5.control.kill("node-1")
     # Removed, re-replicated, restarted after the delay, rejoined, settled.
     local5.wait_settled(5, epoch + 2)
     assert_replicated(local5, keys, 3)
@@ -83,12 +83,12 @@ def test_sigkilled_node_restarts_and_cluster_settles(local5: LocalCluster) -> No
 
 def test_wiped_node_rejoins_as_fresh_and_receives_its_ranges(local5: LocalCluster) -> None:
     keys = write_keys(local5, "w", 150)
-    node = next(n for n in local5.node_list() if n["name"] == "node-3")
+    node = local5.control.node("node-3")
     epoch = local5.cluster_info()["epoch"]
-    local5.command("node-3", "stop")
+    local5.control.stop("node-3")
     info = local5.wait_settled(4, epoch)
     shutil.rmtree(node["data_dir"])
-    local5.command("node-3", "start")
+    local5.control.start("node-3")
     local5.wait_settled(5, info["epoch"])
     assert_replicated(local5, keys, 3)
     status = http("GET", f"{local5.url(3)}/v1/cluster").json()
@@ -99,9 +99,9 @@ def test_wiped_node_rejoins_as_fresh_and_receives_its_ranges(local5: LocalCluste
 def test_two_removed_for_good_then_a_third(local5: LocalCluster) -> None:
     keys = write_keys(local5, "seed", 120)
     epoch = local5.cluster_info()["epoch"]
-    local5.command("node-4", "stop")
+    local5.control.stop("node-4")
     info = local5.wait_settled(4, epoch)
-    local5.command("node-3", "stop")
+    local5.control.stop("node-3")
     info = local5.wait_settled(3, info["epoch"])
     assert sorted(m["name"] for m in info["members"]) == ["node-0", "node-1", "node-2"]
     more = write_keys(local5, "after-two", 50)
@@ -109,7 +109,7 @@ def test_two_removed_for_good_then_a_third(local5: LocalCluster) -> None:
     read_all(local5, {**keys, **more})
 
     # A third: two live nodes can keep only two copies, and the cluster says so.
-    local5.command("node-2", "stop")
+    local5.control.stop("node-2")
     info = local5.wait_settled(2, info["epoch"])
     assert info["replicas_per_key"] == 2 and info["rf"] == 3
     few = write_keys(local5, "after-three", 30)
@@ -117,7 +117,7 @@ def test_two_removed_for_good_then_a_third(local5: LocalCluster) -> None:
 
     # Nodes return: rf copies again.
     for name in ("node-2", "node-3"):
-        local5.command(name, "start")
+        local5.control.start(name)
     info = local5.wait_settled(4, info["epoch"])
     assert info["replicas_per_key"] == 3
     assert_replicated(local5, {**keys, **more, **few}, 3)
@@ -128,7 +128,7 @@ def test_node_added_takes_its_share(tmp_path: Path) -> None:
     try:
         keys = write_keys(cluster, "grow", 150)
         epoch = cluster.cluster_info()["epoch"]
-        added = cluster.add_node()
+        added = cluster.control.add()
         assert added["added"] == "node-3"
         cluster.wait_settled(4, epoch)
         assert_replicated(cluster, keys, 3)

@@ -115,11 +115,11 @@ def net(net5: LocalCluster) -> Iterator[LocalCluster]:
     try:
         yield net5
     finally:
-        net5.net("heal")
+        net5.control.heal()
 
 
 def urls(cluster: LocalCluster) -> dict[str, str]:
-    return {n["name"]: n["url"] for n in cluster.node_list()}
+    return {n["name"]: n["url"] for n in cluster.control.nodes()}
 
 
 def _path(key: str) -> str:
@@ -173,7 +173,7 @@ def test_isolated_node_refuses_quorum_and_never_serves_stale_data(net: LocalClus
     isolated = replica_set(nodes["node-0"], key)[0]  # it holds "old"
     majority = [n for n in sorted(nodes) if n != isolated]
 
-    net.net("partition", {"isolate": isolated})
+    net.control.partition({"isolate": isolated})
     written = put(nodes[majority[0]], key, "new")
     assert written.status == 200, written.body
     version = written.json()["version"]
@@ -186,7 +186,7 @@ def test_isolated_node_refuses_quorum_and_never_serves_stale_data(net: LocalClus
         assert get(nodes[name], other).status == 404  # the refused write is not served
     assert put(nodes[majority[-1]], f"{key}-more", "v").status == 200
 
-    net.net("heal")
+    net.control.heal()
     wait_for(lambda: converged(nodes[majority[0]], key, version), 90, f"{key} on every replica")
     r = get(nodes[isolated], key)
     assert (r.status, r.body) == (200, b"new")
@@ -222,7 +222,7 @@ def test_split_2_3_each_side_serves_exactly_the_keys_it_holds_a_quorum_of(net: L
     for key in owners:
         assert put(nodes[names[0]], key, "before").status == 200
 
-    net.net("partition", {"groups": [sorted(small), sorted(big)]})
+    net.control.partition({"groups": [sorted(small), sorted(big)]})
     sides = {"small": sorted(small), "big": sorted(big)}
     with ThreadPoolExecutor(max_workers=12) as pool:
         # A write through each side: only the side with two of the key's replicas acks it.
@@ -246,7 +246,7 @@ def test_split_2_3_each_side_serves_exactly_the_keys_it_holds_a_quorum_of(net: L
             else:
                 assert_refused(r)
 
-    net.net("heal")
+    net.control.heal()
     for key, (_, version) in acked.items():
         wait_for(lambda key=key, version=version: converged(nodes[names[0]], key, version), 90,
                  f"{key} on every replica")
@@ -260,8 +260,8 @@ def test_one_way_link_loses_no_acked_write_and_serves_no_stale_read(net: LocalCl
     prefix = f"oneway-{secrets.token_hex(4)}"
     # A link between two replicas of the first key: its coordinators lose a peer one way.
     source, target = replica_set(nodes[names[0]], f"{prefix}/k0")[:2]
-    net.net("partition", {"one_way": [source, target]})
-    state = http("GET", net.control + "/net", token=None).json()
+    net.control.partition({"one_way": [source, target]})
+    state = net.control.net()
     assert state["dropped"] == {target: [source]}
 
     work = Workload(list(nodes.values()), API_TOKEN, 5.0, [f"{prefix}/k{i}" for i in range(5)],
@@ -281,7 +281,7 @@ def test_one_way_link_loses_no_acked_write_and_serves_no_stale_read(net: LocalCl
         work.stop.set()
         for t in threads:
             t.join(60)
-    net.net("heal")
+    net.control.heal()
     ops = [op for ops in per_worker for op in ops]
     finals = final_reads(work, 60)
     verdict = check(ops + finals)
@@ -298,10 +298,10 @@ def test_one_way_link_loses_no_acked_write_and_serves_no_stale_read(net: LocalCl
 def test_partition_requests_are_validated(net: LocalCluster) -> None:
     for body in ({"isolate": "node-99"}, {"groups": [["node-0"], ["node-0", "node-1"]]},
                  {"one_way": ["node-1", "node-1"]}, {"groups": "node-0"}, {}):
-        r = http("POST", net.control + "/net/partition", json.dumps(body).encode(), token=None)
+        r = http("POST", net.control.url + "/net/partition", json.dumps(body).encode(), token=None)
         assert r.status == 400, (body, r.status, r.body)
         assert "error" in r.json()
-    assert http("GET", net.control + "/net", token=None).json()["dropped"] == {}
+    assert net.control.net()["dropped"] == {}
 
 
 def _leftovers(owner: int) -> list[str]:
@@ -332,7 +332,7 @@ def test_a_crashed_launchers_namespaces_and_nodes_are_removed_by_the_next(tmp_pa
         crashed.start()
         assert crashed.proc is not None
         owner = crashed.proc.pid
-        orphans = [n["pid"] for n in crashed.node_list()]
+        orphans = [n["pid"] for n in crashed.control.nodes()]
         assert len(_leftovers(owner)) >= 5  # bridge, 2 namespaces, 2 veths
         crashed.proc.kill()  # SIGKILL: no teardown, the nodes keep running in their namespaces
         crashed.proc.wait(30)

@@ -24,7 +24,8 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from ringkv.local.supervisor import free_ports, terminate
+from ringkv.local.ports import free_ports
+from ringkv.local.processes import terminate
 
 
 class EtcdUnavailable(RuntimeError):

@@ -38,13 +38,10 @@ import platform
 import resource
 import secrets
 import shutil
-import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,11 +57,10 @@ from ringkv.bench.suite import (
     http_get,
     measure,
     ringkv_version,
-    stop_process,
     tree_cpu_seconds,
-    wait_ready,
 )
-from ringkv.local.supervisor import free_port_block
+from ringkv.local.processes import running
+from ringkv.local.spawn import UpProcess, spawn_up
 from ringkv.node import config as node_config
 from ringkv.node import membership
 
@@ -76,118 +72,30 @@ MB = 1e6
 # --------------------------------------------------------------------------- cluster
 
 
-@dataclass
-class Cluster:
-    """A running `ringkv up`: its URLs, token, control endpoint and node processes."""
-
-    proc: subprocess.Popen[bytes]
-    base: int
-    nodes: int
-    token: str
-    data_dir: Path
-    # pid -> process start time: a pid is signalled only while it is still that process.
-    known: dict[int, int] = field(default_factory=dict)
-
-    def url(self, i: int) -> str:
-        return f"http://127.0.0.1:{self.base + i}"
-
-    @property
-    def urls(self) -> list[str]:
-        return [self.url(i) for i in range(self.nodes)]
-
-    @property
-    def control(self) -> str:
-        return f"http://127.0.0.1:{self.base - 1}"
-
-    def node_pids(self) -> dict[str, int]:
-        """Live node processes by name (from the launcher), remembered for the sweep."""
-        status, body = http_get(f"{self.control}/nodes", timeout=10)
-        if status != 200:
-            raise RuntimeError(f"launcher control endpoint answered {status}")
-        pids = {n["name"]: n["pid"] for n in json.loads(body) if n["alive"] and n["pid"]}
-        for pid in pids.values():
-            started = _start_time(pid)
-            if started is not None:
-                self.known[pid] = started
-        return pids
-
-    def command(self, name: str, action: str, query: str = "") -> None:
-        req = urllib.request.Request(
-            f"{self.control}/nodes/{name}/{action}{query}", method="POST", data=b""
-        )
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            resp.read()
-
-    def cluster_doc(self, i: int = 0, timeout: float = 60.0) -> dict[str, Any]:
-        status, body = http_get(f"{self.url(i)}/v1/cluster", self.token, timeout)
-        if status != 200:
-            raise RuntimeError(f"GET /v1/cluster on node-{i} answered {status}: {body[:200]!r}")
-        return dict(json.loads(body))
-
-    def membership(self) -> membership.Document | None:
-        """The controller's current document (the store the launcher writes atomically)."""
-        return membership.load(str(self.data_dir / "membership.json"))
+def cluster_doc(cluster: UpProcess, i: int = 0, timeout: float = 60.0) -> dict[str, Any]:
+    """``GET /v1/cluster`` from node i (every node counts its records for it)."""
+    status, body = http_get(f"{cluster.urls[i]}/v1/cluster", cluster.token, timeout)
+    if status != 200:
+        raise RuntimeError(f"GET /v1/cluster on node-{i} answered {status}: {body[:200]!r}")
+    return dict(json.loads(body))
 
 
-def _start_time(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot (None when it is gone)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(raw[raw.rindex(")") + 2 :].split()[19])
-
-
-def _running(pid: int) -> bool:
-    """True while ``pid`` exists and has not exited (a zombie has exited)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return raw[raw.rindex(")") + 2] != "Z"
+def stored_membership(cluster: UpProcess) -> membership.Document | None:
+    """The controller's current document (the store `ringkv up` writes atomically)."""
+    return membership.load(str(cluster.data_dir / "membership.json"))
 
 
 @contextlib.contextmanager
 def local_cluster(
     work: Path, nodes: int, rf: int, binary: str, timeout: float = 120.0
-) -> Iterator[Cluster]:
+) -> Iterator[UpProcess]:
     """`ringkv up --nodes N --rf R` in its own session; yields once every node is ready.
-
-    On exit the launcher is stopped (it stops its nodes); any node process it left behind
-    is then signalled by PID, checked against the start time recorded when it was seen.
-    """
-    base = free_port_block(nodes)
-    token = secrets.token_hex(16)
-    data_dir = work / f"cluster-{base}"
-    log = work / f"cluster-{base}.log"
-    cmd = [
-        binary, "up", "--nodes", str(nodes), "--rf", str(rf), "--base-port", str(base),
-        "--data-dir", str(data_dir), "--token", token,
-    ]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    cluster = Cluster(proc, base, nodes, token, data_dir)
-    try:
-        wait_ready(cluster.urls, proc, log, timeout)
-        cluster.node_pids()
-        yield cluster
-    finally:
-        if proc.poll() is None:
-            with contextlib.suppress(Exception):
-                cluster.node_pids()
-        stop_process(proc)
-        _sweep(cluster.known)
-
-
-def _sweep(known: dict[int, int]) -> None:
-    """SIGKILL node processes the launcher did not stop (same pid *and* start time)."""
-    for pid, started in known.items():
-        if _start_time(pid) == started and _running(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    On exit it is stopped by PID, and so is any node process it left behind."""
+    data_dir = Path(tempfile.mkdtemp(prefix="cluster-", dir=work))
+    with spawn_up(data_dir, nodes=nodes, rf=rf, token=secrets.token_hex(16),
+                  log_path=data_dir.with_suffix(".log"), program=[binary, "up"],
+                  new_session=True, ready_timeout=timeout) as up:
+        yield up
 
 
 # ----------------------------------------------------------------------- measurements
@@ -204,10 +112,10 @@ def _metric(url: str, name: str) -> float:
     return 0.0
 
 
-def _received(cluster: Cluster, indexes: list[int]) -> tuple[float, float]:
+def _received(cluster: UpProcess, indexes: list[int]) -> tuple[float, float]:
     """(keys, bytes) merged by handoff so far on these nodes: cumulative counters."""
-    keys = sum(_metric(cluster.url(i), "ringkv_rebalance_keys_received_total") for i in indexes)
-    size = sum(_metric(cluster.url(i), "ringkv_rebalance_bytes_received_total")
+    keys = sum(_metric(cluster.urls[i], "ringkv_rebalance_keys_received_total") for i in indexes)
+    size = sum(_metric(cluster.urls[i], "ringkv_rebalance_bytes_received_total")
                for i in indexes)
     return keys, size
 
@@ -227,7 +135,7 @@ def _sqlite_bytes(node_dir: Path) -> tuple[int, int]:
     return (db.stat().st_size if db.exists() else 0, wal.stat().st_size if wal.exists() else 0)
 
 
-def _node_memory(cluster: Cluster) -> dict[str, dict[str, int]]:
+def _node_memory(cluster: UpProcess) -> dict[str, dict[str, int]]:
     pids = cluster.node_pids()
     out = {}
     for name, pid in sorted(pids.items()):
@@ -288,16 +196,16 @@ def _cores(cpu: dict[str, float]) -> dict[str, float]:
     return {k: round(v / wall, 2) if wall else 0.0 for k, v in cpu.items() if k != "wall"}
 
 
-def bulk_load(cluster: Cluster, args: argparse.Namespace, keys: int) -> dict[str, Any]:
+def bulk_load(cluster: UpProcess, args: argparse.Namespace, keys: int) -> dict[str, Any]:
     """Write keys 0..N-1 once through every node (the load generator's preload)."""
     config = LoadConfig(
         urls=cluster.urls, workload="read", connections=args.load_connections,
         duration=0.5, warmup=0.0, key_size=args.key_size, value_size=args.value_size,
         keyspace=keys, consistency=args.consistency, token=cluster.token, seed=args.seed,
     )
-    mark = CpuMark.take([cluster.proc.pid])
+    mark = CpuMark.take([cluster.pid])
     result = run_async(run_load(config))
-    cpu = CpuMark.take([cluster.proc.pid]).since(mark)
+    cpu = CpuMark.take([cluster.pid]).since(mark)
     return {
         "keys": keys, "seconds": round(result.preload_s, 2),
         "keys_per_s": round(keys / result.preload_s, 1) if result.preload_s else 0.0,
@@ -357,7 +265,7 @@ async def _slices(
 
 
 async def _watch_handoff(
-    cluster: Cluster, victim: str, victim_pid: int, start_epoch: int, args: argparse.Namespace,
+    cluster: UpProcess, victim: str, victim_pid: int, start_epoch: int, args: argparse.Namespace,
     events: Events, progress_interval: float,
 ) -> None:
     """Take the node out, then poll the membership store every 100 ms until it settles.
@@ -368,15 +276,15 @@ async def _watch_handoff(
     events.stop = time.perf_counter()
     if args.loss == "kill":
         # SIGKILL, then mark it stopped for good so the launcher does not restart it.
-        await asyncio.to_thread(cluster.command, victim, "kill", "?signal=SIGKILL")
-    await asyncio.to_thread(cluster.command, victim, "stop")
+        await asyncio.to_thread(cluster.control.kill, victim, "SIGKILL")
+    await asyncio.to_thread(cluster.control.stop, victim)
     next_progress = events.stop
     deadline = events.stop + args.handoff_timeout
     while time.perf_counter() < deadline:
         now = time.perf_counter()
-        if events.exited is None and not _running(victim_pid):
+        if events.exited is None and not running(victim_pid):
             events.exited = now
-        doc = cluster.membership()
+        doc = stored_membership(cluster)
         if doc is not None and doc.epoch > start_epoch:
             names = {m.name for m in doc.members}
             if events.removed is None and victim not in names:
@@ -388,7 +296,7 @@ async def _watch_handoff(
             next_progress = now + progress_interval
             t = time.perf_counter()
             with contextlib.suppress(Exception):
-                cdoc = await asyncio.to_thread(cluster.cluster_doc, 0, 10.0)
+                cdoc = await asyncio.to_thread(cluster_doc, cluster, 0, 10.0)
                 events.poll_ms.append((time.perf_counter() - t) * 1e3)
                 events.progress.append({"t": round(time.perf_counter() - events.stop, 2),
                                         "epoch": cdoc["epoch"], "settled": cdoc["settled"],
@@ -409,7 +317,7 @@ def _timing(ev: Events) -> dict[str, float | None]:
 
 
 async def _load_through_handoff(
-    cluster: Cluster, victim: str, victim_pid: int, survivors: list[int],
+    cluster: UpProcess, victim: str, victim_pid: int, survivors: list[int],
     start_epoch: int, args: argparse.Namespace,
 ) -> tuple[list[Slice], Events, float]:
     """Client load on the survivors: warm-up, baseline, node loss, handoff, tail.
@@ -418,14 +326,14 @@ async def _load_through_handoff(
     counts are read before the load starts (each read makes the nodes count records).
     """
     config = LoadConfig(
-        urls=[cluster.url(i) for i in survivors], workload="mixed",
+        urls=[cluster.urls[i] for i in survivors], workload="mixed",
         read_fraction=args.read_fraction, connections=args.connections,
         key_size=args.key_size, value_size=args.value_size, keyspace=args.keys,
         consistency=args.consistency, token=cluster.token, seed=args.seed,
     )
     done = asyncio.Event()
     events = Events()
-    load = asyncio.create_task(_slices(config, args.slice, done, [cluster.proc.pid]))
+    load = asyncio.create_task(_slices(config, args.slice, done, [cluster.pid]))
     start = time.perf_counter()
     try:
         await asyncio.sleep(args.warmup + args.baseline)
@@ -487,7 +395,7 @@ def scenario_rereplication(
         out["load"] = bulk_load(cluster, args, args.keys)
         print(f"   loaded in {out['load']['seconds']} s "
               f"({out['load']['keys_per_s']:.0f} keys/s)", flush=True)
-        doc = cluster.cluster_doc()
+        doc = cluster_doc(cluster)
         if want_rss:
             out["rss"] = _rss_report(mem_before, _node_memory(cluster), _records(doc), args)
         victim_i = n - 1
@@ -571,12 +479,12 @@ def _since(t: float | None, origin: float) -> float | None:
 
 
 def _wait_cleanup(
-    cluster: Cluster, keys: int, copies: int, timeout: float = 60.0
+    cluster: UpProcess, keys: int, copies: int, timeout: float = 60.0
 ) -> dict[str, Any]:
     """Poll until the survivors hold exactly ``copies`` records per key (excess dropped)."""
     t0 = time.monotonic()
     while True:
-        records = _records(cluster.cluster_doc())
+        records = _records(cluster_doc(cluster))
         total = sum(records.values())
         elapsed = time.monotonic() - t0
         if total == keys * copies or elapsed > timeout:
@@ -624,7 +532,7 @@ def scenario_rss(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     with local_cluster(work, args.nodes, args.rf, args.ringkv_bin) as cluster:
         before = _node_memory(cluster)
         load = bulk_load(cluster, args, args.keys)
-        report = _rss_report(before, _node_memory(cluster), _records(cluster.cluster_doc()),
+        report = _rss_report(before, _node_memory(cluster), _records(cluster_doc(cluster)),
                              args)
     return {**report, "load": load, "nodes_in_cluster": args.nodes}
 
@@ -639,7 +547,7 @@ def scenario_moved(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]
         print(f"   n={n}: loading {args.moved_keys} keys ...", flush=True)
         with local_cluster(work, n, args.rf, args.ringkv_bin) as cluster:
             load = bulk_load(cluster, args, args.moved_keys)
-            doc = cluster.cluster_doc()
+            doc = cluster_doc(cluster)
             records = _records(doc)
             victim, survivors = f"node-{n - 1}", list(range(n - 1))
             k0, b0 = _received(cluster, survivors)
@@ -683,7 +591,7 @@ def scenario_throughput(args: argparse.Namespace, work: Path) -> list[dict[str, 
     )
     for n in args.throughput_nodes:
         with local_cluster(work, n, args.rf, args.ringkv_bin) as cluster:
-            system = System("ringkv", cluster.urls, [cluster.proc.pid], ringkv_version(),
+            system = System("ringkv", cluster.urls, [cluster.pid], ringkv_version(),
                             cluster.token)
             for workload in ("write", "read"):
                 loadavg = _loadavg()

@@ -24,7 +24,6 @@ import platform
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,9 @@ from typing import Any
 
 from ringkv.bench.etcd import EtcdCluster, EtcdUnavailable
 from ringkv.bench.loadgen import LoadConfig, LoadResult, run_async, run_load
-from ringkv.local.supervisor import free_ports, log_tail, terminate
+from ringkv.local.ports import free_ports
+from ringkv.local.processes import log_tail, terminate
+from ringkv.local.spawn import spawn_up
 
 SYSTEMS = ("ringkv", "etcd", "dict", "dictfast")
 LABELS = {"ringkv": "ringkv", "etcd": "etcd", "dict": "ceiling (dict server)",
@@ -163,28 +164,6 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
             time.sleep(0.1)
 
 
-def free_base_port(count: int) -> int:
-    """A base port P for `ringkv up`: P-1 (its control port), P..P+count-1 (public) and
-    P+1000..P+1000+count-1 (internal) all free now."""
-    for _ in range(200):
-        base = secrets.randbelow(20_000) + 20_000
-        wanted = [base - 1]
-        wanted += [base + i for i in range(count)] + [base + 1000 + i for i in range(count)]
-        socks = []
-        try:
-            for port in wanted:
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range for the ringkv cluster")
-
-
 def _find_storage_sync(doc: Any) -> str | None:
     """storage.synchronous from /v1/cluster, at the top level or on any node entry."""
     if isinstance(doc, dict):
@@ -230,36 +209,20 @@ def ringkv_cluster(
 
     ``synchronous`` overrides the nodes' SQLite setting (RINGKV_SQLITE_SYNCHRONOUS).
     """
-    nodes = 3
-    base = free_base_port(nodes)
     token = secrets.token_hex(16)
-    log = work / "ringkv.log"
-    cmd = [
-        binary, "up", "--nodes", str(nodes), "--rf", "3", "--base-port", str(base),
-        "--data-dir", str(work / "ringkv-data"), "--token", token,
-    ]
-    env = dict(os.environ)
-    if synchronous:
-        env["RINGKV_SQLITE_SYNCHRONOUS"] = synchronous
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, env=env,
-        )
-    try:
-        urls = [f"http://127.0.0.1:{base + i}" for i in range(nodes)]
-        wait_ready(urls, proc, log, timeout)
-        status, body = http_get(f"{urls[0]}/v1/cluster", token)
+    env = {"RINGKV_SQLITE_SYNCHRONOUS": synchronous} if synchronous else {}
+    with spawn_up(work / "ringkv-data", nodes=3, rf=3, token=token, env=env,
+                  log_path=work / "ringkv.log", program=[binary, "up"], new_session=True,
+                  ready_timeout=timeout) as up:
+        status, body = http_get(f"{up.urls[0]}/v1/cluster", token)
         sync = None
         if status == 200:
             with contextlib.suppress(ValueError):
                 sync = _find_storage_sync(json.loads(body))
         yield System(
-            name="ringkv", urls=urls, pids=[proc.pid], version=ringkv_version(), token=token,
+            name="ringkv", urls=up.urls, pids=[up.pid], version=ringkv_version(), token=token,
             facts={"sqlite_synchronous": sync or synchronous or "NORMAL"},
         )
-    finally:
-        stop_process(proc)
 
 
 @contextlib.contextmanager

@@ -70,8 +70,8 @@ EXIT_ERROR = 6
 # Subcommands owned by other modules: (module, function, help). They get the rest of argv
 # untouched, so their own options (even ones named like ours) reach them.
 DELEGATES: dict[str, tuple[str, str, str]] = {
-    "up": ("ringkv.local.supervisor", "main", "run a local cluster (one process per node)"),
-    "node": ("ringkv.local.supervisor", "node_command", "control a running `ringkv up`"),
+    "up": ("ringkv.local.up", "main", "run a local cluster (one process per node)"),
+    "node": ("ringkv.local.control_client", "node_command", "control a running `ringkv up`"),
     "bench": ("ringkv.bench.loadgen", "main", "run the load generator"),
     "check": ("ringkv.local.check", "main", "check consistency under faults (Jepsen-style)"),
     "demo": ("ringkv.local.demo", "main", "watch a 5-node cluster lose a node and recover"),

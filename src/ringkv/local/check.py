@@ -11,9 +11,10 @@ scheduling noise; noise only widens intervals, which can hide a violation but ne
 invent one. Keys are fresh for every run (``check-<run id>/k<i>``), so data left by
 earlier runs cannot look like phantom reads.
 
-The nemesis drives a ``ringkv up`` launcher through its control endpoint, one fault at a
-time, waiting until the faulted nodes are ready again before the next: ``kill`` (SIGKILL;
-the launcher restarts the node), ``pause`` (SIGSTOP, SIGCONT after ``--fault-duration``),
+The nemesis drives a ``ringkv up`` cluster through its control endpoint
+(:class:`ringkv.local.control_client.ControlClient`), one fault at a time, waiting until
+the faulted nodes are ready again before the next: ``kill`` (SIGKILL; ``ringkv up``
+restarts the node), ``pause`` (SIGSTOP, SIGCONT after ``--fault-duration``),
 ``restart-wipe`` (stop, delete the data directory, start), ``skew`` (restart a node with
 its clock ``--max-skew``/2 to ``--max-skew`` seconds off either way, then restart it with
 the true clock) and ``partition`` (needs ``ringkv up --netns``: isolate one node, split the
@@ -48,14 +49,11 @@ import shutil
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from ringkv.client.errors import (
     BadRequest,
@@ -70,13 +68,15 @@ from ringkv.client.history import Kind, Op, Outcome, Verdict, availability, chec
 from ringkv.client.syncclient import Client
 from ringkv.client.wire import CONSISTENCY_LEVELS, DEFAULT_URL, parse_urls
 
+from .control_client import DEFAULT_CONTROL, ControlClient, ControlError
+from .spawn import node_ready
+
 EXIT_VALID = 0
 EXIT_INVALID = 1
 EXIT_USAGE = 2
 
 NEMESES = ("none", "kill", "pause", "restart-wipe", "skew", "partition")
 PARTITIONS = ("isolate", "split", "one-way")
-DEFAULT_CONTROL = "http://127.0.0.1:8079"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 FAILURE_PAUSE = 0.05
 
@@ -130,71 +130,7 @@ class Log:
             print(f"[{self.now():7.2f}s] {message}", flush=True)
 
 
-# ------------------------------------------------------------------------- launcher
-
-
-def _http_json(method: str, url: str, timeout: float = 10.0, body: object = None) -> Any:
-    data = json.dumps(body).encode() if body is not None else b"" if method == "POST" else None
-    req = urllib.request.Request(url, method=method, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return json.load(resp)
-
-
-def node_ready(url: str, timeout: float = 2.0) -> bool:
-    """``GET /readyz`` answered 200 (open endpoint: no token)."""
-    try:
-        with urllib.request.urlopen(url.rstrip("/") + "/readyz", timeout=timeout) as resp:
-            return bool(resp.status == 200)
-    except (OSError, ValueError):
-        return False
-
-
-class Launcher:
-    """The control endpoint of ``ringkv up`` (GET /nodes, POST /nodes/{name}/...)."""
-
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url.rstrip("/"))
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"--control must be an http URL, not {url!r}")
-        self.url = url.rstrip("/")
-        self.host = parts.hostname
-
-    def nodes(self) -> list[dict[str, Any]]:
-        doc = _http_json("GET", self.url + "/nodes")
-        if not isinstance(doc, list):
-            raise CheckAborted(f"{self.url}/nodes did not answer a list of nodes")
-        return doc
-
-    def node(self, name: str) -> dict[str, Any]:
-        for node in self.nodes():
-            if node.get("name") == name:
-                return node
-        raise CheckAborted(f"the launcher no longer lists {name}")
-
-    def post(self, name: str, action: str, query: str = "") -> None:
-        """``POST /nodes/{name}/{action}?{query}``; a restart waits for the old process."""
-        _http_json("POST", f"{self.url}/nodes/{name}/{action}" + (f"?{query}" if query else ""), 40.0)
-
-    def net(self) -> dict[str, Any]:
-        """``GET /net``: ``{"netns": false}`` unless the launcher runs with ``--netns``
-        (older launchers answer 404: no namespaces either)."""
-        try:
-            doc = _http_json("GET", self.url + "/net")
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                return {"netns": False}
-            raise
-        return doc if isinstance(doc, dict) else {"netns": False}
-
-    def partition(self, body: dict[str, Any]) -> None:
-        _http_json("POST", self.url + "/net/partition", 40.0, body)
-
-    def heal_network(self) -> None:
-        _http_json("POST", self.url + "/net/heal", 40.0)
-
-    def api_url(self, node: dict[str, Any]) -> str:
-        """The node's public URL (older launchers list only its port)."""
-        return str(node.get("url") or f"http://{self.host}:{node['port']}")
+# -------------------------------------------------------------------------- cluster
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
@@ -216,7 +152,7 @@ class Nemesis:
     def __init__(
         self,
         action: str,
-        launcher: Launcher,
+        control: ControlClient,
         interval: float,
         fault_duration: float,
         ready_timeout: float,
@@ -225,7 +161,7 @@ class Nemesis:
         max_skew: float = 300.0,
     ) -> None:
         self.action = action
-        self.launcher = launcher
+        self.control = control
         self.interval = interval
         self.fault_duration = fault_duration
         self.ready_timeout = ready_timeout
@@ -241,7 +177,7 @@ class Nemesis:
     def run(self, stop: threading.Event) -> None:
         """Fault a random live node every ``interval`` seconds until ``stop``."""
         while not stop.wait(self.interval):
-            candidates = [n for n in self.launcher.nodes() if n.get("alive") and n.get("wanted", True)]
+            candidates = [n for n in self.control.nodes() if n["alive"] and n["wanted"]]
             if not candidates:
                 self.log("nemesis: no live node to fault")
                 continue
@@ -264,15 +200,15 @@ class Nemesis:
         if self.action == "kill":
             self.log(f"nemesis: kill -9 {name} (the launcher restarts it)")
             old_pid = node.get("pid")
-            self.launcher.post(name, "kill", "signal=SIGKILL")
+            self.control.kill(name, "SIGKILL")
             fault.note = "SIGKILL"
             return self._back(name, lambda n: n.get("alive") and n.get("pid") != old_pid)
         if self.action == "pause":
             self.log(f"nemesis: pause {name} (SIGSTOP) for {self.fault_duration:g}s")
             self.paused.add(name)
-            self.launcher.post(name, "kill", "signal=SIGSTOP")
+            self.control.kill(name, "SIGSTOP")
             stop.wait(self.fault_duration)
-            self.launcher.post(name, "kill", "signal=SIGCONT")
+            self.control.kill(name, "SIGCONT")
             self.paused.discard(name)
             fault.note = "SIGSTOP, SIGCONT"
             self.log(f"nemesis: resume {name} (SIGCONT)")
@@ -284,12 +220,12 @@ class Nemesis:
         if not data_dir.is_absolute() or data_dir == Path(data_dir.anchor):
             raise CheckAborted(f"refusing to wipe {data_dir!s} (the launcher's data_dir for {name})")
         self.stopped.add(name)
-        self.launcher.post(name, "stop")
-        if not wait_until(lambda: not self.launcher.node(name).get("alive"), self.ready_timeout):
+        self.control.stop(name)
+        if not wait_until(lambda: not self.control.node(name).get("alive"), self.ready_timeout):
             raise CheckAborted(f"{name} did not stop within {self.ready_timeout:g}s")
         if data_dir.exists():
             shutil.rmtree(data_dir)
-        self.launcher.post(name, "start")
+        self.control.start(name)
         self.stopped.discard(name)
         fault.note = f"wiped {data_dir}"
         return self._back(name, lambda n: bool(n.get("alive")))
@@ -300,13 +236,13 @@ class Nemesis:
         skew_ms = round(self.rng.choice((-1, 1)) * self.rng.uniform(self.max_skew / 2, self.max_skew) * 1000)
         self.log(f"nemesis: restart {name} with its clock {skew_ms / 1000:+.1f}s off")
         self.skewed.add(name)
-        self.launcher.post(name, "restart", f"clock_skew_ms={skew_ms}")
+        self.control.restart(name, skew_ms)
         fault.note = f"clock_skew_ms={skew_ms}"
         if not self._back(name, lambda n: n.get("alive") and n.get("clock_skew_ms") == skew_ms):
             return False
         stop.wait(self.fault_duration)
         self.log(f"nemesis: restart {name} with the true clock")
-        self.launcher.post(name, "restart", "clock_skew_ms=0")
+        self.control.restart(name, 0)
         self.skewed.discard(name)
         return self._back(name, lambda n: n.get("alive") and not n.get("clock_skew_ms"))
 
@@ -326,35 +262,36 @@ class Nemesis:
         fault.note = mode
         self.log(f"nemesis: partition ({mode}) {fault.node} for {self.fault_duration:g}s")
         self.partitioned = True
-        self.launcher.partition(body)
+        self.control.partition(body)
         stop.wait(self.fault_duration)
-        self.launcher.heal_network()
+        self.control.heal()
         self.partitioned = False
         self.log("nemesis: network healed")
         return all(self._back(n, lambda node: bool(node.get("alive"))) for n in sorted(names))
 
     def _back(self, name: str, alive: Callable[[dict[str, Any]], Any]) -> bool:
         def ready() -> bool:
-            node = self.launcher.node(name)
-            return bool(alive(node)) and node_ready(self.launcher.api_url(node))
+            node = self.control.node(name)
+            return bool(alive(node)) and node_ready(str(node["url"]))
 
         return wait_until(ready, self.ready_timeout, 0.2)
 
     def heal(self) -> None:
         """Undo an interrupted fault: heal the network, resume paused nodes, start stopped
         ones, restart skewed ones with the true clock."""
-        undo: list[tuple[str, Callable[[], None]]] = []
+        undo: list[tuple[str, Callable[[], object]]] = []
         if self.partitioned:
-            undo.append(("heal the network", self.launcher.heal_network))
-        posts = [(name, "kill", "signal=SIGCONT") for name in sorted(self.paused)]
-        posts += [(name, "start", "") for name in sorted(self.stopped)]
-        posts += [(name, "restart", "clock_skew_ms=0") for name in sorted(self.skewed)]
-        undo += [(f"{verb} {name} {query}".rstrip(), functools.partial(self.launcher.post, name, verb, query))
-                 for name, verb, query in posts]
+            undo.append(("heal the network", self.control.heal))
+        undo += [(f"SIGCONT {name}", functools.partial(self.control.kill, name, "SIGCONT"))
+                 for name in sorted(self.paused)]
+        undo += [(f"start {name}", functools.partial(self.control.start, name))
+                 for name in sorted(self.stopped)]
+        undo += [(f"restart {name} with the true clock", functools.partial(self.control.restart, name, 0))
+                 for name in sorted(self.skewed)]
         for what, action in undo:
             try:
                 action()
-            except OSError as exc:
+            except (OSError, ControlError) as exc:
                 self.log(f"heal: could not {what}: {exc}")
             else:
                 self.log(f"heal: {what}")
@@ -654,42 +591,34 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def _preflight_launcher(args: argparse.Namespace) -> Launcher | None:
+def _preflight_control(args: argparse.Namespace) -> ControlClient | None:
     if args.nemesis == "none":
         return None
-    launcher = Launcher(args.control)
+    control = ControlClient(args.control)
     try:
-        nodes = launcher.nodes()
-    except (OSError, ValueError) as exc:
+        control.nodes()
+    except (OSError, ControlError) as exc:
         raise CheckAborted(
-            f"no `ringkv up` control endpoint at {launcher.url} ({exc}); "
+            f"no `ringkv up` control endpoint at {control.url} ({exc}); "
             "start one, or pass --control or --nemesis none"
         ) from exc
-    if args.nemesis == "partition" and not launcher.net().get("netns"):
+    if args.nemesis == "partition" and not control.net().get("netns"):
         raise CheckAborted(
             "the partition nemesis needs a cluster in network namespaces: start it with "
             "`ringkv up --netns` (as root)"
         )
-    if args.nemesis == "skew" and not all("clock_skew_ms" in n for n in nodes):
-        raise CheckAborted("this launcher cannot restart a node with a skewed clock (update ringkv)")
-    if args.nemesis == "restart-wipe":
-        if launcher.host not in LOOPBACK:
-            raise CheckAborted(
-                "restart-wipe deletes data directories on this machine: --control must be a loopback URL"
-            )
-        if not all(n.get("data_dir") for n in nodes):
-            raise CheckAborted(
-                "the launcher's GET /nodes does not say where each node keeps its "
-                "data (no data_dir field), so restart-wipe cannot wipe it"
-            )
-    return launcher
+    if args.nemesis == "restart-wipe" and control.host not in LOOPBACK:
+        raise CheckAborted(
+            "restart-wipe deletes data directories on this machine: --control must be a loopback URL"
+        )
+    return control
 
 
-def _node_urls(args: argparse.Namespace, launcher: Launcher | None) -> list[str]:
-    """Every node to wait for: the client URLs, and every wanted node of the launcher."""
+def _node_urls(args: argparse.Namespace, control: ControlClient | None) -> list[str]:
+    """Every node to wait for: the client URLs, and every wanted node of `ringkv up`."""
     urls = list(args.urls)
-    if launcher is not None:
-        urls += [launcher.api_url(n) for n in launcher.nodes() if n.get("wanted", True)]
+    if control is not None:
+        urls += [str(n["url"]) for n in control.nodes() if n["wanted"]]
     return list(dict.fromkeys(urls))
 
 
@@ -701,8 +630,8 @@ def _wait_all_ready(urls: list[str], timeout: float) -> list[str]:
     return [u for u in urls if not node_ready(u)]
 
 
-def _preflight_cluster(args: argparse.Namespace, launcher: Launcher | None, work: Workload) -> None:
-    missing = _wait_all_ready(_node_urls(args, launcher), args.ready_timeout)
+def _preflight_cluster(args: argparse.Namespace, control: ControlClient | None, work: Workload) -> None:
+    missing = _wait_all_ready(_node_urls(args, control), args.ready_timeout)
     if missing:
         raise CheckAborted(f"not ready after {args.ready_timeout:g}s: {', '.join(missing)}")
     with Client(args.urls, token=args.token, timeout=args.timeout) as client:
@@ -748,7 +677,7 @@ def _run_load(
                 if nemesis_future is not None:
                     try:
                         nemesis_future.result()
-                    except (CheckAborted, OSError) as exc:
+                    except (CheckAborted, ControlError, OSError) as exc:
                         nemesis_error = f"the nemesis failed: {exc}"
                         log(nemesis_error)
             finally:
@@ -777,16 +706,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0,
     )
     try:
-        launcher = _preflight_launcher(args)
-        _preflight_cluster(args, launcher, work)
-    except (CheckAborted, ValueError) as exc:
+        control = _preflight_control(args)
+        _preflight_cluster(args, control, work)
+    except (CheckAborted, ControlError, OSError, ValueError) as exc:
         print(f"ringkv check: {exc}", file=sys.stderr)
         return EXIT_USAGE
     nemesis = None
-    if launcher is not None:
+    if control is not None:
         nemesis = Nemesis(
             args.nemesis,
-            launcher,
+            control,
             args.interval,
             args.fault_duration,
             args.ready_timeout,
@@ -803,7 +732,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ops, nemesis_error = _run_load(args, work, nemesis, log)
     problems = [nemesis_error] if nemesis_error else []
     log("waiting for every node to be ready")
-    missing = _wait_all_ready(_node_urls(args, launcher), args.ready_timeout)
+    missing = _wait_all_ready(_node_urls(args, control), args.ready_timeout)
     if missing:
         problems.append(f"not ready {args.ready_timeout:g}s after the faults healed: {', '.join(missing)}")
     log("final quorum reads")

@@ -9,20 +9,20 @@ it stops.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ringkv.client import Client, RingkvError, Unavailable
-from ringkv.local.supervisor import free_port_block, log_tail, terminate
+
+from .control_client import ControlError
+from .ports import free_port_block
+from .spawn import UpProcess, spawn_up
 
 BAR = 30
 
@@ -38,8 +38,7 @@ class Demo:
         self.bulk = bulk
         self.pace = pace
         self.token = secrets.token_hex(16)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.control = f"http://127.0.0.1:{base_port - 1}"
+        self.up: UpProcess | None = None
         self.keys = 0  # how many keys the demo wrote
 
     def url(self, i: int) -> str:
@@ -48,12 +47,6 @@ class Demo:
     def pause(self) -> None:
         time.sleep(self.pace)
 
-    def control_call(self, method: str, path: str) -> Any:
-        req = urllib.request.Request(self.control + path, method=method,
-                                     data=b"" if method == "POST" else None)
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return json.load(resp)
-
     def cluster(self, via: list[str]) -> dict[str, Any]:
         with Client(via, token=self.token, timeout=5) as client:
             return client.cluster()
@@ -61,35 +54,31 @@ class Demo:
     def wait(self, what: str, check: Callable[[], Any], timeout: float = 120) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"the local cluster exited ({self.proc.returncode}) while "
+            if self.up is not None and not self.up.running():
+                raise RuntimeError(f"the local cluster exited ({self.up.proc.returncode}) while "
                                    f"waiting for {what}:\n{self.launcher_log()}")
             try:
                 result = check()
                 if result:
                     return result
-            except (RingkvError, Unavailable, OSError):
+            except (RingkvError, Unavailable, OSError, ControlError):
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"gave up waiting for {what}:\n{self.launcher_log()}")
 
     def launcher_log(self) -> str:
-        """The end of the launcher's log, for a failure message (the directory goes away)."""
-        return log_tail(self.data_dir / "launcher.log", 30, "(no launcher log)")
+        """The end of `ringkv up`'s log, for a failure message (the directory goes away)."""
+        return self.up.log_tail(30) if self.up is not None else "(no launcher log)"
 
-    def start(self) -> None:
-        log = open(self.data_dir / "launcher.log", "wb")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ringkv.client.cli", "up", "--nodes", "5", "--rf", "3",
-             "--base-port", str(self.base_port), "--data-dir", str(self.data_dir / "data"),
-             "--token", self.token, "--restart-delay", "3"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-        log.close()
+    def start(self) -> UpProcess:
+        self.up = spawn_up(self.data_dir / "data", nodes=5, rf=3, base_port=self.base_port,
+                           token=self.token, restart_delay=3,
+                           log_path=self.data_dir / "launcher.log")
+        return self.up
 
     def stop(self) -> None:
-        if self.proc is not None:
-            terminate(self.proc)
+        if self.up is not None:
+            self.up.stop()
 
     def settled(self, members: int, via: list[str], after: int = 0) -> dict[str, Any] | None:
         info = self.cluster(via)
@@ -145,7 +134,7 @@ class Demo:
     def run(self) -> None:
         say("ringkv demo: the seed store's scenario on a real local cluster")
         say(f"  starting 5 node processes (rf=3) on ports {self.base_port}..{self.base_port + 4} ...")
-        self.start()
+        up = self.start()
         everyone = [self.url(i) for i in range(5)]
         info = self.wait("the cluster to form", lambda: self.settled(5, everyone))
         self.show_ring(info)
@@ -173,7 +162,7 @@ class Demo:
         name = f"node-{victim}"
         survivors = [self.url(i) for i in range(5) if i != victim]
         say(f"\n2. Take {name} away, as when its pod is deleted")
-        self.control_call("POST", f"/nodes/{name}/stop")
+        up.control.stop(name)
         say(f"  {name} is gone: the controller removes it and the survivors re-replicate")
         info = self.watch_transition(survivors, 4, info["epoch"])
         self.pause()
@@ -191,7 +180,7 @@ class Demo:
         self.pause()
 
         say(f"\n3b. {name} returns on its old data directory, catches up, takes its share")
-        self.control_call("POST", f"/nodes/{name}/start")
+        up.control.start(name)
         info = self.watch_transition(everyone, 5, info["epoch"])
 
         say("\n4. The final, settled ring")

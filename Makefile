@@ -26,6 +26,7 @@ run: venv
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache --no-logo
 
 fmt: venv
 	$(BIN)/ruff check --fix .

@@ -7,13 +7,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ringkv.node.membership import Document, Member
+from ringkv.node.membership import Document, Member, describe
 from ringkv.operator.controller import (
     Observed,
     Report,
     alive_nodes,
     cleanup_due,
-    describe,
     next_document,
 )
 

@@ -114,6 +114,29 @@ class View:
         return diff(self.base, self.target) if self.transitioning else []
 
 
+def describe(old: Document | None, new: Document) -> str:
+    """One line saying what changed, for Kubernetes Events, launcher logs and the node's
+    membership history (`GET /v1/cluster/history`)."""
+    if old is None:
+        return f"epoch {new.epoch}: cluster formed with {', '.join(new.names)} (rf={new.rf})"
+    parts: list[str] = []
+    before = {m.name: m for m in old.members}
+    after = {m.name: m for m in new.members}
+    parts += [f"{n} removed" for n in sorted(before.keys() - after.keys())]
+    parts += [f"{n} joined ({after[n].state})" for n in sorted(after.keys() - before.keys())]
+    for name in sorted(before.keys() & after.keys()):
+        b, a = before[name], after[name]
+        if b.state != a.state:
+            parts.append(f"{name} {'promoted' if a.state == 'normal' else 'demoted'} to {a.state}")
+        if (b.url, b.api_url) != (a.url, a.api_url):
+            parts.append(f"{name} moved to {a.url}")
+    if new.settled and not old.settled:
+        parts.append("settled")
+    if not parts:
+        parts.append(f"re-issued (was epoch {old.epoch})")
+    return f"epoch {new.epoch}: {', '.join(parts)}"
+
+
 def load(path: str) -> Document | None:
     try:
         with open(path, encoding="utf-8") as fh:

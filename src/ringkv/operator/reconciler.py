@@ -16,14 +16,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from ringkv.node.membership import Document, Member
+from ringkv.node.membership import Document, Member, describe
 
 from .controller import (
     Observed,
     Report,
     alive_nodes,
     cleanup_due,
-    describe,
     held_document,
     next_document,
     restore,

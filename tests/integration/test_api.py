@@ -90,6 +90,38 @@ def test_conditional_writes(shared3: StaticCluster) -> None:
             client.put("cond", b"z", if_match=current)
 
 
+def test_conditional_requests_follow_rfc_9110(shared3: StaticCluster) -> None:
+    """Entity-tag lists, weak tags and If-None-Match with tags (RFC 9110 §13.1)."""
+    url = kv(shared3, "rfc9110")
+    created = http("PUT", url, b"1", {"If-None-Match": '"1.nobody", W/"2.nobody"'})
+    assert created.status == 201, created.body  # no live record: created
+    v1 = created.json()["version"]
+    for tags in (f'"{v1}"', f'W/"{v1}"', f'"9.x", "{v1}"'):  # If-None-Match compares weakly
+        refused = http("PUT", url, b"2", {"If-None-Match": tags})
+        assert refused.status == 412 and refused.json()["error"]["code"] == "precondition_failed"
+    replaced = http("PUT", url, b"2", {"If-None-Match": '"1.nobody"'})
+    assert replaced.status == 200, replaced.body  # it existed: replaced, not created
+    v2 = replaced.json()["version"]
+    assert http("PUT", url, b"x", {"If-Match": f'W/"{v2}"'}).status == 412  # strong: weak never matches
+    listed = http("PUT", url, b"3", {"If-Match": f'"{v1}", "{v2}"'})
+    assert listed.status == 200, listed.body
+    v3 = listed.json()["version"]
+    both = http("PUT", url, b"x", {"If-Match": f'"{v3}"', "If-None-Match": "*"})
+    assert both.status == 412  # both are evaluated, If-Match first
+    # Reads: If-None-Match naming the current version is a 304, If-Match not naming it a 412.
+    fresh = http("GET", url, headers={"If-None-Match": f'"{v2}", W/"{v3}"'})
+    assert (fresh.status, fresh.body, fresh.headers["etag"]) == (304, b"", f'"{v3}"')
+    assert http("HEAD", url, headers={"If-None-Match": "*"}).status == 304
+    changed = http("GET", url, headers={"If-None-Match": f'"{v2}"'})
+    assert (changed.status, changed.body) == (200, b"3")
+    moved_on = http("GET", url, headers={"If-Match": f'"{v2}"'})
+    assert moved_on.status == 412 and moved_on.json()["error"]["code"] == "precondition_failed"
+    assert http("GET", kv(shared3, "rfc9110-absent"), headers={"If-Match": "*"}).status == 404
+    assert http("DELETE", url, headers={"If-None-Match": f'"{v3}"'}).status == 412
+    assert http("DELETE", url, headers={"If-Match": f'"{v3}"'}).status == 204
+    assert http("GET", url).status == 404
+
+
 def test_ttl_expires(shared3: StaticCluster) -> None:
     assert http("PUT", kv(shared3, "short", query="?ttl=1"), b"x").status == 200
     assert http("PUT", kv(shared3, "long", query="?ttl=3600"), b"y").status == 200
@@ -190,10 +222,10 @@ BAD_REQUESTS = [
     ("PUT", "/v1/kv/k?ttl=315360001", {}, 400, "bad_request"),
     ("PUT", "/v1/kv/k?bogus=1", {}, 400, "bad_request"),
     ("PUT", "/v1/kv/k", {"If-Match": "1.node-0"}, 400, "bad_request"),
-    ("PUT", "/v1/kv/k", {"If-Match": '"not-a-version"'}, 400, "bad_request"),
-    ("PUT", "/v1/kv/k", {"If-Match": '"1.a", "2.b"'}, 400, "bad_request"),
-    ("PUT", "/v1/kv/k", {"If-None-Match": '"1.node-0"'}, 400, "bad_request"),
-    ("PUT", "/v1/kv/k", {"If-None-Match": "*", "If-Match": "*"}, 400, "bad_request"),
+    ("PUT", "/v1/kv/k", {"If-Match": '*, "1.a"'}, 400, "bad_request"),
+    ("PUT", "/v1/kv/k", {"If-Match": '"1.a" "2.b"'}, 400, "bad_request"),
+    ("DELETE", "/v1/kv/k", {"If-None-Match": "1.node-0"}, 400, "bad_request"),
+    ("GET", "/v1/kv/k", {"If-None-Match": 'W/1.node-0'}, 400, "bad_request"),
     ("GET", "/v1/kv?limit=0", {}, 400, "bad_request"),
     ("GET", "/v1/kv?limit=1001", {}, 400, "bad_request"),
     ("GET", "/v1/kv?limit=ten", {}, 400, "bad_request"),

@@ -20,6 +20,7 @@ from urllib.parse import unquote_to_bytes
 from aiohttp import ClientConnectionResetError, web
 from aiohttp.web_protocol import RequestPayloadError
 
+from . import preconditions
 from .coordinator import (
     LEVELS,
     ConflictRetryExhausted,
@@ -29,6 +30,7 @@ from .coordinator import (
 )
 from .metrics import Metrics
 from .openapi import document as openapi_document
+from .preconditions import Failure, Preconditions
 from .records import Record
 from .responses import RawResponse
 from .service import NodeService, NotReady
@@ -258,28 +260,15 @@ def _ttl(query: Mapping[str, str]) -> int | None:
     return int(raw)
 
 
-def _if_match(request: web.BaseRequest) -> str | None:
-    raw = request.headers.get("If-Match")
-    if raw is None:
-        return None
-    raw = raw.strip()
-    if raw == "*":
-        return raw
-    if len(raw) < 2 or raw[0] != '"' or raw[-1] != '"':
-        raise bad('If-Match takes one quoted version, e.g. If-Match: "1234.node-0", or *')
+def _preconditions(request: web.BaseRequest) -> Preconditions:
+    """`If-Match` and `If-None-Match` (docs: ringkv.node.preconditions)."""
+    headers = request.headers
+    if "If-Match" not in headers and "If-None-Match" not in headers:
+        return preconditions.NONE
     try:
-        return str(Version.parse(raw[1:-1]))
-    except ValueError:
-        raise bad("If-Match does not hold a valid version") from None
-
-
-def _if_none_match(request: web.BaseRequest) -> bool:
-    raw = request.headers.get("If-None-Match")
-    if raw is None:
-        return False
-    if raw.strip() != "*":
-        raise bad("only If-None-Match: * is supported")
-    return True
+        return preconditions.parse(headers.getall("If-Match", ()), headers.getall("If-None-Match", ()))
+    except ValueError as exc:
+        raise bad(str(exc)) from None
 
 
 def _content_type(request: web.BaseRequest) -> str:
@@ -293,6 +282,14 @@ def _content_type(request: web.BaseRequest) -> str:
 
 def _etag(version: Version) -> str:
     return f'"{version}"'
+
+
+def _unmet(failure: Failure, rec: Record) -> web.Response:
+    """A read whose precondition fails: 304 for a matching If-None-Match (the client's
+    copy is current), else 412 (RFC 9110 §13.1)."""
+    if failure.header == "If-None-Match":
+        return web.Response(status=304, headers={"ETag": _etag(rec.version)})
+    raise ApiError(412, "precondition_failed", failure.message)
 
 
 # -- handlers ---------------------------------------------------------------------------
@@ -310,10 +307,7 @@ class Api:
         key = self.key(request)
         level = _consistency(query)
         ttl = _ttl(query)
-        if_match = _if_match(request)
-        if_none_match = _if_none_match(request)
-        if if_match and if_none_match:
-            raise bad("If-Match and If-None-Match cannot be combined")
+        conditions = _preconditions(request)
         ctype = _content_type(request)
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
@@ -338,23 +332,31 @@ class Api:
                            f"the body did not arrive within {self.settings.body_timeout:g}s") from None
         if len(value) > limit:
             raise ApiError(413, "payload_too_large", f"the value exceeds {limit} bytes")
-        if if_match or if_none_match:
-            await self.coordinator.check_condition(key, if_match, if_none_match)
+        # Only a conditional write reads first, so only it can tell a creation (201) from a
+        # replacement; an unconditional PUT is a blind write and answers 200 either way.
+        created = False
+        if conditions.given:
+            created = await self.coordinator.check_condition(key, conditions) is None
         rec = await self.coordinator.write(key, value, ctype, level, ttl=ttl)
         # The body as json.dumps({"key": ..., "version": ...}) writes it, without the dict.
         body = f'{{"key": {json.dumps(key.decode())}, "version": "{rec.version}"}}'.encode()
-        return RawResponse(201 if if_none_match else 200, body, _etag(rec.version), JSON_TYPE)
+        return RawResponse(201 if created else 200, body, _etag(rec.version), JSON_TYPE)
 
-    async def _read_live(self, request: web.BaseRequest) -> Record:
+    async def _read_live(self, request: web.BaseRequest) -> tuple[Record, Failure | None]:
+        """The key's live record (404 if none) and which of the request's preconditions
+        it fails; a 404 ignores them (RFC 9110 §13.2.1)."""
         query = _query(request, READ_QUERY)
         key = self.key(request)
+        conditions = _preconditions(request)
         rec = await self.coordinator.read(key, _consistency(query))
         if rec is None or not rec.live(self.service.clock.physical_ms()):
             raise ApiError(404, "not_found", "no such key")
-        return rec
+        return rec, conditions.failure(rec.version) if conditions.given else None
 
-    async def get(self, request: web.BaseRequest) -> RawResponse:
-        rec = await self._read_live(request)
+    async def get(self, request: web.BaseRequest) -> Response:
+        rec, failure = await self._read_live(request)
+        if failure is not None:
+            return _unmet(failure, rec)
         ctype = rec.content_type
         if not ctype.isprintable():  # never sent (PUT validates it); a header must not break
             ctype = DEFAULT_CONTENT_TYPE
@@ -362,7 +364,9 @@ class Api:
 
     async def head(self, request: web.BaseRequest) -> web.Response:
         try:
-            rec = await self._read_live(request)
+            rec, failure = await self._read_live(request)
+            if failure is not None:
+                return _unmet(failure, rec)
         except ApiError as exc:  # HEAD has no body: status and headers only
             return web.Response(status=exc.status, content_type="application/json")
         return web.Response(headers={
@@ -375,9 +379,9 @@ class Api:
         query = _query(request, READ_QUERY)
         key = self.key(request)
         level = _consistency(query)
-        if_match = _if_match(request)
-        if if_match:
-            await self.coordinator.check_condition(key, if_match, False)
+        conditions = _preconditions(request)
+        if conditions.given:
+            await self.coordinator.check_condition(key, conditions)
         rec = await self.coordinator.write(key, b"", DEFAULT_CONTENT_TYPE, level, tombstone=True)
         return web.Response(status=204, headers={"ETag": _etag(rec.version)})
 

@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any, Protocol
 
 from .membership import View
+from .preconditions import Preconditions
 from .records import Record
 from .ring import key_token
 from .storage import KeyInfo, StorageFull
@@ -316,18 +317,17 @@ class Coordinator:
         self.cluster.replica(name).send(["w", record.to_wire(), False], _ignore_result)
 
     # -- conditional writes -------------------------------------------------------------
-    async def check_condition(self, key: bytes, if_match: str | None, if_none_match: bool) -> None:
-        """Checked against a quorum read: not linearizable under concurrent writers."""
-        current = await self.read(key, "quorum")
+    async def check_condition(self, key: bytes, preconditions: Preconditions) -> Version | None:
+        """The key's current version if the preconditions hold (None: no live record);
+        PreconditionFailed if not. Checked against a quorum read: not linearizable under
+        concurrent writers."""
+        record = await self.read(key, "quorum")
         now = self.cluster.clock.physical_ms()
-        live = current is not None and current.live(now)
-        if if_none_match and live:
-            raise PreconditionFailed("the key exists (If-None-Match: *)")
-        if if_match is not None:
-            if not live:
-                raise PreconditionFailed("the key does not exist (If-Match)")
-            if if_match != "*" and str(current.version) != if_match:  # type: ignore[union-attr]
-                raise PreconditionFailed(f"the current version is {current.version}")  # type: ignore[union-attr]
+        current = record.version if record is not None and record.live(now) else None
+        failure = preconditions.failure(current)
+        if failure is not None:
+            raise PreconditionFailed(failure.message)
+        return current
 
     # -- list ---------------------------------------------------------------------------
     async def list_keys(

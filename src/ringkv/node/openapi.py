@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .config import Settings
+from .preconditions import TAG_LIST_PATTERN
 
 _ERROR = {"$ref": "#/components/responses/Error"}
 
@@ -20,16 +21,18 @@ def document(settings: Settings) -> dict[str, Any]:
         "parameters": _params("key"),
         "put": {
             "summary": "Create or replace a value",
-            "description": "`If-None-Match: *` creates only (201); `If-Match` replaces only "
-            "the given version. Conditions are checked against a quorum read and are not "
-            "linearizable under concurrent writers of the same key.",
+            "description": "`If-None-Match: *` creates only; `If-Match` replaces only the "
+            "given versions (RFC 9110 §13.1; 412 when a precondition fails). A conditional "
+            "write answers 201 when it created the key; an unconditional one is a blind "
+            "write and answers 200 either way. Conditions are checked against a quorum read "
+            "and are not linearizable under concurrent writers of the same key.",
             "parameters": _params("consistency", "ttl", "ifMatch", "ifNoneMatch"),
             "requestBody": {"required": False, "content": {"*/*": {"schema": {
                 "type": "string", "format": "binary", "maxLength": settings.max_value_bytes}}}},
             "responses": {
                 "200": {"description": "Written", "headers": {"ETag": {"$ref": "#/components/headers/ETag"}},
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/WriteResult"}}}},
-                "201": {"description": "Created (If-None-Match: *)",
+                "201": {"description": "Created: a conditional write found no live record",
                         "headers": {"ETag": {"$ref": "#/components/headers/ETag"}},
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/WriteResult"}}}},
                 "408": _ERROR, "412": _ERROR, "413": _ERROR, "507": _ERROR, **errors,
@@ -37,26 +40,32 @@ def document(settings: Settings) -> dict[str, Any]:
         },
         "get": {
             "summary": "Read a value",
-            "parameters": _params("consistency"),
+            "description": "`If-None-Match` naming the current version answers 304; "
+            "`If-Match` not naming it, 412. Both are ignored when the key is absent (404).",
+            "parameters": _params("consistency", "ifMatch", "ifNoneMatch"),
             "responses": {
                 "200": {"description": "The stored value with its stored Content-Type",
                         "headers": {"ETag": {"$ref": "#/components/headers/ETag"}},
                         "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
-                "404": _ERROR, **errors,
+                "304": {"description": "Not modified: If-None-Match names the current version",
+                        "headers": {"ETag": {"$ref": "#/components/headers/ETag"}}},
+                "404": _ERROR, "412": _ERROR, **errors,
             },
         },
         "head": {
             "summary": "Read a value's metadata",
-            "parameters": _params("consistency"),
+            "parameters": _params("consistency", "ifMatch", "ifNoneMatch"),
             "responses": {"200": {"description": "As GET, without a body"},
+                          "304": {"description": "As GET"},
                           "400": {"description": "Bad request"},
                           "401": {"description": "Unauthorized"},
                           "404": {"description": "Absent or deleted"},
+                          "412": {"description": "As GET"},
                           "503": {"description": "Not enough replicas answered"}},
         },
         "delete": {
             "summary": "Delete a key (writes a tombstone); idempotent",
-            "parameters": _params("consistency", "ifMatch"),
+            "parameters": _params("consistency", "ifMatch", "ifNoneMatch"),
             "responses": {"204": {"description": "Deleted; ETag holds the tombstone's version",
                                   "headers": {"ETag": {"$ref": "#/components/headers/ETag"}}},
                           "412": _ERROR, "507": _ERROR, **errors},
@@ -109,10 +118,14 @@ def document(settings: Settings) -> dict[str, Any]:
                 "ttl": {"name": "ttl", "in": "query",
                         "schema": {"type": "integer", "minimum": 1, "maximum": 315360000}},
                 "ifMatch": {"name": "If-Match", "in": "header",
-                            "description": 'One quoted version ("<hlc>.<node>") or *',
-                            "schema": {"type": "string", "pattern": '^(\\*|"[0-9]{1,19}\\.[A-Za-z0-9][A-Za-z0-9_.-]{0,252}")$'}},
+                            "description": "* (the key exists) or entity-tags, e.g. "
+                            '"1234.node-0", "1240.node-2": the current version is one of them '
+                            "(strong comparison: a weak tag W/\"...\" never matches)",
+                            "schema": {"type": "string", "pattern": TAG_LIST_PATTERN}},
                 "ifNoneMatch": {"name": "If-None-Match", "in": "header",
-                                "schema": {"type": "string", "enum": ["*"]}},
+                                "description": "* (the key does not exist) or entity-tags: the "
+                                "current version is none of them (weak comparison: W/\"v\" is \"v\")",
+                                "schema": {"type": "string", "pattern": TAG_LIST_PATTERN}},
             },
             "headers": {"ETag": {"description": "The quoted version", "schema": {"type": "string"}}},
             "responses": {"Error": {"description": "An error", "content": {"application/json": {

@@ -34,9 +34,10 @@ def assert_node_serves(cluster: StaticCluster, i: int = 0) -> None:
 
 # -- public API -------------------------------------------------------------------------
 @pytest.mark.parametrize(("method", "path"), PUBLIC_OPS)
-@pytest.mark.parametrize("auth", [f"Bearer {CLUSTER_TOKEN}", CLUSTER_TOKEN, f"Bearer  {API_TOKEN}",
+@pytest.mark.parametrize("auth", [f"Bearer {CLUSTER_TOKEN}", CLUSTER_TOKEN, f"Bearer\t{API_TOKEN}",
                                   f"Bearer {API_TOKEN[:-1]}", f"Bearer {API_TOKEN}x",
-                                  f"Basic {API_TOKEN}", f"{API_TOKEN}"])
+                                  f"Basic {API_TOKEN}", f"{API_TOKEN}", f"Bearer{API_TOKEN}",
+                                  f"Bearers {API_TOKEN}", f"Bearer {API_TOKEN} x"])
 def test_only_the_api_token_opens_the_public_api(fuzz3: StaticCluster, method: str, path: str,
                                                  auth: str) -> None:
     """The cluster token, near misses and other schemes are all 401 on every /v1 operation."""
@@ -45,6 +46,16 @@ def test_only_the_api_token_opens_the_public_api(fuzz3: StaticCluster, method: s
     assert r.status == 401, (r.status, r.body)
     if method != "HEAD":
         assert r.json()["error"]["code"] == "unauthorized"
+
+
+@pytest.mark.parametrize("auth", [f"bearer {API_TOKEN}", f"BEARER {API_TOKEN}",
+                                  f"Bearer  {API_TOKEN}", f"bEaReR    {API_TOKEN}"])
+def test_the_auth_scheme_is_case_insensitive(fuzz3: StaticCluster, auth: str) -> None:
+    """RFC 9110 §11.1: the scheme is case-insensitive; one or more spaces follow it."""
+    for method, path in PUBLIC_OPS:
+        r = http(method, fuzz3.url(0) + path, b"v" if method == "PUT" else None,
+                 {"Authorization": auth}, token=None)
+        assert r.status in (200, 204, 404), (method, path, r.status, r.body)
 
 
 PATH_TRICKS = [b"/v1/kv/secret", b"/%76%31/kv/secret", b"/v1/kv/../kv/secret", b"/v1//kv/secret",

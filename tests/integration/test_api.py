@@ -328,7 +328,7 @@ def test_hot_path_answers_keep_http_framing(shared3: StaticCluster) -> None:
 
 
 @pytest.mark.parametrize("auth", [None, "Bearer wrong-token", "Basic dXNlcjpwYXNz", "Bearer",
-                                  f"bearer {API_TOKEN}x"])
+                                  f"bearer {API_TOKEN}x", f"Bearer {API_TOKEN}, Basic x"])
 def test_auth_required_on_v1(shared3: StaticCluster, auth: str | None) -> None:
     headers = {} if auth is None else {"Authorization": auth}
     for method, path in [("PUT", "/v1/kv/k"), ("GET", "/v1/kv/k"), ("DELETE", "/v1/kv/k"),

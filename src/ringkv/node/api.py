@@ -144,8 +144,7 @@ class Dispatcher:
 
     def __init__(self, api: Api, metrics: Metrics) -> None:
         self.metrics = metrics
-        self.expected = f"Bearer {api.settings.api_token}".encode()
-        self.token_required = bool(api.settings.api_token)
+        self.token = api.settings.api_token.encode()
         kv = _Route(KV_PREFIX + "{key}", {"PUT": api.put, "GET": api.get, "HEAD": api.head,
                                           "DELETE": api.delete})
         self.prefixed = ((KV_PREFIX, kv),
@@ -169,10 +168,9 @@ class Dispatcher:
         label = "other" if route is None else route.label
         try:
             # The token first: a client without it is not invited to send a body.
-            if self.token_required and path.startswith("/v1/"):
-                sent = request.headers.getall("Authorization", ())
-                given = sent[0].encode("utf-8", "replace") if len(sent) == 1 else b""
-                if not hmac.compare_digest(given, self.expected):
+            if self.token and path.startswith("/v1/"):
+                given = _bearer_token(request.headers.getall("Authorization", ()))
+                if not hmac.compare_digest(given, self.token):
                     raise ApiError(401, "unauthorized",
                                    "missing or wrong API token: send Authorization: Bearer <token>")
             if "Expect" in request.headers and (early := await expect_continue(request)):
@@ -195,6 +193,15 @@ class Dispatcher:
 
 
 # -- request parsing --------------------------------------------------------------------
+def _bearer_token(fields: list[str]) -> bytes:
+    """The token of one `Authorization: Bearer <token>` field, b"" for anything else. The
+    scheme is case-insensitive and followed by one or more spaces (RFC 9110 §11.1, 11.4)."""
+    if len(fields) != 1:
+        return b""
+    scheme, _, token = fields[0].partition(" ")
+    return token.lstrip(" ").encode("utf-8", "replace") if scheme.lower() == "bearer" else b""
+
+
 def _target(request: web.BaseRequest) -> tuple[str, str]:
     """The raw (still percent-encoded) path and query string of the request target.
 

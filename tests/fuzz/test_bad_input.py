@@ -95,9 +95,6 @@ def test_random_bytes_as_keys(fuzz3: StaticCluster, seeded: dict, key: bytes, va
     assert put.status < 500, put.body
     if b"\n" in key:
         return  # routed as a 404 today: test_key_with_newline_round_trips
-    if not key:
-        assert put.status == 404 and put.json()["error"]["code"] == "not_found"
-        return
     if not valid_key(key):
         assert put.status == 400 and put.json()["error"]["code"] == "bad_request", put.body
         assert http("GET", fuzz3.url(1) + path).status == 400
@@ -311,6 +308,62 @@ def test_405_names_the_allowed_methods(fuzz3: StaticCluster, raw: Raw) -> None:
     assert reply.status == 405 and reply.error_code() == "method_not_allowed"
     allowed = {m.strip() for m in reply.headers.get("allow", "").split(",")}
     assert {"GET", "PUT", "DELETE", "HEAD"} <= allowed, reply.headers
+
+
+def _first_answer(port: int, head: bytes) -> bytes:
+    """The node's first answer to request headers sent without their body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head)
+        return sock.recv(65536)
+
+
+@pytest.mark.parametrize(("name", "request_head", "status"), [
+    ("too large", b"PUT /v1/kv/expect HTTP/1.1\r\nContent-Length: 104857600\r\n", b"413"),
+    ("empty key", b"PUT /v1/kv/ HTTP/1.1\r\nContent-Length: 3\r\n", b"400"),
+    ("bad query", b"PUT /v1/kv/expect?ttl=0 HTTP/1.1\r\nContent-Length: 3\r\n", b"400"),
+    ("bad If-Match", b"PUT /v1/kv/expect HTTP/1.1\r\nIf-Match: 1\r\nContent-Length: 3\r\n", b"400"),
+    ("no route", b"PUT /v2/expect HTTP/1.1\r\nContent-Length: 3\r\n", b"404"),
+    ("no PUT here", b"PUT /v1/cluster HTTP/1.1\r\nContent-Length: 3\r\n", b"405"),
+])
+def test_a_body_that_will_be_refused_is_not_invited(fuzz3: StaticCluster, name: str,
+                                                    request_head: bytes, status: bytes) -> None:
+    """`Expect: 100-continue` gets the final answer, not `100 Continue`, when the request
+    is refused whatever its body (RFC 9110 §10.1.1), and the connection is closed."""
+    head = request_head + b"Host: x\r\n" + AUTH + b"Expect: 100-continue\r\n\r\n"
+    first = _first_answer(fuzz3.nodes[0].port, head)
+    assert first.startswith(b"HTTP/1.1 " + status), first[:300]
+    assert b"\r\nConnection: close\r\n" in first, first[:300]
+
+
+def test_a_body_that_can_be_stored_is_invited(fuzz3: StaticCluster) -> None:
+    with socket.create_connection(("127.0.0.1", fuzz3.nodes[0].port), timeout=30) as sock:
+        sock.sendall(b"PUT /v1/kv/expect HTTP/1.1\r\nHost: x\r\n" + AUTH
+                     + b"Expect: 100-continue\r\nContent-Length: 3\r\nConnection: close\r\n\r\n")
+        assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"abc")
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200 "), reply[:300]
+    assert http("GET", fuzz3.url(1) + "/v1/kv/expect").body == b"abc"
+
+
+@pytest.mark.parametrize("coding", [b"gzip, chunked", b"identity, chunked", b"deflate,chunked"])
+def test_transfer_codings_other_than_chunked_are_refused(fuzz3: StaticCluster, raw: Raw,
+                                                         coding: bytes) -> None:
+    body = gzip.compress(b"te-value")
+    chunked = b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+    path = b"/v1/kv/te-" + pct(coding).encode()
+
+    def put(te: bytes) -> Any:
+        return raw(fuzz3.nodes[0].port, b"PUT " + path + b" HTTP/1.1\r\nHost: x\r\n" + AUTH
+                   + b"Transfer-Encoding: " + te + b"\r\nConnection: close\r\n\r\n" + chunked)
+
+    reply = put(coding)
+    assert (reply.status, reply.error_code()) == (400, "bad_request"), reply.raw[:300]
+    assert http("GET", fuzz3.url(1) + path.decode()).status == 404
+    assert put(b"Chunked").status == 200  # the one transfer coding: stored as sent
+    assert http("GET", fuzz3.url(1) + path.decode()).body == body
 
 
 def test_undecodable_gzip_body_is_a_400(fuzz3: StaticCluster, raw: Raw) -> None:

@@ -74,15 +74,21 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> web.Re
     return web.json_response(body, status=status, headers=headers)
 
 
-async def expect_continue(request: web.BaseRequest) -> web.Response | None:
-    """`Expect: 100-continue` as aiohttp answers it; any other expectation a JSON 417
-    (aiohttp's own answers text)."""
+def _unmet_expectation(request: web.BaseRequest) -> web.Response | None:
+    """A JSON 417 for an `Expect` other than `100-continue` (aiohttp's own answer is text)."""
     if request.headers.get("Expect", "").lower() != "100-continue":
         return error_response(417, "expectation_failed", "only 'Expect: 100-continue' is supported")
-    if request.version == (1, 1):
+    return None
+
+
+async def _invite_body(request: web.BaseRequest) -> None:
+    """Answer `Expect: 100-continue`: called by a handler once everything but the body is
+    known to be acceptable, so no client is invited to send a body that will be refused
+    (RFC 9110 §10.1.1)."""
+    if (request.version == (1, 1) and "Expect" in request.headers
+            and not request.content.is_eof()):
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size -= 25  # not part of the response (as aiohttp does)
-    return None
 
 
 def bad(message: str) -> ApiError:
@@ -140,7 +146,8 @@ class Dispatcher:
     and auth, the JSON error shape (404 and 405 included) and the request metrics happen
     here, in one coroutine: aiohttp's Application would add its router, a middleware chain
     and a wrapper coroutine per request, a fifth of the HTTP path's cost for the same work.
-    Auth runs first, before `Expect` is answered or any body is read."""
+    Auth runs first; `Expect: 100-continue` is answered by the handler that reads a body,
+    once it has validated the rest."""
 
     def __init__(self, api: Api, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -157,7 +164,7 @@ class Dispatcher:
         found = self.exact.get(path)
         if found is None:
             for prefix, route in self.prefixed:
-                if path.startswith(prefix) and len(path) > len(prefix):
+                if path.startswith(prefix):  # an empty key too: its handler says so (400)
                     return route
         return found
 
@@ -166,6 +173,7 @@ class Dispatcher:
         path = _target(request)[0]
         route = self.route(path)
         label = "other" if route is None else route.label
+        expects = "Expect" in request.headers
         try:
             # The token first: a client without it is not invited to send a body.
             if self.token and path.startswith("/v1/"):
@@ -173,7 +181,7 @@ class Dispatcher:
                 if not hmac.compare_digest(given, self.token):
                     raise ApiError(401, "unauthorized",
                                    "missing or wrong API token: send Authorization: Bearer <token>")
-            if "Expect" in request.headers and (early := await expect_continue(request)):
+            if expects and (early := _unmet_expectation(request)):
                 response: Response = early
             else:
                 if route is None:
@@ -187,6 +195,8 @@ class Dispatcher:
                     response = await handler(request)
         except Exception as exc:
             response = _failure_response(exc, request, label)
+        if expects and not request.content.is_eof() and isinstance(response, web.StreamResponse):
+            response.force_close()  # a body never invited: close rather than wait for it
         self.metrics.observe_request(label, request.method, response.status,
                                      time.perf_counter() - started)
         return response
@@ -223,7 +233,7 @@ def _key_from_path(request: web.BaseRequest, prefix: str, max_bytes: int) -> byt
         raise bad("malformed key path")
     key = unquote_to_bytes(raw[len(prefix):])
     if not key:
-        raise bad("the key is empty")
+        raise bad("the key is empty" + (" (GET /v1/kv lists keys)" if prefix == KV_PREFIX else ""))
     if len(key) > max_bytes:
         raise bad(f"the key is {len(key)} bytes; the limit is {max_bytes}")
     try:
@@ -321,10 +331,15 @@ class Api:
             # Values are stored as sent: decoding would store other bytes than the client's
             # (and a small compressed body can expand a thousandfold).
             raise bad("Content-Encoding is not supported: send the value as it should be stored")
+        if ",".join(request.headers.getall("Transfer-Encoding", ())).strip().lower() not in ("", "chunked"):
+            # aiohttp decodes only the chunked framing and would hand over the rest as it came.
+            raise bad("Transfer-Encoding other than chunked is not supported: send the value as "
+                      "it should be stored")
         limit = self.settings.max_value_bytes
         if request.content_length is not None and request.content_length > limit:
             raise ApiError(413, "payload_too_large",
                            f"the value is {request.content_length} bytes; the limit is {limit}")
+        await _invite_body(request)
         try:
             if request.content.is_eof():  # all of it arrived (as small values do): no wait
                 value = await request.read()

@@ -173,6 +173,23 @@ def test_list_prefix_and_cursor(shared3: StaticCluster) -> None:
     assert everything["keys"] == sorted(everything["keys"], key=lambda k: k.encode())
 
 
+def test_list_prefix_matches_bytes(shared3: StaticCluster) -> None:
+    """A prefix is bytes: one cut inside a UTF-8 character still matches the keys it starts."""
+    for key in ("lp/\U0001f600a", "lp/\U0001f601", "lp/é", "lp/e"):
+        assert http("PUT", kv(shared3, key), b"v").status == 200
+
+    def listed(raw_prefix: str) -> list[str]:
+        r = http("GET", f"{shared3.url(1)}/v1/kv?prefix={raw_prefix}")
+        assert r.status == 200, r.body
+        return r.json()["keys"]
+
+    assert listed("lp/%F0%9F") == ["lp/\U0001f600a", "lp/\U0001f601"]
+    assert listed("lp/%F0%9F%98%80") == ["lp/\U0001f600a"]
+    assert listed("lp/%C3") == ["lp/é"]
+    assert listed("lp/%FF") == listed("%80") == []
+    assert listed("lp/e") == ["lp/e"]
+
+
 def test_cluster_and_replicas(shared3: StaticCluster) -> None:
     put = http("PUT", kv(shared3, "where"), b"here")
     version = put.json()["version"]

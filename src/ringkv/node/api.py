@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote_plus, unquote_to_bytes
 
 from aiohttp import ClientConnectionResetError, web
 from aiohttp.web_protocol import RequestPayloadError
@@ -261,6 +261,17 @@ def _query(request: web.BaseRequest, allowed: frozenset[str]) -> Mapping[str, st
     return query
 
 
+def _query_bytes(request: web.BaseRequest, name: str) -> bytes:
+    """A query parameter's value as the bytes the client sent (the first one, as `_query`
+    takes; b"" when absent): aiohttp's query decodes them as UTF-8 with U+FFFD for what is
+    not, so a prefix cut inside a character (`%F0%9F`) would match nothing."""
+    for field in _target(request)[1].split("&"):
+        raw_name, _, value = field.partition("=")
+        if unquote_plus(raw_name) == name:
+            return unquote_to_bytes(value.replace("+", " "))
+    return b""
+
+
 def _consistency(query: Mapping[str, str]) -> str:
     level = query.get("consistency", "quorum")
     if level not in LEVELS:
@@ -409,7 +420,7 @@ class Api:
 
     async def list(self, request: web.BaseRequest) -> web.Response:
         query = _query(request, LIST_QUERY)
-        prefix = query.get("prefix", "").encode()
+        prefix = _query_bytes(request, "prefix")
         if len(prefix) > self.settings.max_key_bytes:
             raise bad("the prefix is longer than the key limit")
         raw_limit = query.get("limit", "100")

@@ -82,7 +82,9 @@ def document(settings: Settings) -> dict[str, Any]:
             "/v1/kv": {"get": {
                 "summary": "List keys by prefix (eventually consistent)",
                 "parameters": [
-                    {"name": "prefix", "in": "query", "schema": {"type": "string", "maxLength": settings.max_key_bytes}},
+                    {"name": "prefix", "in": "query",
+                     "description": f"Keys starting with these bytes (percent-decoded, at most {settings.max_key_bytes}; they need not be valid UTF-8: `%F0%9F` matches keys that start with an emoji of that lead)",
+                     "schema": {"type": "string", "maxLength": settings.max_key_bytes}},
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
                     {"name": "cursor", "in": "query", "schema": {"type": "string", "maxLength": 2048}},
                 ],

@@ -192,8 +192,9 @@ PARSER_METHODS = ["DELETE", "GET", "HEAD", "POST", "PUT", "CONNECT", "OPTIONS", 
                   "NOTIFY", "SUBSCRIBE", "UNSUBSCRIBE", "PATCH", "PURGE", "MKCALENDAR", "LINK", "UNLINK",
                   "SOURCE", "QUERY"]
 TCHAR = string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~"
-ROUTES = {"/v1/kv/method-fuzz": {"GET", "PUT", "HEAD", "DELETE"}, "/v1/kv": {"GET"},
-          "/v1/cluster": {"GET"}, "/healthz": {"GET"}, "/metrics": {"GET"}, "/no/such/route": set()}
+ROUTES = {"/v1/kv/method-fuzz": {"GET", "PUT", "HEAD", "DELETE"}, "/v1/kv": {"GET", "HEAD"},
+          "/v1/cluster": {"GET", "HEAD"}, "/healthz": {"GET", "HEAD"}, "/metrics": {"GET", "HEAD"},
+          "/no/such/route": set()}
 
 
 @FUZZ

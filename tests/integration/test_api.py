@@ -226,6 +226,26 @@ def test_health_ready_metrics_openapi(shared3: StaticCluster) -> None:
     assert set(spec["paths"]["/v1/kv/{key}"]) >= {"put", "get", "head", "delete"}
 
 
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/v1/cluster", "/metrics", "/openapi.json",
+                                  "/v1/kv?prefix=h", "/v1/replicas/head", "/v1/kv/head"])
+def test_head_answers_wherever_get_does(shared3: StaticCluster, path: str) -> None:
+    """HEAD (what probes and monitors send) is GET's status and headers without a body."""
+    assert http("PUT", kv(shared3, "head"), b"head-value").status == 200
+    get = http("GET", shared3.url(0) + path)
+    with socket.create_connection(("127.0.0.1", shared3.nodes[0].port), timeout=30) as sock:
+        sock.sendall(f"HEAD {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_TOKEN}\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+    assert status_line.split(" ")[1] == str(get.status) == "200", reply[:300]
+    assert headers["content-type"] == get.headers["content-type"]
+    assert body == b"", reply[:300]  # the connection closes right after the headers
+
+
 BAD_REQUESTS = [
     ("PUT", "/v1/kv/" + "k" * 1025, {}, 400, "bad_request"),
     ("PUT", "/v1/kv/%FF%FE", {}, 400, "bad_request"),

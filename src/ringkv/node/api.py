@@ -135,8 +135,10 @@ class _Route:
 
     def __init__(self, label: str, handlers: dict[str, Handler]) -> None:
         self.label = label
-        self.handlers = handlers
-        self.allow = ",".join(sorted(handlers))
+        # HEAD wherever GET is (RFC 9110 §9.3.2): aiohttp's web.Response sends no body to
+        # a HEAD request (the key route has its own, as its GET answer is a RawResponse).
+        self.handlers = {"HEAD": handlers["GET"], **handlers} if "GET" in handlers else handlers
+        self.allow = ",".join(sorted(self.handlers))
 
 
 class Dispatcher:

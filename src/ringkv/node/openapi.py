@@ -14,6 +14,18 @@ def _params(*names: str) -> list[dict[str, Any]]:
     return [{"$ref": f"#/components/parameters/{n}"} for n in names]
 
 
+def _with_head(paths: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every path that answers GET answers HEAD: the same status and headers, no body
+    (RFC 9110 §9.3.2), as probes and monitors expect."""
+    for item in paths.values():
+        get = item.get("get")
+        if get is not None and "head" not in item:
+            item["head"] = {**get, "summary": f"{get['summary']} (HEAD: headers only)",
+                            "responses": {status: {"description": answer.get("description", "As GET")}
+                                          for status, answer in get["responses"].items()}}
+    return paths
+
+
 def document(settings: Settings) -> dict[str, Any]:
     security = [{"bearer": []}] if settings.api_token else []
     errors = {"400": _ERROR, "401": _ERROR, "503": _ERROR}
@@ -77,7 +89,7 @@ def document(settings: Settings) -> dict[str, Any]:
                  "description": "A replicated, leaderless key-value store. Consistency `one` "
                  "gives up the guarantee that a later write always wins."},
         "security": security,
-        "paths": {
+        "paths": _with_head({
             "/v1/kv/{key}": kv_path,
             "/v1/kv": {"get": {
                 "summary": "List keys by prefix (eventually consistent)",
@@ -108,7 +120,7 @@ def document(settings: Settings) -> dict[str, Any]:
                                  "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/openapi.json": {"get": {"summary": "This document", "security": [],
                                       "responses": {"200": {"description": "OpenAPI 3", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
-        },
+        }),
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "parameters": {

@@ -148,10 +148,10 @@ def document(settings: Settings) -> dict[str, Any]:
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {
                     "type": "object", "required": ["code", "message"], "properties": {
                         "code": {"type": "string", "enum": [
-                            "bad_request", "unauthorized", "not_found", "method_not_allowed", "request_timeout",
-                            "precondition_failed", "payload_too_large", "quorum_unavailable",
-                            "conflict_retry_exhausted", "insufficient_storage", "not_ready",
-                            "internal"]},
+                            "bad_request", "unauthorized", "not_found", "method_not_allowed",
+                            "request_timeout", "precondition_failed", "payload_too_large",
+                            "expectation_failed", "quorum_unavailable", "conflict_retry_exhausted",
+                            "not_ready", "too_many_connections", "internal", "insufficient_storage"]},
                         "message": {"type": "string"},
                         "acked": {"type": "integer"}, "needed": {"type": "integer"}}}}},
                 "WriteResult": {"type": "object", "required": ["key", "version"], "properties": {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 from pathlib import Path
@@ -14,6 +15,11 @@ from ringkv.client import Client, RingkvError, Unavailable
 def replica_versions(cluster: StaticCluster, key: str, via: int = 0) -> dict[str, str | None]:
     reps = http("GET", f"{cluster.url(via)}/v1/replicas/{key}").json()["replicas"]
     return {r["node"]: r.get("version") for r in reps}
+
+
+def hints_pending(cluster: StaticCluster, i: int) -> float:
+    text = http("GET", cluster.url(i) + "/metrics", token=None).body.decode()
+    return sum(float(m.group(1)) for m in re.finditer(r"^ringkv_hints_pending\{.*\} (\S+)$", text, re.M))
 
 
 def test_one_replica_down_quorum_works_all_fails(cluster3: StaticCluster) -> None:
@@ -42,6 +48,30 @@ def test_two_replicas_down_quorum_fails_with_503(cluster3: StaticCluster) -> Non
     r = http("GET", f"{cluster3.url(0)}/v1/kv/before")
     assert r.status == 503 and r.json()["error"]["code"] == "quorum_unavailable"
     assert http("GET", f"{cluster3.url(0)}/v1/kv/before?consistency=one").status == 200
+
+
+def test_a_write_at_one_can_be_missed_by_a_quorum_read(cluster3: StaticCluster) -> None:
+    """What `consistency=one` gives up, as README and the OpenAPI document say: W + R <= rf,
+    so an acknowledged write at `one` may be invisible to a later read, even at quorum,
+    until hints (or read repair, anti-entropy) bring the other replicas up to date."""
+    spec = http("GET", cluster3.url(0) + "/openapi.json", token=None).json()
+    described = spec["components"]["parameters"]["consistency"]["description"]
+    assert "not found" in described and "W + R" in described
+    node0, node1, node2 = cluster3.nodes
+    node1.kill()
+    node2.kill()
+    w = http("PUT", f"{cluster3.url(0)}/v1/kv/at-one?consistency=one", b"acked by one")
+    assert w.status == 200, w.body  # the only live replica acknowledged it
+    wait_for(lambda: hints_pending(cluster3, 0) == 2, 30, "a hint for each of the others")
+    node0.kill()
+    for node in (node1, node2):
+        node.start()
+        cluster3.wait_ready(node)
+    missed = http("GET", f"{cluster3.url(1)}/v1/kv/at-one")  # quorum: node-1 and node-2
+    assert missed.status == 404, missed.body
+    node0.start()  # its hints reach the others
+    wait_for(lambda: http("GET", f"{cluster3.url(2)}/v1/kv/at-one?consistency=all").status == 200,
+             60, "hints to deliver the write")
 
 
 def test_hints_bring_a_returning_node_up_to_date(cluster3: StaticCluster) -> None:

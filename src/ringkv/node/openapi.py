@@ -10,6 +10,18 @@ from .preconditions import TAG_LIST_PATTERN
 _ERROR = {"$ref": "#/components/responses/Error"}
 
 
+CONSISTENCY = (
+    "How many of the key's replicas must answer: `quorum` (default, rf/2+1), `all`, or `one`. "
+    "With quorum writes and reads, W + R > rf: every read meets a replica that has every "
+    "acknowledged write. `one` gives that up (W + R <= rf): a write acknowledged at `one` may "
+    "be on one replica only, so a later read, even at quorum and through another node, can "
+    "return an older value or not found until hints, read repair or anti-entropy copy it "
+    "(usually milliseconds on a healthy cluster; for as long as that replica is unreachable "
+    "otherwise); it is lost if that replica's disk is lost first; and a later write at `one` "
+    "is not guaranteed to win over an earlier one when clocks disagree. A read at `one` "
+    "answers from one replica, which may be behind.")
+
+
 def _params(*names: str) -> list[dict[str, Any]]:
     return [{"$ref": f"#/components/parameters/{n}"} for n in names]
 
@@ -87,7 +99,7 @@ def document(settings: Settings) -> dict[str, Any]:
         "openapi": "3.0.3",
         "info": {"title": "ringkv", "version": "1",
                  "description": "A replicated, leaderless key-value store. Consistency `one` "
-                 "gives up the guarantee that a later write always wins."},
+                 "gives up the guarantees of quorums: see the `consistency` parameter."},
         "security": security,
         "paths": _with_head({
             "/v1/kv/{key}": kv_path,
@@ -128,6 +140,7 @@ def document(settings: Settings) -> dict[str, Any]:
                         "description": f"UTF-8, 1..{settings.max_key_bytes} bytes after URL decoding; may contain '/'",
                         "schema": {"type": "string", "minLength": 1}},
                 "consistency": {"name": "consistency", "in": "query",
+                                "description": CONSISTENCY,
                                 "schema": {"type": "string", "enum": ["one", "quorum", "all"], "default": "quorum"}},
                 "ttl": {"name": "ttl", "in": "query",
                         "schema": {"type": "integer", "minimum": 1, "maximum": 315360000}},

@@ -110,8 +110,9 @@ def _failure_response(exc: Exception, request: web.BaseRequest, route: str) -> w
         log.debug("client closed the connection during %s %s", request.method, route)
         return error_response(400, "bad_request", "the connection closed mid-request")
     if isinstance(exc, QuorumUnavailable):
+        ring = {"ring": exc.ring} if exc.ring else {}
         return error_response(503, "quorum_unavailable", str(exc), acked=exc.acked,
-                              needed=exc.needed)
+                              needed=exc.needed, **ring)
     if isinstance(exc, ConflictRetryExhausted):
         return error_response(503, "conflict_retry_exhausted", str(exc))
     if isinstance(exc, InsufficientStorage | StorageFull):

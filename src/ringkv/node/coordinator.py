@@ -44,13 +44,32 @@ class CoordinatorError(Exception):
 
 
 class QuorumUnavailable(CoordinatorError):
-    def __init__(self, acked: int, needed: int, what: str) -> None:
+    """Fewer replicas answered than the consistency level needs: `acked` of `needed`.
+
+    While an epoch is unsettled a write needs its quorum in the base ring and in the target
+    ring; `ring` then names the one that fell short, and the counts are that ring's own."""
+
+    def __init__(self, acked: int, needed: int, what: str, ring: str | None = None,
+                 message: str = "") -> None:
+        where = f" in the {ring} ring" if ring else ""
         super().__init__(
-            f"only {acked} of the {needed} replicas needed answered the {what}"
+            (message or f"only {acked} of the {needed} replicas needed{where} answered the {what}")
             + ("; the write may have reached some replicas" if what == "write" else "")
         )
         self.acked = acked
         self.needed = needed
+        self.ring = ring
+
+    @classmethod
+    def nobody_to_ask(cls, view: View, replicas: tuple[str, ...], voters: list[str],
+                      needed: int) -> QuorumUnavailable:
+        """A read that asked no replica at all: fewer of the key's replicas may serve reads
+        than it needs (the others are joining: they may not hold the data yet)."""
+        left_out = ", ".join(f"{name} {m.state if (m := view.by_name.get(name)) else 'removed'}"
+                             for name in replicas if name not in voters)
+        return cls(0, needed, "read", message=(
+            f"no replica was asked: the read needs {needed} of the key's replicas and only "
+            f"{len(voters)} of {len(replicas)} may serve reads ({left_out})"))
 
 
 class ConflictRetryExhausted(CoordinatorError):
@@ -129,6 +148,18 @@ class _Tally:
         return (len(self.acked & self.base) >= self.need_base
                 and len(self.acked & self.target) >= self.need_target)
 
+    def shortfall(self) -> QuorumUnavailable:
+        """The 503 of a write that missed its quorum, with the counts of the ring that fell
+        short (the base ring when both did); no ring is named when the key's replicas are
+        the same in both."""
+        rings = [("base", self.base, self.need_base), ("target", self.target, self.need_target)]
+        for ring, names, need in rings:
+            acked = len(self.acked & names)
+            if acked < need:
+                return QuorumUnavailable(acked, need, "write",
+                                         ring if self.base != self.target else None)
+        raise AssertionError("shortfall() of a write that reached its quorum")
+
 
 class Coordinator:
     def __init__(self, cluster: Cluster, wait_timeout: float, speculative_delay: float = 0.05) -> None:
@@ -156,7 +187,6 @@ class Coordinator:
                     ttl: int | None = None, tombstone: bool = False) -> Record:
         """Write a new version; returns the record as acknowledged."""
         clock = self.cluster.clock
-        acked_last, needed_last = 0, 0
         for _attempt in range(MAX_RETRIES + 1):
             view = self.cluster.view
             token = key_token(key)
@@ -178,9 +208,7 @@ class Coordinator:
                 continue  # the newer membership is adopted: try again with its rings
             if tally.full:
                 raise InsufficientStorage("a replica's disk is full")
-            acked_last = max(len(tally.acked & tally.base), len(tally.acked & tally.target))
-            needed_last = max(tally.need_base, tally.need_target)
-            raise QuorumUnavailable(acked_last, needed_last, "write")
+            raise tally.shortfall()
         raise ConflictRetryExhausted(
             f"the write was refused as not newer {MAX_RETRIES + 1} times (concurrent writers?)"
         )
@@ -246,7 +274,7 @@ class Coordinator:
         need = needed(level, len(reps))
         voters = self._voters(view, reps)
         if len(voters) < need:
-            raise QuorumUnavailable(0, need, "read")
+            raise QuorumUnavailable.nobody_to_ask(view, reps, voters, need)
         read = _Read(self, key, need, voters, self._future())
         read.ask(need)
         if not read.decided.done():
@@ -307,7 +335,8 @@ class Coordinator:
                 continue
             if res is not None and len(res) == 7 and Version(res[3], res[4]) >= newest:
                 return Record.from_wire(res)
-        raise QuorumUnavailable(0, 1, "read")
+        raise QuorumUnavailable(0, 1, "read", message="no replica that answered with the newest "
+                                "version sent it in full")
 
     def _repair_if_behind(self, name: str, version: Version | None,
                           record: Record | None) -> None:

@@ -166,7 +166,10 @@ def document(settings: Settings) -> dict[str, Any]:
                             "expectation_failed", "quorum_unavailable", "conflict_retry_exhausted",
                             "not_ready", "too_many_connections", "internal", "insufficient_storage"]},
                         "message": {"type": "string"},
-                        "acked": {"type": "integer"}, "needed": {"type": "integer"}}}}},
+                        "acked": {"type": "integer"}, "needed": {"type": "integer"},
+                        "ring": {"type": "string", "enum": ["base", "target"],
+                                 "description": "While an epoch is unsettled: the ring whose "
+                                 "quorum the write missed (acked and needed are its own)"}}}}},
                 "WriteResult": {"type": "object", "required": ["key", "version"], "properties": {
                     "key": {"type": "string"}, "version": {"type": "string"}}},
                 "KeyPage": {"type": "object", "required": ["keys", "cursor"], "properties": {

@@ -592,7 +592,9 @@ def test_cli_parses_globals_before_or_after_the_command() -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [[], ["put"], ["get", "k", "--consistency", "most"], ["bogus"], ["list", "--limit", "x"]],
+    [[], ["put"], ["get", "k", "--consistency", "most"], ["bogus"], ["list", "--limit", "x"],
+     ["put", "s", "x", "--ttl", "0"], ["put", "s", "x", "--ttl", "315360001"],
+     ["put", "s", "x", "--ttl", "1.5"], ["list", "--limit", "0"], ["list", "--limit", "1001"]],
 )
 def test_cli_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
@@ -636,7 +638,7 @@ def test_exit_code_mapping() -> None:
     assert cli.exit_code(Unavailable("m")) == 5
     assert cli.exit_code(QuorumUnavailable("quorum_unavailable", "m", 503, 1, 2)) == 5
     assert cli.exit_code(ConflictRetryExhausted("conflict_retry_exhausted", "m", 503)) == 5
-    assert cli.exit_code(BadRequest("bad_request", "m", 400)) == 6
+    assert cli.exit_code(BadRequest("bad_request", "m", 400)) == 2
     assert cli.exit_code(InsufficientStorage("insufficient_storage", "m", 507)) == 6
     assert cli.exit_code(InternalError("internal", "m", 500)) == 6
 
@@ -699,6 +701,9 @@ def test_cli_against_a_node(
     code, out, _ = _run(capsysbinary, *url, "replicas", "dir/k 1")
     assert json.loads(out)["key"] == "dir/k 1"
 
+    node.forced = (400, "bad_request", {})  # e.g. a key over the node's limit
+    code, _, err = _run(capsysbinary, *url, "put", "k", "v")
+    assert code == 2 and "bad request" in err
     node.forced = (507, "insufficient_storage", {})
     code, _, err = _run(capsysbinary, *url, "put", "k", "v")
     assert code == 6 and "disk is full" in err

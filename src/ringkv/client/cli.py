@@ -22,11 +22,11 @@ order), --token (default $RINGKV_TOKEN), --timeout SECONDS.
 Exit codes (stable, for scripts):
     0  ok
     1  not found (get, head)
-    2  usage error
+    2  usage error: invalid arguments, also when a node refuses them (400 bad request)
     3  precondition failed (--if-match / --if-none-match on put, --if-match on delete)
     4  authentication failed (token missing or wrong)
     5  unavailable: no node answered, quorum not reached or conflicting writers; retry later
-    6  other error: bad request, value too large, disk full, server error
+    6  other error: value too large, disk full, server error
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ from ringkv.client.wire import (
     CONSISTENCY_LEVELS,
     DEFAULT_TIMEOUT,
     DEFAULT_URL,
+    MAX_LIST_LIMIT,
+    MAX_TTL,
     TEXT_TYPE,
 )
 
@@ -88,6 +90,8 @@ def exit_code(exc: RingkvError) -> int:
         return EXIT_PRECONDITION
     if isinstance(exc, Unauthorized):
         return EXIT_AUTH
+    if isinstance(exc, BadRequest):  # the node refused an argument it was given
+        return EXIT_USAGE
     if isinstance(exc, Unavailable | QuorumUnavailable | ConflictRetryExhausted):
         return EXIT_UNAVAILABLE
     return EXIT_ERROR
@@ -170,6 +174,18 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
 
 
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer from `low` to `high` (out of range: a usage error)."""
+
+    def parse(text: str) -> int:
+        value = int(text)  # a ValueError is argparse's "invalid value"
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, not {value}")
+        return value
+
+    return parse
+
+
 def _consistency(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--consistency",
@@ -199,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--content-type",
         help="stored Content-Type (default: text for VALUE, application/octet-stream for stdin)",
     )
-    p.add_argument("--ttl", type=int, help="expire after this many seconds")
+    p.add_argument("--ttl", type=_int_in(1, MAX_TTL), help="expire after this many seconds")
     p.add_argument(
         "--if-match",
         metavar="VERSION",
@@ -228,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", parents=[common], help="list keys, one a line")
     p.add_argument("--prefix", default="", help="only keys starting with this")
-    p.add_argument("--limit", type=int, help="page size (server default 100, max 1000)")
+    p.add_argument("--limit", type=_int_in(1, MAX_LIST_LIMIT),
+                   help=f"page size (server default 100, max {MAX_LIST_LIMIT})")
     p.add_argument("--cursor", help="continue from a previous page")
     p.add_argument("--all", action="store_true", help="follow cursors to the last page")
 

@@ -30,6 +30,8 @@ from ringkv.client.errors import RingkvError, Unavailable, error_from_response
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT = 10.0
 CONSISTENCY_LEVELS = ("one", "quorum", "all")
+MAX_TTL = 315_360_000  # seconds (ten years), the node's limit
+MAX_LIST_LIMIT = 1000  # keys per list page, the node's limit
 TEXT_TYPE = "text/plain; charset=utf-8"
 BINARY_TYPE = "application/octet-stream"
 

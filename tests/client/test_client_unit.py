@@ -472,6 +472,7 @@ def test_all_down_is_unavailable(closed_url: str) -> None:
         c.get("k")
     assert e.value.urls == (closed_url,)
     assert not e.value.maybe_applied
+    assert e.value.refused and not e.value.dropped
 
 
 async def test_async_all_down_is_unavailable(closed_url: str) -> None:
@@ -479,6 +480,7 @@ async def test_async_all_down_is_unavailable(closed_url: str) -> None:
         with pytest.raises(Unavailable) as e:
             await c.put("k", b"v")
     assert not e.value.maybe_applied
+    assert e.value.refused and not e.value.dropped
 
 
 def test_503_read_goes_to_next_node_but_write_does_not(servers: Servers) -> None:
@@ -709,7 +711,7 @@ def test_cli_against_a_node(
     assert code == 6 and "disk is full" in err
     node.forced = (503, "quorum_unavailable", {"acked": 1, "needed": 2})
     code, _, err = _run(capsysbinary, *url, "put", "k", "v")
-    assert code == 5 and "1 of 2 replicas" in err
+    assert code == 5 and "quorum unavailable: forced quorum_unavailable" in err  # the node's account
 
 
 class _Bytes:
@@ -732,7 +734,57 @@ def test_cli_auth_and_connection_errors_say_what_to_do(
     code, _, err = _run(capsysbinary, "--url", node.url, "--token", "wrong-token", "list")
     assert code == 4 and "wrong-token" not in err
     code, _, err = _run(capsysbinary, "--url", closed_url, "get", "k")
-    assert code == 5 and f"cannot reach {closed_url}: is a node listening" in err
+    assert code == 5 and f"nothing listens at {closed_url}: start the local cluster" in err
     assert err.count("\n") == 1
     code, _, err = _run(capsysbinary, "--url", "ftp://x", "get", "k")
     assert code == 2 and "not an http(s) URL" in err
+
+
+@pytest.fixture
+def dead_port_forward() -> Iterator[str]:
+    """A loopback URL that accepts connections and closes them unanswered, as a `kubectl
+    port-forward` does once the pod it forwarded to is gone."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        stop = threading.Event()
+
+        def serve() -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    return
+                conn.recv(65536)
+                conn.close()
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+        stop.set()
+        server.shutdown(socket.SHUT_RDWR)
+    thread.join(10)
+
+
+def test_cli_hints_fit_where_it_is_pointed(
+    node: FakeNode, closed_url: str, dead_port_forward: str,
+    capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Loopback may be `ringkv up` or a port-forward: both hints, each saying when it
+    applies; any other address is neither, so neither `make run` hint is given there."""
+    monkeypatch.delenv("RINGKV_TOKEN", raising=False)
+    code, _, err = _run(capsysbinary, "--url", dead_port_forward, "status")
+    assert code == 5 and "closed the connection without an answer" in err, err
+    assert "port-forward" in err and "make run" not in err
+    code, _, err = _run(capsysbinary, "--url", closed_url, "status")
+    assert code == 5 and "`make run`" in err and "port-forward" in err
+    code, _, err = _run(capsysbinary, "--url", node.url, "status")
+    assert code == 4 and "make run" in err and "kubectl get secret" in err
+
+    remote = "http://ringkv.example:8080"
+    refused = Unavailable("cannot reach", [remote], refused=True)
+    assert cli.describe(refused, url=remote).startswith(f"nothing listens at {remote}: check --url")
+    for exc in (refused, Unauthorized("unauthorized", "m", 401),
+                Unavailable("closed", [remote], dropped=True)):
+        assert "make run" not in cli.describe(exc, url=remote)
+    assert "kubectl get secret" in cli.describe(Unauthorized("unauthorized", "m", 401), url=remote)

@@ -197,6 +197,9 @@ class AsyncClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             not_sent = isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
             timed_out = isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError)
+            refused = (isinstance(exc, aiohttp.ClientConnectorError)
+                       and isinstance(exc.os_error, ConnectionRefusedError))
             raise TransportFailure(
-                base.url, exc, sent=attempt.sent or not not_sent, timed_out=timed_out
+                base.url, exc, sent=attempt.sent or not not_sent, timed_out=timed_out,
+                refused=refused,
             ) from exc

@@ -7,7 +7,8 @@ Data commands talk to the public HTTP API through the blocking client:
     ringkv head KEY               print the version, content type and size
     ringkv delete KEY             delete; prints the tombstone's version
     ringkv list                   keys, one a line (--prefix, --limit, --cursor, --all)
-    ringkv status                 epoch, members and rebalance progress (--json for raw)
+    ringkv status                 epoch, members and rebalance progress (--json for raw,
+                                  --wait [SECONDS]: first wait until the cluster is settled)
     ringkv replicas KEY           which nodes should hold KEY and what each holds (JSON)
 
 Local cluster and tooling (implemented in other modules, arguments passed through):
@@ -25,7 +26,8 @@ Exit codes (stable, for scripts):
     2  usage error: invalid arguments, also when a node refuses them (400 bad request)
     3  precondition failed (--if-match / --if-none-match on put, --if-match on delete)
     4  authentication failed (token missing or wrong)
-    5  unavailable: no node answered, quorum not reached or conflicting writers; retry later
+    5  unavailable: no node answered, quorum not reached or conflicting writers; retry
+       later (status --wait: not settled in time)
     6  other error: value too large, disk full, server error
 """
 
@@ -33,11 +35,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import ipaddress
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from urllib.parse import urlsplit
 
+from ringkv.client import settle
 from ringkv.client.errors import (
     BadRequest,
     ConflictRetryExhausted,
@@ -97,8 +102,9 @@ def exit_code(exc: RingkvError) -> int:
     return EXIT_ERROR
 
 
-def describe(exc: RingkvError, key: str | None = None) -> str:
-    """One line saying what went wrong and what to do; never the token or a value."""
+def describe(exc: RingkvError, key: str | None = None, url: str = DEFAULT_URL) -> str:
+    """One line saying what went wrong and what to do, fitting where the CLI is pointed
+    (`url`, the --url given); never the token or a value."""
     what = f" {key!r}" if key is not None else ""
     if isinstance(exc, NotFound):
         return f"not found:{what} is absent, deleted or expired"
@@ -108,19 +114,15 @@ def describe(exc: RingkvError, key: str | None = None) -> str:
             "already exists (--if-none-match); read it again (`ringkv head KEY`) and retry"
         )
     if isinstance(exc, Unauthorized):
-        return "unauthorized: set RINGKV_TOKEN or pass --token (make run prints it)"
+        return "unauthorized: set RINGKV_TOKEN or pass --token; " + (
+            f"{LOCAL_TOKEN}; {KUBE_TOKEN}" if _is_local(url) else KUBE_TOKEN)
     if isinstance(exc, QuorumUnavailable):
-        counts = ""
-        if exc.acked is not None and exc.needed is not None:
-            counts = f" ({exc.acked} of {exc.needed} replicas answered)"
-        return (
-            f"quorum unavailable{counts}: a write may still have reached some replicas; "
-            "retry when nodes are back (`ringkv status`) or pass --consistency one"
-        )
+        return (f"quorum unavailable: {exc.message}; retry when nodes are back "
+                "(`ringkv status`) or pass --consistency one")
     if isinstance(exc, ConflictRetryExhausted):
         return f"conflict: concurrent writers to{what} kept winning; retry the write"
     if isinstance(exc, Unavailable):
-        return _describe_unavailable(exc)
+        return _describe_unavailable(exc, _is_local(url))
     if isinstance(exc, PayloadTooLarge):
         return "value too large: the node's limit is RINGKV_MAX_VALUE_BYTES (default 1 MiB)"
     if isinstance(exc, InsufficientStorage):
@@ -130,7 +132,33 @@ def describe(exc: RingkvError, key: str | None = None) -> str:
     return f"server error ({exc}); see the node's log"
 
 
-def _describe_unavailable(exc: Unavailable) -> str:
+# Where a token comes from, for the 401 hint. A loopback --url may be a local `ringkv up`
+# or a `kubectl port-forward`, so both are named there; any other address is not `ringkv up`.
+LOCAL_TOKEN = ("a local `ringkv up` (`make run`) prints it and keeps it in its data "
+               "directory (`.ringkv-data/token`)")
+KUBE_TOKEN = ("on Kubernetes it is the Secret <release>-tokens: kubectl get secret "
+              "ringkv-tokens -o jsonpath='{.data.api-token}' | base64 -d")
+PORT_FORWARD = ("a `kubectl port-forward` exits, or drops connections, once the pod it "
+                "forwards to is gone: start it again, or keep it in a loop (docs/KUBERNETES.md)")
+
+
+def _is_local(url: str) -> bool:
+    """Whether every URL of --url is on this machine's loopback."""
+    try:
+        hosts = [urlsplit(u.strip()).hostname or "" for u in url.split(",") if u.strip()]
+    except ValueError:
+        return False
+    return bool(hosts) and all(h == "localhost" or _loopback_ip(h) for h in hosts)
+
+
+def _loopback_ip(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _describe_unavailable(exc: Unavailable, local: bool) -> str:
     url = exc.urls[0] if len(exc.urls) == 1 else ", ".join(exc.urls) or "the node"
     if exc.maybe_applied:
         return (
@@ -141,7 +169,17 @@ def _describe_unavailable(exc: Unavailable) -> str:
         return f"no answer in time from {url}: check `ringkv status` or raise --timeout"
     if exc.status is not None:
         return f"{url} answered HTTP {exc.status}: {exc.message}; retry later"
-    return f"cannot reach {url}: is a node listening there? start one with `make run`"
+    if exc.refused:
+        if local:
+            return (f"nothing listens at {url}: start the local cluster (`make run`), or, "
+                    f"if it is a port-forward, {PORT_FORWARD}")
+        return f"nothing listens at {url}: check --url (a node's address and API port)"
+    if exc.dropped:
+        if local:
+            return f"{url} closed the connection without an answer: {PORT_FORWARD}"
+        return (f"{url} closed the connection without an answer: is it a node's API port, "
+                "and does it want https://?")
+    return f"cannot reach {url} ({exc.message}): check --url and the network"
 
 
 def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -251,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", parents=[common], help="cluster membership and rebalance")
     p.add_argument("--json", action="store_true", help="print /v1/cluster as JSON")
+    p.add_argument("--wait", nargs="?", type=float, const=300.0, metavar="SECONDS",
+                   help="first wait until the cluster is settled (the epoch settled, every "
+                   "member normal, reachable, ready and on it, no rebalance), at most SECONDS "
+                   "(default 300); exit 5 if it is not by then")
 
     p = sub.add_parser("replicas", parents=[common], help="where a key lives (JSON)")
     p.add_argument("key")
@@ -353,19 +395,28 @@ def _cmd_list(client: Client, args: argparse.Namespace) -> None:
         print(f"more keys: pass --cursor {page.cursor} or --all", file=sys.stderr)
 
 
-def _cmd_status(client: Client, args: argparse.Namespace) -> None:
-    doc = client.cluster()
-    if args.json:
-        print(json.dumps(doc, indent=2, sort_keys=True))
+def _cmd_status(client: Client, args: argparse.Namespace) -> int:
+    if args.wait is None:
+        doc = client.cluster()
     else:
-        print(format_status(doc))
+        try:
+            doc = settle.wait(client.cluster, args.wait,
+                              lambda why: print(f"waiting: {why}", file=sys.stderr))
+        except settle.NotSettled as exc:
+            if exc.last is not None:
+                print(json.dumps(exc.last, indent=2, sort_keys=True) if args.json
+                      else format_status(exc.last))
+            print(f"ringkv status: not settled after {args.wait:g}s: {exc}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+    print(json.dumps(doc, indent=2, sort_keys=True) if args.json else format_status(doc))
+    return EXIT_OK
 
 
 def _cmd_replicas(client: Client, args: argparse.Namespace) -> None:
     print(json.dumps(client.replicas(args.key), indent=2, sort_keys=True))
 
 
-_COMMANDS: dict[str, Callable[[Client, argparse.Namespace], None]] = {
+_COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int | None]] = {
     "put": _cmd_put,
     "get": _cmd_get,
     "head": _cmd_head,
@@ -446,9 +497,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cacert = args.cacert or os.environ.get("RINGKV_CACERT") or None
         with Client(args.url, token=token or None, timeout=args.timeout, ca_file=cacert) as client:
-            _COMMANDS[args.command](client, args)
+            code = _COMMANDS[args.command](client, args)
     except RingkvError as exc:
-        print(f"ringkv {args.command}: {describe(exc, getattr(args, 'key', None))}", file=sys.stderr)
+        print(f"ringkv {args.command}: {describe(exc, getattr(args, 'key', None), args.url)}",
+              file=sys.stderr)
         return exit_code(exc)
     except ValueError as exc:  # a bad --url or key, found before any request
         print(f"ringkv {args.command}: {exc}", file=sys.stderr)
@@ -459,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # --output FILE could not be written
         print(f"ringkv {args.command}: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    return EXIT_OK
+    return EXIT_OK if code is None else code
 
 
 if __name__ == "__main__":

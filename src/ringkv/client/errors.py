@@ -79,7 +79,10 @@ class Unavailable(RingkvError):
     """No usable HTTP answer: connection refused, timeout, reset, or a gateway error.
 
     ``urls`` lists the nodes tried; ``timed_out`` tells a slow node from an absent one.
-    ``maybe_applied`` is True when a write was sent but its outcome is unknown.
+    ``maybe_applied`` is True when a write was sent but its outcome is unknown. Of the
+    last attempt: ``refused`` when nothing listened at the address, ``dropped`` when the
+    connection was accepted and then closed without an answer (as a ``kubectl
+    port-forward`` whose pod is gone does).
     """
 
     def __init__(
@@ -90,11 +93,15 @@ class Unavailable(RingkvError):
         timed_out: bool = False,
         maybe_applied: bool = False,
         status: int | None = None,
+        refused: bool = False,
+        dropped: bool = False,
     ) -> None:
         super().__init__("unavailable", message, status)
         self.urls = tuple(urls)
         self.timed_out = timed_out
         self.maybe_applied = maybe_applied
+        self.refused = refused
+        self.dropped = dropped
 
 
 _BY_CODE: dict[str, type[RingkvError]] = {

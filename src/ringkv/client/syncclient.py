@@ -159,7 +159,8 @@ class Client:
             except OSError as exc:
                 conn.close()
                 raise TransportFailure(
-                    base.url, exc, sent=False, timed_out=isinstance(exc, TimeoutError)
+                    base.url, exc, sent=False, timed_out=isinstance(exc, TimeoutError),
+                    refused=isinstance(exc, ConnectionRefusedError),
                 ) from exc
         return conn
 

@@ -287,14 +287,17 @@ def backoff(attempt: int) -> float:
 
 
 class TransportFailure(Exception):
-    """One attempt got no HTTP answer; ``sent`` is False only when no byte left for the node."""
+    """One attempt got no HTTP answer; ``sent`` is False only when no byte left for the node,
+    ``refused`` when the connection was refused (nothing listens there)."""
 
-    def __init__(self, url: str, cause: BaseException, *, sent: bool, timed_out: bool) -> None:
+    def __init__(self, url: str, cause: BaseException, *, sent: bool, timed_out: bool,
+                 refused: bool = False) -> None:
         super().__init__(f"{url}: {cause!r}")
         self.url = url
         self.cause = cause
         self.sent = sent
         self.timed_out = timed_out
+        self.refused = refused
 
 
 RETRY_STATUSES = (502, 503, 504)
@@ -331,7 +334,8 @@ def give_up(call: Call, outcome: Reply | TransportFailure, tried: list[str]) -> 
         raise Unavailable(
             f"no answer in time from {', '.join(urls)}", urls, timed_out=True
         ) from outcome.cause
-    raise Unavailable(f"cannot reach {', '.join(urls)} ({cause})", urls) from outcome.cause
+    raise Unavailable(f"cannot reach {', '.join(urls)} ({cause})", urls, refused=outcome.refused,
+                      dropped=outcome.sent) from outcome.cause
 
 
 class Targets:

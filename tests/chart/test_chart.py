@@ -4,15 +4,17 @@ The chart is rendered with `helm template` under several value sets and Kubernet
 versions, validated against the Kubernetes API schemas (kubernetes-validate, offline,
 strict), and then checked for the properties ringkv relies on: peers find each other
 through a headless Service that publishes not-ready pods, selectors really select the
-node pods, the operator's RBAC is exactly what it needs, everything runs restricted, and
-the version-dependent APIs switch at the right Kubernetes versions. The local test cluster
+node pods, the operator's Role names the membership ConfigMap it may read and patch
+(tests/operator runs the operator against the rendered Role, which proves the Role is what
+the operator uses), everything runs restricted, and the version-dependent APIs switch at the
+right Kubernetes versions. The local test cluster
 enforces no NetworkPolicy, so the rendered policy is what is tested here.
 """
 
 from __future__ import annotations
 
 import base64
-import functools
+import hashlib
 import json
 import os
 import re
@@ -25,25 +27,12 @@ from typing import Any
 
 import pytest
 import yaml
+from helmchart import CHART, ROOT, Doc, env_of, find, helm, needs_helm
+from helmchart import render as render_chart
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "ringkv"
 RELEASE = "ringkv"
 NAMESPACE = "kv-test"
 FULLNAME = "ringkv"  # the release name contains the chart name, so it is used as is
-
-Doc = dict[str, Any]
-
-
-def _find_helm() -> str | None:
-    local = ROOT / ".tools" / "bin" / "helm"
-    return str(local) if os.access(local, os.X_OK) else shutil.which("helm")
-
-
-HELM = _find_helm()
-needs_helm = pytest.mark.skipif(
-    HELM is None, reason="helm not found: `make tools` fetches it into .tools/bin"
-)
 
 # `helm template` cannot discover APIs, so pass what a real cluster of that version serves.
 KUBE_120 = ("--kube-version", "1.20.2")
@@ -79,29 +68,22 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
         "--set-json", 'networkPolicy.apiFrom=[{"namespaceSelector":{"matchLabels":{"team":"a"}}}]',
         "--set-json", 'podAnnotations={"a":"b"}',
     ),
+    "strict": (
+        *KUBE_131,
+        "--set", "podAntiAffinity=required",
+        "--set", "networkPolicy.egress.enabled=true",
+        "--set-json", 'networkPolicy.egress.apiServer=[{"ipBlock":{"cidr":"10.0.0.1/32"}}]',
+        "--set-json", 'networkPolicy.egress.dnsTo=[{"namespaceSelector":{}}]',
+        "--set-json", 'networkPolicy.apiFrom=[{"podSelector":{"matchLabels":{"role":"client"}}}]',
+        "--set-json", "topologySpreadConstraints=" + json.dumps([{
+            "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "DoNotSchedule"}]),
+    ),
 }  # fmt: skip
 
 
-def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run helm; on an unexpected failure show its stderr (the template error)."""
-    assert HELM is not None
-    proc = subprocess.run([HELM, *args], capture_output=True, text=True, timeout=60, check=False)
-    if check and proc.returncode != 0:
-        pytest.fail(f"helm {' '.join(args)} failed:\n{proc.stderr}")
-    return proc
-
-
-@functools.cache
 def render(*args: str, release: str = RELEASE) -> tuple[Doc, ...]:
-    """The chart's manifests (test hooks included) for these extra `helm template` args."""
-    out = helm("template", release, str(CHART), "--namespace", NAMESPACE, *args).stdout
-    return tuple(d for d in yaml.safe_load_all(out) if d)
-
-
-def find(docs: tuple[Doc, ...], kind: str, name: str | None = None) -> Doc:
-    matches = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
-    assert len(matches) == 1, f"expected one {kind} {name or ''}, got {len(matches)}"
-    return matches[0]
+    return render_chart(*args, release=release, namespace=NAMESPACE)
 
 
 def kinds(docs: tuple[Doc, ...]) -> list[str]:
@@ -119,10 +101,6 @@ def workloads(docs: tuple[Doc, ...]) -> Iterator[tuple[str, Doc]]:
 
 def pod_labels(docs: tuple[Doc, ...], kind: str) -> dict[str, str]:
     return find(docs, kind)["spec"]["template"]["metadata"]["labels"]
-
-
-def env_of(container: Doc) -> dict[str, Doc]:
-    return {e["name"]: e for e in container.get("env", [])}
 
 
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -182,7 +160,7 @@ def test_schema_validation_is_really_strict() -> None:
 def test_default_render_has_exactly_the_expected_objects() -> None:
     assert kinds(render()) == sorted(
         [
-            "NetworkPolicy", "PodDisruptionBudget", "ServiceAccount", "Secret", "Role",
+            "NetworkPolicy", "NetworkPolicy", "PodDisruptionBudget", "ServiceAccount", "Secret", "Role",
             "RoleBinding", "Service", "Service", "Deployment", "StatefulSet", "Pod",
         ]
     )  # fmt: skip
@@ -255,7 +233,7 @@ def test_selectors_select_node_pods_and_only_them() -> None:
         "client service": find(docs, "Service", FULLNAME)["spec"]["selector"],
         "peer service": find(docs, "Service", f"{FULLNAME}-peers")["spec"]["selector"],
         "pdb": find(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
-        "networkpolicy": find(docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"],
+        "networkpolicy": find(docs, "NetworkPolicy", FULLNAME)["spec"]["podSelector"]["matchLabels"],
     }
     for what, selector in selectors.items():
         assert selects(selector, node), what
@@ -290,24 +268,25 @@ def test_volume_claim_labels_are_only_the_immutable_selector_labels() -> None:
 
 
 @needs_helm
-def test_role_grants_exactly_what_the_operator_needs() -> None:
+def test_role_is_namespaced_and_names_the_membership_configmap() -> None:
+    """Which verbs the operator needs is proven in tests/operator (the operator runs against
+    this Role there); here: no cluster scope, no wildcards, and get/patch of ConfigMaps only
+    on the one the operator is configured to use."""
     docs = render()
     assert "ClusterRole" not in kinds(docs)
     assert "ClusterRoleBinding" not in kinds(docs)
-    granted = {
-        (group, resource, verb)
-        for rule in find(docs, "Role")["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
-    }
-    expected = {("", "pods", v) for v in ("get", "list", "watch")}
-    expected |= {("", "configmaps", v) for v in ("get", "list", "watch", "create", "patch")}
-    expected |= {("", "events", "create"), ("events.k8s.io", "events", "create")}
-    assert granted == expected
-    for rule in find(docs, "Role")["rules"]:
-        assert "resourceNames" not in rule
+    rules = find(docs, "Role")["rules"]
+    for rule in rules:
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
+    operator = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    membership = env_of(operator)["RINGKV_CONFIGMAP"]["value"]
+    for rule in rules:
+        if "configmaps" in rule["resources"] and {"get", "patch", "update"} & set(rule["verbs"]):
+            assert rule.get("resourceNames") == [membership], rule
+        if "resourceNames" not in rule:
+            # Only a create may not be narrowed by name (its name is in the body).
+            assert rule["verbs"] == ["create"] or "pods" in rule["resources"], rule
+            assert not {"get", "patch", "update", "delete"} & set(rule["verbs"]), rule
 
 
 @needs_helm
@@ -434,15 +413,42 @@ def test_tls_without_a_secret_is_refused() -> None:
 @needs_helm
 def test_node_pods_prefer_different_hosts_unless_affinity_is_given() -> None:
     docs = render()
-    affinity = find(docs, "StatefulSet")["spec"]["template"]["spec"]["affinity"]
-    (term,) = affinity["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    spec = find(docs, "StatefulSet")["spec"]["template"]["spec"]
+    (term,) = spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
     assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
     assert selects(term["podAffinityTerm"]["labelSelector"]["matchLabels"], pod_labels(docs, "StatefulSet"))
+    assert "topologySpreadConstraints" not in spec
     custom = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
         "nodeSelectorTerms": [{"matchExpressions": [
             {"key": "disk", "operator": "In", "values": ["ssd"]}]}]}}}  # fmt: skip
-    docs = render("--set-json", f"affinity={json.dumps(custom)}")
+    docs = render("--set-json", f"affinity={json.dumps(custom)}", "--set", "podAntiAffinity=required")
     assert find(docs, "StatefulSet")["spec"]["template"]["spec"]["affinity"] == custom
+
+
+@needs_helm
+def test_required_anti_affinity_never_puts_two_nodes_on_one_host() -> None:
+    docs = render(*SCENARIOS["strict"])
+    anti = find(docs, "StatefulSet")["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert set(anti) == {"requiredDuringSchedulingIgnoredDuringExecution"}
+    (term,) = anti["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert selects(term["labelSelector"]["matchLabels"], pod_labels(docs, "StatefulSet"))
+    assert not selects(term["labelSelector"]["matchLabels"], pod_labels(docs, "Deployment"))
+    spec = find(render("--set", "podAntiAffinity=none"), "StatefulSet")["spec"]["template"]["spec"]
+    assert "affinity" not in spec
+
+
+@needs_helm
+def test_topology_spread_constraints_select_the_node_pods_by_default() -> None:
+    own = {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway"}
+    theirs = {"maxSkew": 2, "topologyKey": "rack", "whenUnsatisfiable": "DoNotSchedule",
+              "labelSelector": {"matchLabels": {"tier": "db"}}}
+    docs = render("--set-json", f"topologySpreadConstraints={json.dumps([own, theirs])}")
+    sts = find(docs, "StatefulSet")["spec"]
+    first, second = sts["template"]["spec"]["topologySpreadConstraints"]
+    assert {k: v for k, v in first.items() if k != "labelSelector"} == own
+    assert first["labelSelector"]["matchLabels"] == sts["selector"]["matchLabels"]
+    assert second == theirs, "an explicit labelSelector is kept as given"
 
 
 @needs_helm
@@ -566,8 +572,8 @@ def _ingress_by_port(policy: Doc) -> dict[int, Doc]:
 @needs_helm
 def test_network_policy_keeps_the_internal_port_to_nodes_and_operator() -> None:
     docs = render()
-    policy = find(docs, "NetworkPolicy")
-    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    policy = find(docs, "NetworkPolicy", FULLNAME)
+    assert policy["spec"]["policyTypes"] == ["Ingress"], "egress is opt-in"
     rules = _ingress_by_port(policy)
     assert set(rules) == {8080, 9080}
     peers = rules[9080]["from"]
@@ -582,15 +588,81 @@ def test_network_policy_keeps_the_internal_port_to_nodes_and_operator() -> None:
 
 
 @needs_helm
+def test_nothing_may_connect_to_the_operator() -> None:
+    docs = render()
+    policy = find(docs, "NetworkPolicy", f"{FULLNAME}-operator")
+    assert selects(policy["spec"]["podSelector"]["matchLabels"], pod_labels(docs, "Deployment"))
+    assert not selects(policy["spec"]["podSelector"]["matchLabels"], pod_labels(docs, "StatefulSet"))
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["ingress"] == []
+
+
+@needs_helm
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_port_a_pod_serves_is_in_its_network_policy(scenario: str) -> None:
+    """A port added to a pod without a rule would be closed wherever policies are enforced."""
+    docs = render(*SCENARIOS[scenario])
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    if scenario == "networkpolicy-off":
+        assert policies == []
+        return
+    for kind in ("StatefulSet", "Deployment"):
+        labels = pod_labels(docs, kind)
+        (policy,) = [p for p in policies if selects(p["spec"]["podSelector"]["matchLabels"], labels)]
+        served = {p["containerPort"] for c in find(docs, kind)["spec"]["template"]["spec"]["containers"]
+                  for p in c.get("ports", [])}
+        assert served == set(_ingress_by_port(policy)), kind
+
+
+@needs_helm
 def test_network_policy_api_sources_are_configurable() -> None:
     docs = render(*SCENARIOS["everything-set"])
-    rules = _ingress_by_port(find(docs, "NetworkPolicy"))
+    rules = _ingress_by_port(find(docs, "NetworkPolicy", FULLNAME))
     sources = rules[8080]["from"]
     assert {"namespaceSelector": {"matchLabels": {"team": "a"}}} in sources
     own = [s["podSelector"]["matchLabels"] for s in sources if "podSelector" in s]
     for labels in (pod_labels(docs, "StatefulSet"), pod_labels(docs, "Deployment"),
                    find(docs, "Pod")["metadata"]["labels"]):  # fmt: skip
         assert any(selects(sel, labels) for sel in own), "own pods must keep API access"
+
+
+def _egress(policy: Doc) -> list[tuple[set[tuple[int, str]], list[Doc] | None]]:
+    """Each egress rule as (its (port, protocol) pairs, its destinations or None: any)."""
+    return [({(p["port"], p["protocol"]) for p in rule["ports"]}, rule.get("to"))
+            for rule in policy["spec"]["egress"]]
+
+
+DNS = {(53, "UDP"), (53, "TCP")}
+
+
+@needs_helm
+def test_egress_lets_nodes_reach_only_their_peers_and_dns() -> None:
+    docs = render(*SCENARIOS["strict"])
+    policy = find(docs, "NetworkPolicy", FULLNAME)
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    (peers, to), (dns, dns_to) = _egress(policy)
+    assert peers == {(8080, "TCP"), (9080, "TCP")}
+    assert [t["podSelector"]["matchLabels"] for t in to] == [
+        find(docs, "StatefulSet")["spec"]["selector"]["matchLabels"]]
+    assert dns == DNS and dns_to == [{"namespaceSelector": {}}]
+
+
+@needs_helm
+def test_egress_lets_the_operator_reach_nodes_the_api_server_and_dns() -> None:
+    docs = render(*SCENARIOS["strict"])
+    policy = find(docs, "NetworkPolicy", f"{FULLNAME}-operator")
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["spec"]["ingress"] == []
+    (nodes, to), (api, api_to), (dns, _) = _egress(policy)
+    assert nodes == {(8080, "TCP"), (9080, "TCP")}
+    assert selects(to[0]["podSelector"]["matchLabels"], pod_labels(docs, "StatefulSet"))
+    assert api == {(443, "TCP"), (6443, "TCP")} and api_to == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
+    assert dns == DNS
+    # Without addresses: the API server's ports, to anywhere.
+    loose = render("--set", "networkPolicy.egress.enabled=true")
+    (_, _), (api, api_to), (dns, dns_to) = _egress(find(loose, "NetworkPolicy", f"{FULLNAME}-operator"))
+    assert api == {(443, "TCP"), (6443, "TCP")} and api_to is None
+    assert dns == DNS and dns_to is None
 
 
 @needs_helm
@@ -609,6 +681,46 @@ def test_generated_tokens() -> None:
     for token in tokens:
         assert re.fullmatch(r"[A-Za-z0-9]{40}", token)
     assert tokens[0] != tokens[1], "the node refuses equal api and cluster tokens"
+
+
+def _token_checksums(docs: tuple[Doc, ...]) -> set[str]:
+    return {find(docs, kind)["spec"]["template"]["metadata"]["annotations"]["checksum/tokens"]
+            for kind in ("StatefulSet", "Deployment")}
+
+
+@needs_helm
+def test_the_token_secret_outlives_uninstall() -> None:
+    secret = find(render(), "Secret", f"{FULLNAME}-tokens")
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+@needs_helm
+def test_pods_roll_when_the_tokens_change() -> None:
+    """The node and operator pods carry a checksum of the very tokens the Secret holds.
+
+    Without a cluster to look the Secret up in, every render makes new tokens: two renders
+    are two token changes, and must give two checksums.
+    """
+    checksums = []
+    for _ in range(2):
+        docs = tuple(d for d in yaml.safe_load_all(helm("template", RELEASE, str(CHART)).stdout) if d)
+        data = find(docs, "Secret")["data"]
+        (checksum,) = _token_checksums(docs)
+        # Go's JSON of the Secret's data: keys sorted, no spaces.
+        assert checksum == hashlib.sha256(
+            json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        checksums.append(checksum)
+    assert checksums[0] != checksums[1]
+
+
+@needs_helm
+def test_an_existing_secret_is_checksummed_by_name_without_a_cluster() -> None:
+    """With a cluster, `lookup` reads the Secret's data (tests/e2e); without one (`helm
+    template`, GitOps) the checksum must stay put, or every render would roll the pods."""
+    (mine,) = _token_checksums(render(*SCENARIOS["existing-secret"]))
+    assert mine == hashlib.sha256(b'"my-tokens"').hexdigest()
+    assert _token_checksums(render(*SCENARIOS["existing-secret"])) == {mine}
+    assert _token_checksums(render("--set", "auth.existingSecret=other")) != {mine}
 
 
 @needs_helm
@@ -684,6 +796,52 @@ def test_notes_tell_how_to_reach_the_cluster(tmp_path: Path) -> None:
         for line in lines
     )
     assert "helm test ringkv" in lines
+
+
+@needs_helm
+def test_notes_say_where_the_cli_comes_from(tmp_path: Path) -> None:
+    notes = _render_notes(tmp_path)
+    assert "It is not installed by this chart" in notes and "`make venv`" in notes
+    assert "kubectl exec ringkv-0 -- sh -c 'ringkv --token \"$RINGKV_API_TOKEN\" status'" in notes
+
+
+@needs_helm
+def test_notes_with_tls_use_https_and_the_ca(tmp_path: Path) -> None:
+    notes = _render_notes(tmp_path, *SCENARIOS["tls"])
+    lines = [line.strip() for line in notes.splitlines()]
+    assert "http://" not in notes
+    assert ("kubectl get secret ringkv-certs -o jsonpath='{.data.ca\\.crt}' | base64 -d > ringkv-ca.crt"
+            in lines)
+    assert 'export RINGKV_CACERT="$PWD/ringkv-ca.crt"' in lines
+    curls = [line for line in lines if line.startswith("curl")]
+    assert len(curls) == 3
+    for line in curls:
+        assert line.startswith("curl --cacert ringkv-ca.crt ") and " https://localhost:8080/v1/" in line
+    assert "ringkv --url https://localhost:8080 put hello world" in notes
+    assert "--url https://ringkv:8080 --cacert /tls/ca.crt status" in notes
+
+
+@needs_helm
+@pytest.mark.parametrize(
+    ("args", "deleted"),
+    [
+        ((), False),
+        (("--set", "persistence.retentionPolicy.whenDeleted=Delete", *KUBE_120), False),
+        (("--set", "persistence.retentionPolicy.whenDeleted=Delete", *KUBE_131), True),
+        (("--set", "persistence.retentionPolicy.whenScaled=Delete", *KUBE_131), False),
+    ],
+)
+def test_notes_say_whether_the_claims_outlive_uninstall(
+    tmp_path: Path, args: tuple[str, ...], deleted: bool
+) -> None:
+    """Only where the StatefulSet really gets whenDeleted=Delete do the claims go with it."""
+    notes = " ".join(_render_notes(tmp_path, *args).split())
+    sts = find(render(*args), "StatefulSet")["spec"]
+    policy = sts.get("persistentVolumeClaimRetentionPolicy", {}).get("whenDeleted", "Retain")
+    assert (policy == "Delete") == deleted
+    assert ("the claims outlive `helm uninstall`" in notes) == (not deleted)
+    assert ("`helm uninstall` deletes the claims with the StatefulSet" in notes) == deleted
+    assert "The Secret ringkv-tokens is kept on `helm uninstall`" in notes
 
 
 @needs_helm

@@ -93,7 +93,7 @@ def test_install_serves_through_port_forward(release: Release, service: PortForw
 
 def test_pods_run_unprivileged_on_a_read_only_root(release: Release) -> None:
     """What the chart's security context asks for, as the running containers see it; and
-    the NetworkPolicy is in place (this cluster does not enforce it: tests/chart checks
+    the NetworkPolicies are in place (this cluster does not enforce it: tests/chart checks
     its rules)."""
     kube = release.kube
     probe = ("import os\n"
@@ -102,7 +102,7 @@ def test_pods_run_unprivileged_on_a_read_only_root(release: Release) -> None:
         out = kube.kubectl("exec", pod, "--", "python", "-c", probe).stdout.strip()
         assert out == "10001 Read-only file system", (pod, out)
     policies = [p["metadata"]["name"] for p in kube.get_json("networkpolicy")["items"]]
-    assert policies == [release.name], policies
+    assert sorted(policies) == [release.name, f"{release.name}-operator"], policies
 
 
 def test_node_and_operator_deletion_lose_nothing(release: Release, service: PortForward) -> None:

@@ -20,6 +20,7 @@ from kube_harness import (
     Emulator,
     Nodes,
     OperatorThread,
+    chart_role,
     eventually,
 )
 
@@ -28,7 +29,9 @@ from ringkv.operator.kube import Config
 
 @pytest.fixture
 async def k8s(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Cluster]:
-    async with Emulator() as emulator, kmock.Server(emulator) as server:
+    """The emulated API server; the operator's requests are held to the chart's Role, and a
+    test fails if any was refused (even one the operator only logged)."""
+    async with Emulator(role=chart_role()) as emulator, kmock.Server(emulator) as server:
         for name, info in RESOURCES.items():
             emulator.resources[name] = kmock.ResourceInfo(verbs=VERBS, **info)
         kubeconfig = tmp_path / "kubeconfig"
@@ -45,6 +48,7 @@ async def k8s(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
         async with aiohttp.ClientSession(str(server.url), connector=connector,
                                          headers={"User-Agent": TEST_AGENT}) as session:
             yield Cluster(emulator, session, kubeconfig)
+        assert emulator.forbidden == [], "the chart's Role refused the operator these requests"
 
 
 @pytest.fixture

@@ -26,7 +26,9 @@ from typing import Any
 import aiohttp
 import attrs
 import kmock
+import rbac
 from harness import API_TOKEN, CLUSTER_TOKEN, NodeProcess, free_ports, http
+from helmchart import env_of, find, render
 
 from ringkv.node.membership import Document
 from ringkv.operator.kube import Config, LabelSelector, Operator, Pod
@@ -48,6 +50,15 @@ RESOURCES: dict[str, dict[str, Any]] = {
     "v1/events": {"kind": "Event", "namespaced": True},
 }
 VERBS = {"get", "list", "watch", "create", "patch", "delete"}
+OPERATOR_USER = f"system:serviceaccount:{NAMESPACE}:ringkv-operator"
+
+
+def chart_role() -> rbac.Role:
+    """The operator's Role as the chart renders it for a release in NAMESPACE."""
+    docs = render(release="ringkv", namespace=NAMESPACE)
+    operator = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(operator)["RINGKV_CONFIGMAP"]["value"] == CONFIGMAP
+    return rbac.Role.from_manifest(find(docs, "Role"))
 
 
 async def eventually(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition",
@@ -80,16 +91,22 @@ class Emulator(kmock.KubernetesEmulator):
     create; every change gets a fresh `resourceVersion`; a list reports the version it was
     taken at; a watch honours `?resourceVersion=` and starts exactly where its snapshot
     ended (kmock's own watch replays all objects and can miss changes made meanwhile); pods
-    are deleted gracefully. Avoided rather than fixed: listing namespaces (kmock answers
-    500; the operator is namespaced with scanning off), PUT (the operator only PATCHes),
-    JSON-patch `test` failures (the operator sends merge patches). Not emulated, on purpose:
-    label selectors, so the operator's client-side filtering is what the tests see work.
+    are deleted gracefully; with a `role`, a request that carries a token (the operator's
+    and kopf's, never the test's own) is authorized by it and refused with 403 as the API
+    server would, and refusals are kept in `forbidden`. Avoided rather than fixed: listing
+    namespaces (kmock answers 500; the operator is namespaced with scanning off), PUT (the
+    operator only PATCHes), JSON-patch `test` failures (the operator sends merge patches).
+    Not emulated, on purpose: label selectors, so the operator's client-side filtering is
+    what the tests see work.
     """
 
     _rv: int = 0
     _history: list[tuple[int, Any, dict[str, Any]]] = attrs.field(factory=list)
     # A test's own say before any request is served: a response, or None to go on.
     gate: Callable[[kmock.Request], Awaitable[aiohttp.web.StreamResponse | None]] | None = None
+    role: rbac.Role | None = None
+    authorized: list[rbac.Attributes] = attrs.field(factory=list)
+    forbidden: list[str] = attrs.field(factory=list)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -104,6 +121,8 @@ class Emulator(kmock.KubernetesEmulator):
     async def _handle(self, request: kmock.Request) -> Any:
         if self.gate is not None and (response := await self.gate(request)) is not None:
             return response
+        if (refusal := self._authorize(request)) is not None:
+            return refusal
         if request.action == kmock.action.CREATE and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
             if request.namespace:
@@ -118,6 +137,23 @@ class Emulator(kmock.KubernetesEmulator):
         if is_pod and request.action == kmock.action.UPDATE:
             await self._finish_deletion(request)
         return response
+
+    def _authorize(self, request: kmock.Request) -> aiohttp.web.StreamResponse | None:
+        """403 for a request of the operator's that the Role does not grant."""
+        if self.role is None or not request.headers.get("Authorization"):
+            return None
+        attributes = rbac.attributes(request.method, request.url.path, request.params)
+        if attributes is None:
+            if rbac.discovery(request.url.path):
+                return None
+            self.forbidden.append(f"{request.method} {request.url.path} (not a discovery URL)")
+            return aiohttp.web.json_response({"kind": "Status", "code": 403}, status=403)
+        if self.role.granting(attributes):
+            self.authorized.append(attributes)
+            return None
+        self.forbidden.append(str(attributes))
+        return aiohttp.web.json_response(rbac.forbidden_status(attributes, OPERATOR_USER),
+                                         status=403)
 
     async def _delete_pod(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         """Graceful pod deletion as the API server and the kubelet do it: the first DELETE
@@ -316,6 +352,12 @@ class Cluster:
     async def events(self) -> list[dict[str, Any]]:
         listing = await self.call("GET", f"/api/v1/namespaces/{NAMESPACE}/events")
         return listing["items"]
+
+    def unused_grants(self) -> set[tuple[str, str, str, str]]:
+        """Grants of the chart's Role that no request of the operator has needed so far."""
+        role = self.emulator.role
+        assert role is not None
+        return role.grants() - rbac.used(role, self.emulator.authorized)
 
     def kopf_watches(self) -> int:
         """How many watches on the node pods kopf has opened so far (after listing them)."""

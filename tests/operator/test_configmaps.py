@@ -84,8 +84,39 @@ async def test_api_errors_carry_the_status(k8s) -> None:
     api = api_for(k8s)
     try:
         with pytest.raises(ApiError) as info:
-            await api.request("GET", f"/api/v1/namespaces/{NAMESPACE}/configmaps/missing")
+            await api.request("GET", f"/api/v1/namespaces/{NAMESPACE}/configmaps/{CONFIGMAP}")
         assert info.value.status == 404
+    finally:
+        await api.close()
+
+
+async def test_the_chart_role_refuses_what_it_does_not_grant(k8s) -> None:
+    """The emulator holds the operator's requests to the chart's Role: any other ConfigMap,
+    pod reads by name, other namespaces and cluster-scoped lists are refused with 403."""
+    api = api_for(k8s)
+    refused = [
+        ("GET", f"/api/v1/namespaces/{NAMESPACE}/configmaps/other", None),
+        ("PATCH", f"/api/v1/namespaces/{NAMESPACE}/configmaps/other", {"data": {}}),
+        ("GET", f"/api/v1/namespaces/{NAMESPACE}/configmaps", None),
+        ("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/kv-0", None),
+        ("DELETE", f"/api/v1/namespaces/{NAMESPACE}/pods/kv-0", None),
+        ("GET", "/api/v1/namespaces/elsewhere/pods", None),
+        ("GET", "/api/v1/nodes", None),
+        ("POST", f"/apis/events.k8s.io/v1/namespaces/{NAMESPACE}/events", {}),
+    ]
+    try:
+        for method, path, body in refused:
+            with pytest.raises(ApiError) as info:
+                await api.request(method, path, body,
+                                  content_type="application/merge-patch+json")
+            assert info.value.status == 403, (method, path)
+            assert "is forbidden" in str(info.value)
+        assert len(k8s.emulator.forbidden) == len(refused)
+        k8s.emulator.forbidden.clear()  # refused on purpose: the fixture checks for none
+        # What it grants goes through; the test's own requests (no token) are never held.
+        await api.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods",
+                          params={"watch": "false"})
+        await k8s.call("GET", f"/api/v1/namespaces/{NAMESPACE}/configmaps")
     finally:
         await api.close()
 

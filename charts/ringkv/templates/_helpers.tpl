@@ -128,6 +128,36 @@ Token env vars from the Secret. The node needs both; the operator only the clust
       key: cluster-token
 {{- end }}
 
+{{/*
+The Secret's data (base64 values) as JSON: the live Secret's when `lookup` finds it, else
+new random tokens. Memoized in the root context, because every template that includes it
+must see the same random values (the Secret and the checksum annotation of the pods).
+*/}}
+{{- define "ringkv.tokens" -}}
+{{- if not (hasKey . "ringkvTokens") }}
+{{- $live := lookup "v1" "Secret" .Release.Namespace (include "ringkv.secretName" .) }}
+{{- $data := (get ($live | default dict) "data") | default dict }}
+{{- $_ := set . "ringkvTokens" (dict
+      "api-token" (get $data "api-token" | default (randAlphaNum 40 | b64enc))
+      "cluster-token" (get $data "cluster-token" | default (randAlphaNum 40 | b64enc))) }}
+{{- end }}
+{{- get . "ringkvTokens" | toJson }}
+{{- end }}
+
+{{/*
+`checksum/tokens` for the node and operator pod templates: a changed token rolls them (a
+pod reads the Secret into its environment only when it starts). For `auth.existingSecret`
+it is the live Secret's data, or just its name when there is no cluster to ask.
+*/}}
+{{- define "ringkv.tokensChecksum" -}}
+{{- if .Values.auth.existingSecret }}
+{{- $live := lookup "v1" "Secret" .Release.Namespace .Values.auth.existingSecret }}
+{{- (get ($live | default dict) "data") | default .Values.auth.existingSecret | toJson | sha256sum }}
+{{- else }}
+{{- include "ringkv.tokens" . | sha256sum }}
+{{- end }}
+{{- end }}
+
 {{- define "ringkv.apiTokenEnv" -}}
 - name: {{ .name }}
   valueFrom:
@@ -172,9 +202,30 @@ Token env vars from the Secret. The node needs both; the operator only the clust
 {{- end }}
 {{- end }}
 
+{{/*
+"true" when the StatefulSet gets a persistentVolumeClaimRetentionPolicy (Kubernetes 1.27+
+with the API list known); empty otherwise, and older clusters always retain the claims.
+*/}}
+{{- define "ringkv.hasRetentionPolicy" -}}
+{{- if and .Values.persistence.enabled (.Capabilities.APIVersions.Has "apps/v1/StatefulSet") (semverCompare ">=1.27-0" .Capabilities.KubeVersion.Version) }}true{{ end }}
+{{- end }}
+
 {{/* http or https, as the nodes serve their API. */}}
 {{- define "ringkv.scheme" -}}
 {{- if .Values.tls.enabled }}https{{ else }}http{{ end }}
+{{- end }}
+
+{{/* An egress rule for DNS: names of peers, and of the API server, resolve through it. */}}
+{{- define "ringkv.dnsEgress" -}}
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+  {{- with .Values.networkPolicy.egress.dnsTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
 {{- end }}
 
 {{/* Cross-field checks the JSON schema cannot express. */}}

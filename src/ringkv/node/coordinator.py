@@ -3,7 +3,8 @@
 Writes fan out to every replica of the key in the base and the target ring and succeed
 when W replicas ack in each (rule 3). A replica refuses a client write whose version is
 not newer than the one it stores and answers with that version; the coordinator moves its
-clock past it and writes again, at most MAX_RETRIES times (rule 2). Reads ask one replica
+clock past it and writes again, once: a refusal of the second attempt comes from a
+concurrent write, which may follow this one (rule 2, see `Coordinator.write`). Reads ask one replica
 for the value and the others for the version only (digest reads), wait for R answers from
 base-ring replicas that are not joining, return the newest, and repair every replica seen
 holding an older version (read repair). A replica that misses a write gets a hint.
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 
 from .membership import View
 from .preconditions import Preconditions
-from .records import Record
+from .records import Record, expiry
 from .ring import key_token
 from .storage import KeyInfo, StorageFull
 from .transport import (
@@ -31,12 +32,13 @@ from .transport import (
     RemoteError,
     StaleEpoch,
 )
-from .versions import COUNTER_BITS, HybridClock, Version
+from .versions import HybridClock, Version
 
 log = logging.getLogger("ringkv.coordinator")
 
 LEVELS = ("one", "quorum", "all")
-MAX_RETRIES = 3
+# Attempts of one write: two suffice (see Coordinator.write); a stale epoch starts over.
+MAX_ATTEMPTS = 4
 
 
 class CoordinatorError(Exception):
@@ -138,15 +140,25 @@ class _Tally:
     target: frozenset[str]
     need_base: int
     need_target: int
+    superseded_counts: bool = False  # a refusal counts as an ack (see Coordinator.write)
     acked: set[str] = field(default_factory=set)
     answered: set[str] = field(default_factory=set)
-    refused: list[Version] = field(default_factory=list)
+    refused: dict[str, Version] = field(default_factory=dict)
     full: bool = False
     stale: bool = False
 
+    def _enough(self, names: set[str]) -> bool:
+        return (len(names & self.base) >= self.need_base
+                and len(names & self.target) >= self.need_target)
+
     def ok(self) -> bool:
-        return (len(self.acked & self.base) >= self.need_base
-                and len(self.acked & self.target) >= self.need_target)
+        if self.superseded_counts:
+            return self._enough(self.acked | self.refused.keys())
+        return self._enough(self.acked)
+
+    def answered_quorum(self) -> bool:
+        """Acks and refusals together cover a quorum of each ring."""
+        return self._enough(self.acked | self.refused.keys())
 
     def shortfall(self) -> QuorumUnavailable:
         """The 503 of a write that missed its quorum, with the counts of the ring that fell
@@ -185,33 +197,39 @@ class Coordinator:
     # -- writes -------------------------------------------------------------------------
     async def write(self, key: bytes, value: bytes, content_type: str, level: str,
                     ttl: int | None = None, tombstone: bool = False) -> Record:
-        """Write a new version; returns the record as acknowledged."""
+        """Write a new version; returns the record as acknowledged.
+
+        Rule 2 in at most two attempts (ARCHITECTURE.md has the argument): the first one's
+        answers, once they cover a quorum of each ring, include every write acknowledged
+        before this one began, so a version above every refusal is newer than all of them;
+        a replica that refuses the second attempt holds a write that was concurrent with
+        this one, which this one may precede, and counts as an ack."""
         clock = self.cluster.clock
-        for _attempt in range(MAX_RETRIES + 1):
+        bounded = False  # an earlier attempt's answers bound every write acknowledged before
+        for _attempt in range(MAX_ATTEMPTS):
             view = self.cluster.view
             token = key_token(key)
             target = view.target.replicas_for_token(token)
             base = view.base.replicas_for_token(token) if view.transitioning else target
-            hlc = clock.now()
-            expires = (hlc >> COUNTER_BITS) + ttl * 1000 if ttl else 0
-            rec = Record(key, value, content_type, Version(hlc, self.cluster.name), tombstone,
-                         expires)
+            rec = Record(key, value, content_type, Version(clock.now(), self.cluster.name),
+                         tombstone, expiry(clock.physical_ms(), ttl))
             tally = _Tally(frozenset(base), frozenset(target),
-                           needed(level, len(base)), needed(level, len(target)))
+                           needed(level, len(base)), needed(level, len(target)),
+                           superseded_counts=bounded)
             await self._fan_out(rec, tally)
             if tally.ok():
                 return rec
-            if tally.refused:
-                clock.observe(max(tally.refused).hlc)
-                continue
             if tally.stale:
-                continue  # the newer membership is adopted: try again with its rings
+                bounded = False  # the newer membership is adopted: start over in its rings
+                continue
+            if tally.refused and tally.answered_quorum():
+                clock.observe(max(tally.refused.values()).hlc)
+                bounded = True
+                continue
             if tally.full:
                 raise InsufficientStorage("a replica's disk is full")
-            raise tally.shortfall()
-        raise ConflictRetryExhausted(
-            f"the write was refused as not newer {MAX_RETRIES + 1} times (concurrent writers?)"
-        )
+            break
+        raise tally.shortfall()
 
     async def _fan_out(self, rec: Record, tally: _Tally) -> None:
         decided = self._future()
@@ -224,7 +242,7 @@ class Coordinator:
                 if res is None:
                     tally.acked.add(name)
                 else:
-                    tally.refused.append(Version(res[0], res[1]))
+                    tally.refused[name] = Version(res[0], res[1])
             else:
                 self.cluster.replica_failed(name, exc)
                 full = isinstance(exc, StorageFull) or (

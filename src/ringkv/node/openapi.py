@@ -143,6 +143,8 @@ def document(settings: Settings) -> dict[str, Any]:
                                 "description": CONSISTENCY,
                                 "schema": {"type": "string", "enum": ["one", "quorum", "all"], "default": "quorum"}},
                 "ttl": {"name": "ttl", "in": "query",
+                        "description": "Seconds until the key expires, from the wall clock of "
+                                       "the node that coordinates the write",
                         "schema": {"type": "integer", "minimum": 1, "maximum": 315360000}},
                 "ifMatch": {"name": "If-Match", "in": "header",
                             "description": "* (the key exists) or entity-tags, e.g. "

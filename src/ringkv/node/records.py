@@ -10,6 +10,14 @@ from .versions import MAX_HLC, Version, valid_node_name
 WireRecord = tuple[bytes, bytes, str, int, str, bool, int]
 
 
+def expiry(now_ms: int, ttl: int | None) -> int:
+    """The absolute expiry (ms) of a record written now with a TTL in seconds (0: none).
+    `now_ms` is the coordinator's wall clock, never its hybrid clock: a peer whose clock
+    runs ahead pulls the HLC forward (for up to max_clock_drift), and a TTL is a promise in
+    seconds of real time."""
+    return now_ms + ttl * 1000 if ttl else 0
+
+
 @dataclass(slots=True)
 class Record:
     """One version of one key. `expires_ms` is 0 for no expiry (absolute ms otherwise)."""

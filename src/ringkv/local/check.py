@@ -594,7 +594,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def _preflight_control(args: argparse.Namespace) -> ControlClient | None:
     if args.nemesis == "none":
         return None
-    control = ControlClient(args.control)
+    control = ControlClient(args.control, args.token)
     try:
         control.nodes()
     except (OSError, ControlError) as exc:

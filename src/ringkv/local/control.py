@@ -13,29 +13,68 @@
                                        or {"one_way": [from, to]}
     POST /net/heal                     remove every partition rule
 
-Errors are JSON, ``{"error": message}``: 404 for an unknown node, 400 for a bad request,
-409 for a partition without namespaces.
+It listens on 127.0.0.1 only, and every request needs the cluster's API token
+(``Authorization: Bearer <token>``, the token `ringkv up` prints and keeps in its data
+directory): without it any local user could stop, kill or add nodes. Errors are JSON,
+``{"error": message}``: 401 without the token, 404 for an unknown node or path, 400 for a
+bad request, 409 for a partition without namespaces or a node whose ports are taken.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import signal
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
+from ringkv.node.security import has_token
+from ringkv.node.versions import MAX_CLOCK_SKEW_MS
+
 from .netns import NetnsError, describe, isolate_rules, one_way_rules, partition_rules
-from .supervisor import Child, NoNetwork, Supervisor
+from .supervisor import Child, NoNetwork, PortsTaken, Supervisor
+
+log = logging.getLogger("ringkv.launcher")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _json_error(status: type[web.HTTPException], message: str) -> web.HTTPException:
     return status(text=json.dumps({"error": message}), content_type="application/json")
 
 
+UNAUTHORIZED = ("send the cluster's API token: Authorization: Bearer <token> (`ringkv up` "
+                "printed it; it is also in the token file of its data directory)")
+
+
+def _guard(token: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """The token check, and every failure as JSON (aiohttp's own 404/405 and any bug)."""
+    expected = token.encode()
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not has_token(request.headers.getall("Authorization", ()), expected):
+            return web.json_response({"error": UNAUTHORIZED}, status=401,
+                                     headers={"WWW-Authenticate": 'Bearer realm="ringkv up"'})
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400 or exc.content_type == "application/json":
+                raise
+            allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            return web.json_response({"error": exc.reason}, status=exc.status, headers=allow)
+        except Exception:
+            log.exception("control request %s %s failed", request.method, request.path)
+            return web.json_response({"error": "internal error; see the log of `ringkv up`"},
+                                     status=500)
+
+    return guard
+
+
 def control_app(sup: Supervisor) -> web.Application:
     """The aiohttp application of the control endpoint."""
-    app = web.Application()
+    app = web.Application(middlewares=[_guard(sup.api_token)])
 
     def find(request: web.Request) -> Child:
         name = request.match_info["name"]
@@ -48,7 +87,10 @@ def control_app(sup: Supervisor) -> web.Application:
         return web.json_response([c.to_json() for c in sup.children])
 
     async def add(_request: web.Request) -> web.Response:
-        child = await sup.add_node()
+        try:
+            child = await sup.add_node()
+        except PortsTaken as exc:
+            raise _json_error(web.HTTPConflict, str(exc)) from None
         return web.json_response({"added": child.name, "port": child.port})
 
     async def kill(request: web.Request) -> web.Response:
@@ -71,10 +113,14 @@ def control_app(sup: Supervisor) -> web.Application:
 
     async def restart(request: web.Request) -> web.Response:
         child = find(request)
+        raw = request.query.get("clock_skew_ms", "0")
         try:
-            skew = int(request.query.get("clock_skew_ms", "0"))
+            skew = int(raw)
         except ValueError:
-            raise _json_error(web.HTTPBadRequest, "clock_skew_ms must be an integer") from None
+            skew = MAX_CLOCK_SKEW_MS + 1
+        if abs(skew) > MAX_CLOCK_SKEW_MS:
+            raise _json_error(web.HTTPBadRequest, "clock_skew_ms must be an integer from "
+                              f"{-MAX_CLOCK_SKEW_MS} to {MAX_CLOCK_SKEW_MS}, not {raw[:40]!r}")
         await sup.restart(child, skew)
         return web.json_response({"restarted": child.name, "clock_skew_ms": skew})
 

@@ -6,7 +6,10 @@
     ringkv node partition --isolate NAME | --groups A,B C,D,E | --one-way FROM TO
     ringkv node heal
 
-Used by `ringkv check`'s nemesis, the demo, the benchmarks and the tests.
+The endpoint wants the cluster's API token: `ringkv node` sends --token, else
+$RINGKV_TOKEN, else the one in `ringkv up`'s data directory (--data-dir, default
+.ringkv-data, as `make run` uses). Used by `ringkv check`'s nemesis, the demo, the
+benchmarks and the tests.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 DEFAULT_CONTROL = "http://127.0.0.1:8079"
+DEFAULT_DATA_DIR = ".ringkv-data"  # `ringkv up`'s, and `make run`'s
 COMMAND_TIMEOUT = 40.0  # a restart waits up to 20 s for the old process to exit
 
 
@@ -31,18 +36,23 @@ class ControlError(Exception):
 class ControlClient:
     """``GET /nodes``, ``POST /nodes/{name}/...``, ``/net`` of a running `ringkv up`.
 
-    Requests are blocking (urllib). A refused connection or an HTTP error status raises
-    OSError (``urllib.error.HTTPError`` for a status; its body is the JSON error);
-    an answer that is not the documented JSON raises :class:`ControlError`.
+    Requests are blocking (urllib) and carry the cluster's API token. A refused
+    connection or an HTTP error status raises OSError (``urllib.error.HTTPError`` for a
+    status; its body is the JSON error); an answer that is not the documented JSON raises
+    :class:`ControlError`.
     """
 
-    def __init__(self, url: str = DEFAULT_CONTROL, timeout: float = 10.0) -> None:
+    def __init__(self, url: str = DEFAULT_CONTROL, token: str | None = None,
+                 timeout: float = 10.0) -> None:
         parts = urlsplit(url.rstrip("/"))
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"the control URL must be an http URL, not {url!r}")
         self.url = url.rstrip("/")
         self.host = parts.hostname
         self.timeout = timeout
+        self._headers = {"Content-Type": "application/json"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
 
     def __repr__(self) -> str:
         return f"ControlClient({self.url!r})"
@@ -51,7 +61,7 @@ class ControlClient:
               timeout: float | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else b"" if method == "POST" else None
         req = urllib.request.Request(self.url + path, method=method, data=data,
-                                     headers={"Content-Type": "application/json"})
+                                     headers=self._headers)
         with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
             try:
                 return json.load(resp)
@@ -113,6 +123,10 @@ class ControlClient:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ringkv node", description="Control a local cluster (`ringkv up`).")
     p.add_argument("--control", default=os.environ.get("RINGKV_CONTROL", DEFAULT_CONTROL))
+    p.add_argument("--token", help="the cluster's API token (default: $RINGKV_TOKEN, else "
+                   "the token file in --data-dir)")
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                   help=f"`ringkv up`'s data directory, for its token (default {DEFAULT_DATA_DIR})")
     sub = p.add_subparsers(dest="action", required=True)
     sub.add_parser("list")
     sub.add_parser("add")
@@ -155,13 +169,23 @@ def _run(control: ControlClient, args: argparse.Namespace) -> object:
     return control.start(args.name)
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    """--token, else $RINGKV_TOKEN, else the token `ringkv up` keeps in its data directory."""
+    if args.token or os.environ.get("RINGKV_TOKEN"):
+        return str(args.token or os.environ["RINGKV_TOKEN"])
+    try:
+        return (Path(args.data_dir) / "token").read_text().strip() or None
+    except OSError:
+        return None
+
+
 def node_command(argv: list[str] | None = None) -> int:
     """`ringkv node ...`: print the control endpoint's JSON answer; exit 1 on an error
-    answer, 5 when no `ringkv up` answers."""
+    answer, 4 without the right token, 5 when no `ringkv up` answers."""
     p = _parser()
     args = p.parse_args(argv)
     try:
-        control = ControlClient(args.control, timeout=30)
+        control = ControlClient(args.control, _token(args), timeout=30)
     except ValueError as exc:
         p.error(str(exc))
     try:
@@ -169,6 +193,10 @@ def node_command(argv: list[str] | None = None) -> int:
         return 0
     except urllib.error.HTTPError as exc:
         print(f"ringkv node: {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
+        if exc.code == 401:
+            print("ringkv node: pass --token or set RINGKV_TOKEN (`ringkv up` printed it), or "
+                  "--data-dir of that `ringkv up`", file=sys.stderr)
+            return 4
         return 1
     except ControlError as exc:
         print(f"ringkv node: {exc}", file=sys.stderr)

@@ -52,9 +52,9 @@ class UpProcess:
         self.base_port = base_port
         self.data_dir = data_dir
         self.log_path = log_path
-        self.control = ControlClient(f"http://{LOOPBACK}:{base_port - 1}")
         self.urls: list[str] = []  # the first `nodes` nodes' API URLs, once ready
         self._token = token
+        self._control: ControlClient | None = None
         self._seen: dict[int, int] = {}  # node pid -> start time, for the sweep in stop()
 
     @property
@@ -63,7 +63,15 @@ class UpProcess:
 
     @property
     def control_url(self) -> str:
-        return self.control.url
+        return f"http://{LOOPBACK}:{self.base_port - 1}"
+
+    @property
+    def control(self) -> ControlClient:
+        """The control endpoint's client, with the token (raises OSError while `ringkv up`
+        has not written a token it generated)."""
+        if self._control is None:
+            self._control = ControlClient(self.control_url, self.token)
+        return self._control
 
     @property
     def token(self) -> str:

@@ -4,10 +4,12 @@ the membership reconciler's member source.
 It plays Kubernetes' and the operator's roles on one machine: it starts one process per
 node (node i: public API on base_port+i, internal port on base_port+1000+i), restarts a
 node that dies on the same data directory after `restart_delay` (as a StatefulSet
-recreates a deleted pod on its PVC), and runs the same reconciler as the kopf operator,
-with a JSON file as the store (:mod:`ringkv.local.store`) and its children as the member
-source. With a :class:`~ringkv.local.netns.Network` every node runs in its own network
-namespace, and :meth:`Supervisor.partition` cuts links between them. The control endpoint
+recreates a deleted pod on its PVC), but gives up on one that could not start (a port in
+use, bad settings, a corrupt database: `ringkv-node` exits 2-4) and says why, and runs the
+same reconciler as the kopf operator, with a JSON file as the store
+(:mod:`ringkv.local.store`) and its children as the member source. With a
+:class:`~ringkv.local.netns.Network` every node runs in its own network namespace, and
+:meth:`Supervisor.partition` cuts links between them. The control endpoint
 (:mod:`ringkv.local.control`) drives it; `ringkv up` (:mod:`ringkv.local.up`) wires it up.
 """
 
@@ -24,14 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ringkv.node.main import START_FAILURES
 from ringkv.node.security import TlsFiles
 from ringkv.operator.controller import Observed
 from ringkv.operator.nodes import NodeClient
 from ringkv.operator.reconciler import Reconciler
 
 from .netns import Network, describe
-from .ports import LOOPBACK
-from .processes import describe_exit, terminate_async
+from .ports import LOOPBACK, node_ports, unusable
+from .processes import describe_exit, log_tail, terminate_async
 from .store import FileStore
 
 log = logging.getLogger("ringkv.launcher")
@@ -39,6 +42,10 @@ log = logging.getLogger("ringkv.launcher")
 
 class NoNetwork(Exception):
     """A partition was asked of a cluster that does not run in network namespaces."""
+
+
+class PortsTaken(Exception):
+    """A new node's ports are in use or inside the kernel's ephemeral range."""
 
 
 @dataclass
@@ -56,6 +63,7 @@ class Child:
     wanted: bool = True  # False once stopped for good (a scale-down)
     restarts: int = 0
     clock_skew_ms: int = 0  # RINGKV_CLOCK_SKEW_MS of its next start (the skew nemesis)
+    failure: str = ""  # why it could not start and was given up on (until started again)
 
     @property
     def alive(self) -> bool:
@@ -74,7 +82,7 @@ class Child:
                 "alive": self.alive, "wanted": self.wanted, "host": self.host,
                 "port": self.port, "internal_port": self.internal_port, "url": self.url,
                 "data_dir": str(self.data_dir), "restarts": self.restarts,
-                "clock_skew_ms": self.clock_skew_ms}
+                "clock_skew_ms": self.clock_skew_ms, "failure": self.failure or None}
 
 
 class Supervisor:
@@ -124,7 +132,7 @@ class Supervisor:
 
     def _new_child(self) -> Child:
         i = len(self.children)
-        child = Child(i, f"node-{i}", self.base_port + i, self.base_port + 1000 + i,
+        child = Child(i, f"node-{i}", *node_ports(self.base_port, i),
                       self.data_dir / f"node-{i}", self.data_dir / f"node-{i}.log")
         if self.network is not None:
             child.host = self.network.add_node(child.name, i)
@@ -167,9 +175,18 @@ class Supervisor:
             code = await proc.wait()
             if self._stopping or proc is not child.proc:
                 return
+            self.wake.set()
+            if code in START_FAILURES and child.wanted:
+                # It would fail the same way again: restarting it every few seconds would
+                # only make it join and leave the membership each time.
+                child.wanted = False
+                child.failure = (f"could not start ({describe_exit(code)}: "
+                                 f"{log_tail(child.log_path, 1) or 'see its log'})")
+                log.error("%s %s; not restarting it: fix that, then `ringkv node start %s`",
+                          child.name, child.failure, child.name)
+                return
             log.warning("%s exited (%s)%s", child.name, describe_exit(code),
                         f"; restarting in {self.restart_delay:g}s" if child.wanted else "")
-            self.wake.set()
             if child.wanted:
                 await asyncio.sleep(self.restart_delay)
                 if child.wanted and not child.alive and not self._stopping:
@@ -201,6 +218,7 @@ class Supervisor:
         clock skew; the exit watcher ignores the replaced process."""
         old, child.proc = child.proc, None
         child.wanted = True
+        child.failure = ""
         child.clock_skew_ms = clock_skew_ms
         if old is not None:
             await terminate_async(old, 20)
@@ -234,7 +252,13 @@ class Supervisor:
         return next((c for c in self.children if c.name == name), None)
 
     async def add_node(self) -> Child:
-        """A new node slot, started at once; the reconciler makes it a member."""
+        """A new node slot, started at once; the reconciler makes it a member. Raises
+        PortsTaken, adding nothing, when its ports cannot be used."""
+        api, peer = node_ports(self.base_port, len(self.children))
+        problem = unusable([api, peer], f"node-{len(self.children)}",
+                           free=[] if self.network else None)
+        if problem is not None:
+            raise PortsTaken(problem)
         child = self._new_child()
         await self.spawn(child)
         self.wake.set()
@@ -249,6 +273,7 @@ class Supervisor:
     async def start_node(self, child: Child) -> None:
         """Want the node again and start it if it is not running."""
         child.wanted = True
+        child.failure = ""
         if not child.alive:
             await self.spawn(child)
         self.wake.set()

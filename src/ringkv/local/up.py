@@ -23,7 +23,7 @@ from ringkv.node.logs import setup as setup_logging
 
 from .control import control_app
 from .netns import NetnsError, Network, unusable_reason
-from .ports import LOOPBACK
+from .ports import LOOPBACK, block, free_port_block, unusable
 from .supervisor import Supervisor
 
 
@@ -43,6 +43,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.nodes < 1 or args.rf < 1:
         p.error("--nodes and --rf must be at least 1")
+    # The whole block, before anything starts: a node that cannot bind cannot start. With
+    # --netns the nodes bind their namespaces' addresses; only the control port is local.
+    ports = block(args.base_port, args.nodes)
+    problem = unusable(ports, f"--base-port {args.base_port} --nodes {args.nodes}",
+                       free=ports[:1] if args.netns else None)
+    if problem is not None:
+        p.error(f"{problem}; pick another --base-port (e.g. {free_port_block(args.nodes + 5)})")
     return args
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hmac
 import json
 import logging
 import time
@@ -33,6 +32,7 @@ from .openapi import document as openapi_document
 from .preconditions import Failure, Preconditions
 from .records import Record
 from .responses import RawResponse
+from .security import has_token
 from .service import NodeService, NotReady
 from .storage import StorageFull
 from .transport import PeerError
@@ -179,11 +179,10 @@ class Dispatcher:
         expects = "Expect" in request.headers
         try:
             # The token first: a client without it is not invited to send a body.
-            if self.token and path.startswith("/v1/"):
-                given = _bearer_token(request.headers.getall("Authorization", ()))
-                if not hmac.compare_digest(given, self.token):
-                    raise ApiError(401, "unauthorized",
-                                   "missing or wrong API token: send Authorization: Bearer <token>")
+            if (self.token and path.startswith("/v1/")
+                    and not has_token(request.headers.getall("Authorization", ()), self.token)):
+                raise ApiError(401, "unauthorized",
+                               "missing or wrong API token: send Authorization: Bearer <token>")
             if expects and (early := _unmet_expectation(request)):
                 response: Response = early
             else:
@@ -206,15 +205,6 @@ class Dispatcher:
 
 
 # -- request parsing --------------------------------------------------------------------
-def _bearer_token(fields: list[str]) -> bytes:
-    """The token of one `Authorization: Bearer <token>` field, b"" for anything else. The
-    scheme is case-insensitive and followed by one or more spaces (RFC 9110 §11.1, 11.4)."""
-    if len(fields) != 1:
-        return b""
-    scheme, _, token = fields[0].partition(" ")
-    return token.lstrip(" ").encode("utf-8", "replace") if scheme.lower() == "bearer" else b""
-
-
 def _target(request: web.BaseRequest) -> tuple[str, str]:
     """The raw (still percent-encoded) path and query string of the request target.
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from .security import TlsFiles
-from .versions import valid_node_name
+from .versions import MAX_CLOCK_SKEW_MS, valid_node_name
 
 
 class ConfigError(ValueError):
@@ -91,6 +91,8 @@ class Settings:
             raise ConfigError("tls_ca_file needs tls_cert_file and tls_key_file")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log_format must be text or json")
+        if abs(self.clock_skew_ms) > MAX_CLOCK_SKEW_MS:
+            raise ConfigError(f"clock_skew_ms must be within ±{MAX_CLOCK_SKEW_MS} (ten years)")
         return self
 
 

@@ -1,4 +1,10 @@
-"""`ringkv-node`: run one node (public API + internal peer port) until SIGTERM/SIGINT."""
+"""`ringkv-node`: run one node (public API + internal peer port) until SIGTERM/SIGINT.
+
+Exit codes: 0 stopped by a signal; 2 bad configuration, 3 unusable storage (a corrupt or
+truncated database file), 4 cannot start (an OS error while starting: a port in use, a
+data directory it cannot write). Restarting on 2-4 would fail the same way, so `ringkv up`
+does not; any other failure (1) is a crash, and is restarted.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -18,6 +26,24 @@ from .service import NodeService
 from .storage import StorageError
 
 log = logging.getLogger("ringkv.node")
+
+EXIT_BAD_CONFIG = 2
+EXIT_BAD_STORAGE = 3
+EXIT_CANNOT_START = 4
+START_FAILURES = frozenset({EXIT_BAD_CONFIG, EXIT_BAD_STORAGE, EXIT_CANNOT_START})
+T = TypeVar("T")
+
+
+class CannotStart(Exception):
+    """An OS error while starting: a port in use, a data directory it cannot write."""
+
+
+async def _starting(step: Awaitable[T]) -> T:
+    """A start-up step; its OSError is CannotStart (one that happens later is a crash)."""
+    try:
+        return await step
+    except OSError as exc:
+        raise CannotStart(str(exc)) from exc
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,7 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def serve(settings: config.Settings) -> None:
     service = NodeService(settings)
-    await service.start()
+    await _starting(service.start())
     # A valid request line can be ~8 KiB (a 1024-byte prefix, percent-encoded, plus a
     # cursor): twice aiohttp's default limit, so valid requests reach the JSON errors.
     server = make_server(service, access_log=None, max_line_size=16384,
@@ -49,9 +75,9 @@ async def serve(settings: config.Settings) -> None:
     try:
         await runner.setup()
         tls = settings.tls
-        listener = await listen(runner, settings.host, settings.port, settings.max_connections,
-                                server_context(tls, require_client_cert=False) if tls.enabled
-                                else None)
+        listener = await _starting(listen(
+            runner, settings.host, settings.port, settings.max_connections,
+            server_context(tls, require_client_cert=False) if tls.enabled else None))
         log.info("serving the API on %s:%d and peers on %s:%d", settings.host, settings.port,
                  settings.internal_host, settings.internal_port)
         stop = asyncio.Event()
@@ -75,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = config.load(args.config, overrides=overrides)
     except (config.ConfigError, OSError, ValueError) as exc:
         print(f"ringkv-node: bad configuration: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_CONFIG
     logs.setup(settings.log_format, settings.log_level)
     try:
         import uvloop  # noqa: PLC0415 - optional speed-up
@@ -87,10 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         runner(serve(settings))
     except StorageError as exc:
         log.error("%s", exc)
-        return 3
-    except OSError as exc:
+        return EXIT_BAD_STORAGE
+    except CannotStart as exc:
         log.error("cannot start: %s", exc)
-        return 4
+        return EXIT_CANNOT_START
     return 0
 
 

@@ -1,17 +1,33 @@
-"""Optional TLS for the public API and the internal peer port.
+"""Optional TLS for the public API and the internal peer port, and bearer tokens.
 
 With a certificate and key configured, the public API is HTTPS and the internal port
 speaks TLS. With a CA configured as well, the internal port is mutual TLS: a peer must
 present a certificate signed by that CA (on top of the cluster token), and peers verify
 each other's certificates against it. Certificates name the addresses peers dial (the
 headless-Service DNS names in Kubernetes, 127.0.0.1 locally).
+
+`has_token` checks `Authorization: Bearer <token>` for the public API and for the local
+cluster's control endpoint.
 """
 
 from __future__ import annotations
 
+import hmac
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+
+def has_token(fields: Sequence[str], token: bytes) -> bool:
+    """Whether the request's Authorization fields are exactly one `Bearer <token>`, in
+    constant time. The scheme is case-insensitive and one or more spaces follow it
+    (RFC 9110 §11.1, 11.4)."""
+    given = b""
+    if len(fields) == 1:
+        scheme, _, rest = fields[0].partition(" ")
+        if scheme.lower() == "bearer":
+            given = rest.lstrip(" ").encode("utf-8", "replace")
+    return hmac.compare_digest(given, token)
 
 
 @dataclass(frozen=True)

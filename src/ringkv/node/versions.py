@@ -16,6 +16,9 @@ COUNTER_BITS = 16
 _NODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}")
 _VERSION_RE = re.compile(r"([0-9]{1,19})\.([A-Za-z0-9][A-Za-z0-9_.-]{0,252})")
 MAX_HLC = (1 << 63) - 1  # versions are stored in SQLite's signed 64-bit INTEGER
+# The largest clock shift a node accepts (ten years either way): the skewed clock stays
+# far inside what an HLC holds (2^47 ms after 1970) and after 1970.
+MAX_CLOCK_SKEW_MS = 10 * 365 * 86_400_000
 
 
 class Version(NamedTuple):

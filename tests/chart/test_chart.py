@@ -42,8 +42,13 @@ KUBE_131 = (
     "--api-versions", "apps/v1/StatefulSet",
 )  # fmt: skip
 
+BACKUP = ("--set", "backup.enabled=true", "--set", "restore.enabled=true",
+          "--set", "restore.claim=old-ringkv-backups")
+
 SCENARIOS: dict[str, tuple[str, ...]] = {
     "defaults": (),
+    "backup": (*KUBE_131, *BACKUP),
+    "backup-kube-1.20": (*KUBE_120, *BACKUP),
     "persistence-off": ("--set", "persistence.enabled=false"),
     "networkpolicy-off": ("--set", "networkPolicy.enabled=false"),
     "existing-secret": ("--set", "auth.existingSecret=my-tokens"),
@@ -91,10 +96,13 @@ def kinds(docs: tuple[Doc, ...]) -> list[str]:
 
 
 def workloads(docs: tuple[Doc, ...]) -> Iterator[tuple[str, Doc]]:
-    """(name, pod spec) of the node StatefulSet, the operator Deployment and the test Pod."""
+    """(name, pod spec) of the node StatefulSet, the operator Deployment, the test Pod and,
+    when rendered, the backup CronJob and the restore Job."""
     for d in docs:
-        if d["kind"] in ("StatefulSet", "Deployment"):
+        if d["kind"] in ("StatefulSet", "Deployment", "Job"):
             yield d["metadata"]["name"], d["spec"]["template"]["spec"]
+        elif d["kind"] == "CronJob":
+            yield d["metadata"]["name"], d["spec"]["jobTemplate"]["spec"]["template"]["spec"]
         elif d["kind"] == "Pod":
             yield d["metadata"]["name"], d["spec"]
 
@@ -134,13 +142,13 @@ def test_manifests_pass_strict_kubernetes_schemas(scenario: str) -> None:
     below (retention policy), not by this schema.
     """
     docs = render(*SCENARIOS[scenario])
-    versions = ["1.25"] if scenario == "kube-1.20" else ["1.31", "1.37"]
+    versions = ["1.25"] if scenario.endswith("kube-1.20") else ["1.31", "1.37"]
     for doc in docs:
         for version in versions:
-            checked = doc
-            if doc["apiVersion"] == "policy/v1beta1":
-                checked = {**doc, "apiVersion": "policy/v1"}
-            _validate(checked, version)
+            # The policy/v1beta1 PDB and batch/v1beta1 CronJob of 1.20 have the fields of
+            # their v1 successors that the chart uses.
+            api = {"policy/v1beta1": "policy/v1", "batch/v1beta1": "batch/v1"}
+            _validate({**doc, "apiVersion": api.get(doc["apiVersion"], doc["apiVersion"])}, version)
 
 
 def test_schema_validation_is_really_strict() -> None:
@@ -187,7 +195,8 @@ def test_standard_labels_everywhere(scenario: str) -> None:
         assert labels["app.kubernetes.io/version"] == app_version
         assert doc["metadata"]["namespace"] == NAMESPACE
         if doc["kind"] != "Secret":
-            assert labels["app.kubernetes.io/component"] in ("node", "operator", "test")
+            assert labels["app.kubernetes.io/component"] in (
+                "node", "operator", "test", "backup", "restore")
 
 
 # ------------------------------------------------------------------ services and selectors
@@ -473,7 +482,8 @@ def test_restricted_security_context(scenario: str) -> None:
             assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, name
             mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
             assert mounts["/tmp"] in tmp_volumes, name
-    assert found == {FULLNAME, f"{FULLNAME}-operator", f"{FULLNAME}-test"}
+    backups = {f"{FULLNAME}-backup", f"{FULLNAME}-restore"} if "backup" in scenario else set()
+    assert found == {FULLNAME, f"{FULLNAME}-operator", f"{FULLNAME}-test", *backups}
 
 
 @needs_helm
@@ -626,6 +636,17 @@ def test_network_policy_api_sources_are_configurable() -> None:
         assert any(selects(sel, labels) for sel in own), "own pods must keep API access"
 
 
+@needs_helm
+def test_backup_and_restore_pods_keep_api_access() -> None:
+    docs = render(*SCENARIOS["everything-set"], *BACKUP)
+    sources = _ingress_by_port(find(docs, "NetworkPolicy", FULLNAME))[8080]["from"]
+    own = [s["podSelector"]["matchLabels"] for s in sources if "podSelector" in s]
+    for name, kind in ((f"{FULLNAME}-backup", "CronJob"), (f"{FULLNAME}-restore", "Job")):
+        pod = find(docs, kind, name)["spec"]
+        labels = (pod["jobTemplate"]["spec"] if kind == "CronJob" else pod)["template"]["metadata"]["labels"]
+        assert any(selects(sel, labels) for sel in own), name
+
+
 def _egress(policy: Doc) -> list[tuple[set[tuple[int, str]], list[Doc] | None]]:
     """Each egress rule as (its (port, protocol) pairs, its destinations or None: any)."""
     return [({(p["port"], p["protocol"]) for p in rule["ports"]}, rule.get("to"))
@@ -737,6 +758,81 @@ def test_existing_secret_is_used_and_nothing_is_generated() -> None:
     assert len(refs) == 4 and set(refs) == {"my-tokens"}  # node x2, operator, test
 
 
+# ------------------------------------------------------------------ backup and restore
+
+
+@needs_helm
+@pytest.mark.parametrize(("args", "api_version"), [
+    (KUBE_120, "batch/v1beta1"),
+    (KUBE_131, "batch/v1"),
+    (("--kube-version", "1.20.2", "--api-versions", "batch/v1/CronJob"), "batch/v1"),
+])
+def test_backup_cronjob_api_follows_the_cluster(args: tuple[str, ...], api_version: str) -> None:
+    assert find(render(*args, "--set", "backup.enabled=true"), "CronJob")["apiVersion"] == api_version
+
+
+@needs_helm
+def test_no_backup_objects_unless_enabled() -> None:
+    assert not {"CronJob", "Job", "PersistentVolumeClaim"} & set(kinds(render()))
+
+
+@needs_helm
+def test_backup_runs_the_cli_into_a_claim_that_outlives_the_release() -> None:
+    docs = render("--set", "backup.enabled=true", "--set", "backup.retention=3",
+                  "--set", "backup.schedule=15 */6 * * *",
+                  "--set-json", 'backup.extraArgs=["--parallel","2"]')
+    cron = find(docs, "CronJob", f"{FULLNAME}-backup")["spec"]
+    assert (cron["schedule"], cron["concurrencyPolicy"]) == ("15 */6 * * *", "Forbid")
+    pod = cron["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    node = find(docs, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == node["image"]
+    assert container["command"] == ["ringkv", "backup", "--url", f"http://{FULLNAME}:8080",
+                                    "--to", "/backups", "--retain", "3", "--parallel", "2"]
+    assert env_of(container)["RINGKV_TOKEN"]["valueFrom"] == {
+        "secretKeyRef": {"name": f"{FULLNAME}-tokens", "key": "api-token"}}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    claim = volumes[mounts["/backups"]["name"]]["persistentVolumeClaim"]["claimName"]
+    pvc = find(docs, "PersistentVolumeClaim", claim)
+    assert claim == f"{FULLNAME}-backups"
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    # The nodes name their cluster after the release: backups are named after it too.
+    assert env_of(node)["RINGKV_CLUSTER_NAME"]["value"] == FULLNAME
+
+
+@needs_helm
+def test_backup_to_an_existing_claim_over_tls() -> None:
+    docs = render("--set", "backup.enabled=true", "--set", "backup.persistence.existingClaim=mine",
+                  "--set", "tls.enabled=true", "--set", "tls.secretName=certs")
+    assert "PersistentVolumeClaim" not in kinds(docs)
+    pod = find(docs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"][2:4] == ["--url", f"https://{FULLNAME}:8080"]
+    assert env_of(container)["RINGKV_CACERT"]["value"] == "/tls/ca.crt"
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert claims == ["mine"]
+
+
+@needs_helm
+@pytest.mark.parametrize(("backup", "source"), [
+    ("latest", ["--latest", "/backups"]),
+    ("ringkv-20260101T030000.000Z", ["/backups/ringkv-20260101T030000.000Z"]),
+])
+def test_restore_runs_once_after_install_from_the_claim_read_only(backup: str, source: list[str]) -> None:
+    docs = render(*BACKUP, "--set", f"restore.backup={backup}")
+    job = find(docs, "Job", f"{FULLNAME}-restore")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install"
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["ringkv", "restore", "--url", f"http://{FULLNAME}:8080", *source]
+    (claim,) = [v["persistentVolumeClaim"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert claim == {"claimName": "old-ringkv-backups", "readOnly": True}
+    assert all(m.get("readOnly") for m in container["volumeMounts"] if m["mountPath"] == "/backups")
+
+
 # ------------------------------------------------------------------ helm test and NOTES
 
 
@@ -796,6 +892,15 @@ def test_notes_tell_how_to_reach_the_cluster(tmp_path: Path) -> None:
         for line in lines
     )
     assert "helm test ringkv" in lines
+
+
+@needs_helm
+def test_notes_say_where_backups_go_and_how_to_take_one(tmp_path: Path) -> None:
+    assert "Backups" not in _render_notes(tmp_path / "off")
+    lines = [line.strip() for line in _render_notes(tmp_path / "on", *BACKUP).splitlines()]
+    assert "`kubectl create job --from=cronjob/ringkv-backup ringkv-backup-now`." in lines
+    assert "ringkv-backups, keeping 7; take one now with" in lines
+    assert any("kubectl logs job/ringkv-restore" in line for line in lines)
 
 
 @needs_helm
@@ -867,6 +972,9 @@ def test_notes_name_the_namespace_and_existing_secret(tmp_path: Path) -> None:
         (("--set", "node.extraEnv.RINGKV_DATA_DIR=/x"), "extraEnv"),
         (("--set", "replication.rf=7"), "must not exceed replicaCount"),
         (("--set", "podDisruptionBudget.maxUnavailable=2"), "quorum"),
+        (("--set", "restore.enabled=true"), "restore.enabled needs restore.claim"),
+        (("--set", "restore.backup=../etc"), "restore.backup"),
+        (("--set", "backup.retention=0"), "backup.retention"),
     ],
 )
 def test_bad_values_are_rejected(args: tuple[str, ...], complaint: str) -> None:

@@ -228,6 +228,70 @@ with the API list known); empty otherwise, and older clusters always retain the 
   {{- end }}
 {{- end }}
 
+{{/* The client Service as this release's own pods reach it. */}}
+{{- define "ringkv.apiUrl" -}}
+{{ include "ringkv.scheme" . }}://{{ include "ringkv.fullname" . }}:{{ .Values.service.port }}
+{{- end }}
+
+{{- define "ringkv.backupClaimName" -}}
+{{- .Values.backup.persistence.existingClaim | default (printf "%s-backups" (include "ringkv.fullname" .)) }}
+{{- end }}
+
+{{/*
+The pod of a Job that runs the ringkv CLI against this release with a claim of backups
+mounted at /backups: the scheduled backup and the restore. Call with (dict "ctx" $
+"component" "backup" "args" (list ...) "claim" NAME "readOnly" BOOL "resources" MAP).
+*/}}
+{{- define "ringkv.cliJobPod" -}}
+{{- $ctx := .ctx -}}
+restartPolicy: Never
+automountServiceAccountToken: false
+enableServiceLinks: false
+{{- with $ctx.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- include "ringkv.podSecurityContext" $ctx | nindent 2 }}
+containers:
+  - name: {{ .component }}
+    image: {{ include "ringkv.image" $ctx }}
+    imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
+    command:
+      {{- toYaml (concat (list "ringkv" .component "--url" (include "ringkv.apiUrl" $ctx)) .args) | nindent 6 }}
+    env:
+      {{- include "ringkv.apiTokenEnv" (dict "ctx" $ctx "name" "RINGKV_TOKEN") | nindent 6 }}
+      {{- if $ctx.Values.tls.enabled }}
+      - name: RINGKV_CACERT
+        value: /tls/ca.crt
+      {{- end }}
+    {{- with .resources }}
+    resources:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    securityContext:
+      {{- include "ringkv.containerSecurityContext" $ctx | nindent 6 }}
+    volumeMounts:
+      - name: backups
+        mountPath: /backups
+        {{- if .readOnly }}
+        readOnly: true
+        {{- end }}
+      - name: tmp
+        mountPath: /tmp
+      {{- include "ringkv.tlsVolumeMount" $ctx | nindent 6 }}
+volumes:
+  - name: backups
+    persistentVolumeClaim:
+      claimName: {{ .claim }}
+      {{- if .readOnly }}
+      readOnly: true
+      {{- end }}
+  - name: tmp
+    emptyDir: {}
+  {{- include "ringkv.tlsVolume" $ctx | nindent 2 }}
+{{- end }}
+
 {{/* Cross-field checks the JSON schema cannot express. */}}
 {{- define "ringkv.validate" -}}
 {{- if and .Values.tls.enabled (not .Values.tls.secretName) }}

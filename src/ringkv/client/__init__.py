@@ -1,7 +1,8 @@
 """Python client and CLI for ringkv.
 
 ``Client`` (blocking, stdlib ``http.client``) and ``AsyncClient`` (aiohttp) share one set of
-methods: put, get, head, delete, list, pages, cluster, replicas, ready. ``AsyncClient`` is
+methods: put, get, head, delete, list, pages, cluster, replicas, ready. ``AsyncClient`` also
+speaks the backup endpoints (export_page, import_records, report_backup, last_backup). ``AsyncClient`` is
 imported on first use so that the CLI, which only needs ``Client``, does not load aiohttp.
 """
 

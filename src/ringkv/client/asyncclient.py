@@ -21,6 +21,7 @@ import aiohttp
 from yarl import URL
 
 from ringkv.client import wire
+from ringkv.client.errors import RingkvError
 from ringkv.client.wire import Base, Call, Entry, Meta, Page, Reply, TransportFailure
 
 
@@ -141,6 +142,28 @@ class AsyncClient:
     async def replicas(self, key: str) -> dict[str, object]:
         """``GET /v1/replicas/{key}``: the nodes that should hold it and their versions."""
         return wire.json_object(await self._call(wire.replicas_call(key)))
+
+    async def export_page(self, part: int, parts: int, cursor: str | None = None,
+                          limit: int | None = None) -> wire.ExportPage:
+        """One page of a backup: records of part ``part`` of ``parts`` after ``cursor``."""
+        return wire.export_page_of(await self._call(wire.export_call(part, parts, cursor, limit)))
+
+    async def import_records(self, records: list[list[object]]) -> int:
+        """Merge records (as ``export_page`` gives them) into the cluster by version."""
+        merged = wire.json_object(await self._call(wire.import_call(records))).get("merged")
+        if not isinstance(merged, int):
+            raise RingkvError("bad_response", "the import answer has no 'merged' count")
+        return merged
+
+    async def report_backup(self, report: dict[str, object]) -> list[str]:
+        """Report a finished backup; the names of the members that stored it."""
+        stored = wire.json_object(await self._call(wire.report_call(report))).get("stored_on")
+        return [str(n) for n in stored] if isinstance(stored, list) else []
+
+    async def last_backup(self) -> dict[str, object] | None:
+        """The newest backup reported to the cluster, or None."""
+        last = wire.json_object(await self._call(wire.LAST_BACKUP_CALL)).get("last")
+        return last if isinstance(last, dict) else None
 
     async def ready(self, url: str | None = None) -> bool:
         """Whether the node at ``url`` (default: the first URL) answers /readyz with 200."""

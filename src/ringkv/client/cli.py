@@ -11,8 +11,10 @@ Data commands talk to the public HTTP API through the blocking client:
                                   --wait [SECONDS]: first wait until the cluster is settled)
     ringkv replicas KEY           which nodes should hold KEY and what each holds (JSON)
 
-Local cluster and tooling (implemented in other modules, arguments passed through):
+Backup, local cluster and tooling (implemented in other modules, arguments passed through):
 
+    ringkv backup --to DIR        the whole cluster into DIR/<cluster>-<UTC time>
+    ringkv restore BACKUP         verify a backup, then merge it into the cluster by version
     ringkv up ...                 run a local cluster (one process per node)
     ringkv node ...               control a running `ringkv up` (stop or add a node)
     ringkv bench ...              the load generator
@@ -28,7 +30,7 @@ Exit codes (stable, for scripts):
     4  authentication failed (token missing or wrong)
     5  unavailable: no node answered, quorum not reached or conflicting writers; retry
        later (status --wait: not settled in time)
-    6  other error: value too large, disk full, server error
+    6  other error: value too large, disk full, server error, a refused backup archive
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ EXIT_ERROR = 6
 # Subcommands owned by other modules: (module, function, help). They get the rest of argv
 # untouched, so their own options (even ones named like ours) reach them.
 DELEGATES: dict[str, tuple[str, str, str]] = {
+    "backup": ("ringkv.client.backup", "backup_main", "back the whole cluster up into an archive"),
+    "restore": ("ringkv.client.backup", "restore_main", "verify a backup and merge it into the cluster"),
     "up": ("ringkv.local.up", "main", "run a local cluster (one process per node)"),
     "node": ("ringkv.local.control_client", "node_command", "control a running `ringkv up`"),
     "bench": ("ringkv.bench.loadgen", "main", "run the load generator"),

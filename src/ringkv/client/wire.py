@@ -21,9 +21,12 @@ moved past, so the next call starts at the following URL.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
+
+import msgpack
 
 from ringkv.client.errors import RingkvError, Unavailable, error_from_response
 
@@ -34,6 +37,7 @@ MAX_TTL = 315_360_000  # seconds (ten years), the node's limit
 MAX_LIST_LIMIT = 1000  # keys per list page, the node's limit
 TEXT_TYPE = "text/plain; charset=utf-8"
 BINARY_TYPE = "application/octet-stream"
+MSGPACK_TYPE = "application/vnd.msgpack"
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,17 @@ class Page:
 
     keys: list[str]
     cursor: str | None
+
+
+@dataclass(frozen=True)
+class ExportPage:
+    """One page of ``/v1/backup/export``: records as ``[key, value, content_type, version,
+    tombstone, expires_ms]``; ``cursor`` is None once the part is complete; ``done`` is the
+    share of the part exported so far."""
+
+    records: list[list[Any]]
+    cursor: str | None
+    done: float
 
 
 @dataclass(frozen=True)
@@ -204,6 +219,24 @@ def replicas_call(key: str) -> Call:
 
 
 CLUSTER_CALL = Call("GET", "/v1/cluster")
+LAST_BACKUP_CALL = Call("GET", "/v1/backup/last")
+
+
+def export_call(part: int, parts: int, cursor: str | None, limit: int | None) -> Call:
+    """One page of part ``part`` of ``parts`` of the token space."""
+    return Call("GET", "/v1/backup/export" + _query(part=part, parts=parts, cursor=cursor, limit=limit))
+
+
+def import_call(records: Sequence[Sequence[Any]]) -> Call:
+    """Records merged by version: sending them twice changes nothing, so it may be retried."""
+    body = msgpack.packb(list(records))
+    return Call("POST", "/v1/backup/import", {"Content-Type": MSGPACK_TYPE}, body)
+
+
+def report_call(report: Mapping[str, object]) -> Call:
+    """A finished backup; the nodes keep the newest, so repeating it changes nothing."""
+    body = json.dumps(dict(report)).encode()
+    return Call("PUT", "/v1/backup/last", {"Content-Type": "application/json"}, body)
 
 
 def check(reply: Reply) -> Reply:
@@ -273,6 +306,21 @@ def page_of(reply: Reply) -> Page:
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise RingkvError("bad_response", "list answer has no 'keys' list")
     return Page(keys=list(keys), cursor=cursor if isinstance(cursor, str) and cursor else None)
+
+
+def export_page_of(reply: Reply) -> ExportPage:
+    """ExportPage from an export answer (msgpack), its shape checked."""
+    check(reply)
+    try:
+        doc = msgpack.unpackb(reply.body)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise RingkvError("bad_response", "the export answer is not msgpack", reply.status) from exc
+    records, cursor, done = (doc.get(k) for k in ("records", "cursor", "done")) if isinstance(
+        doc, dict) else (None, None, None)
+    if not isinstance(records, list) or not all(isinstance(r, list) and len(r) == 6 for r in records) \
+            or not (cursor is None or isinstance(cursor, str)) or not isinstance(done, int | float):
+        raise RingkvError("bad_response", "the export answer is not a page of records", reply.status)
+    return ExportPage(records, cursor, float(done))
 
 
 def auth_headers(token: str | None) -> dict[str, str]:

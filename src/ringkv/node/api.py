@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import json
 import logging
 import time
@@ -16,10 +17,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import unquote_plus, unquote_to_bytes
 
+import msgpack
 from aiohttp import ClientConnectionResetError, web
 from aiohttp.web_protocol import RequestPayloadError
 
-from . import preconditions
+from . import backup, preconditions
 from .coordinator import (
     LEVELS,
     ConflictRetryExhausted,
@@ -49,6 +51,9 @@ REPLICAS_PREFIX = "/v1/replicas/"
 PUT_QUERY = frozenset({"consistency", "ttl"})
 READ_QUERY = frozenset({"consistency"})
 LIST_QUERY = frozenset({"prefix", "limit", "cursor"})
+EXPORT_QUERY = frozenset({"part", "parts", "cursor", "limit"})
+MSGPACK_TYPE = "application/vnd.msgpack"
+MAX_REPORT_BYTES = 64 * 1024
 NO_QUERY: frozenset[str] = frozenset()
 Response = web.StreamResponse | RawResponse
 Handler = Callable[[web.BaseRequest], Awaitable[Response]]
@@ -162,6 +167,10 @@ class Dispatcher:
         self.exact = {path: _Route(path, {"GET": handler}) for path, handler in (
             ("/v1/kv", api.list), ("/v1/cluster", api.cluster), ("/healthz", api.healthz),
             ("/readyz", api.readyz), ("/metrics", api.metrics), ("/openapi.json", api.openapi))}
+        self.exact.update((path, _Route(path, handlers)) for path, handlers in (
+            ("/v1/backup/export", {"GET": api.backup_export}),
+            ("/v1/backup/import", {"POST": api.backup_import}),
+            ("/v1/backup/last", {"GET": api.backup_last, "PUT": api.report_backup})))
 
     def route(self, path: str) -> _Route | None:
         found = self.exact.get(path)
@@ -299,6 +308,36 @@ def _content_type(request: web.BaseRequest) -> str:
     if len(ctype) > 255 or not ctype.isascii() or not ctype.isprintable():
         raise bad("Content-Type must be printable ASCII of at most 255 characters")
     return ctype
+
+
+def _int_param(query: Mapping[str, str], name: str, low: int, high: int,
+               default: int | None = None) -> int:
+    raw = query.get(name)
+    if raw is None and default is not None:
+        return default
+    if raw is None or not raw.isascii() or not raw.isdigit() or not low <= int(raw) <= high:
+        raise bad(f"{name} must be an integer from {low} to {high}")
+    return int(raw)
+
+
+async def _read_body(request: web.BaseRequest, limit: int, timeout: float) -> bytes:
+    """A request body of at most `limit` bytes (413 past it), sent within `timeout` (408)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "payload_too_large",
+                       f"the body is {request.content_length} bytes; the limit is {limit}")
+    await _invite_body(request)
+    body = bytearray()
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.content.iter_chunked(1 << 16):
+                body += chunk
+                if len(body) > limit:
+                    raise ApiError(413, "payload_too_large", f"the body exceeds {limit} bytes")
+    except RequestPayloadError as exc:
+        raise bad(f"the request body could not be read: {exc}") from None
+    except TimeoutError:
+        raise ApiError(408, "request_timeout", f"the body did not arrive within {timeout:g}s") from None
+    return bytes(body)
 
 
 def _etag(version: Version) -> str:
@@ -466,6 +505,7 @@ class Api:
         doc = view.doc
         reachable = [m for m in members if m["reachable"]]
         return web.json_response({
+            "cluster": service.settings.cluster_name,
             "node": service.name,
             "epoch": doc.epoch,
             "settled": doc.settled,
@@ -482,6 +522,62 @@ class Api:
             "storage": {"engine": service.settings.storage,
                         "synchronous": service.local.storage.synchronous},
         })
+
+    # -- backup and restore (see backup.py) --------------------------------------------
+    async def backup_export(self, request: web.BaseRequest) -> web.Response:
+        query = _query(request, EXPORT_QUERY)
+        parts = _int_param(query, "parts", 1, backup.MAX_PARTS)
+        rng = backup.part_range(_int_param(query, "part", 0, parts - 1), parts)
+        limit = _int_param(query, "limit", 1, backup.MAX_PAGE, default=backup.MAX_PAGE)
+        cursor = query.get("cursor")
+        try:
+            after = backup.decode_cursor(cursor, rng) if cursor else None
+        except ValueError as exc:
+            raise bad(str(exc)) from None
+        page = await self.service.backups.export(rng, after, limit)
+        body = msgpack.packb({
+            "records": [backup.to_public(r) for r in page.records],
+            "cursor": None if page.after is None else backup.encode_cursor(page.after),
+            "done": page.done,
+        })
+        return web.Response(body=body, content_type=MSGPACK_TYPE)
+
+    async def backup_import(self, request: web.BaseRequest) -> web.Response:
+        _query(request, NO_QUERY)
+        limit = self.settings.max_value_bytes + backup.IMPORT_SLACK_BYTES
+        body = await _read_body(request, limit, self.settings.body_timeout)
+        try:
+            items = msgpack.unpackb(body)
+        except (ValueError, msgpack.UnpackException) as exc:
+            raise bad(f"the body is not one msgpack document: {type(exc).__name__}") from None
+        if not isinstance(items, list) or not 1 <= len(items) <= backup.MAX_IMPORT_RECORDS:
+            raise bad(f"the body is a msgpack array of 1 to {backup.MAX_IMPORT_RECORDS} records")
+        now = self.service.clock.physical_ms()
+        records = []
+        for i, item in enumerate(items):
+            try:
+                records.append(backup.from_public(item, self.settings, now))
+            except ValueError as exc:
+                raise bad(f"record {i}: {exc}") from None
+        await self.service.backups.import_records(records)
+        return web.json_response({"merged": len(records)})
+
+    async def backup_last(self, request: web.BaseRequest) -> web.Response:
+        _query(request, NO_QUERY)
+        last = self.service.backups.last
+        return web.json_response({"last": None if last is None else dataclasses.asdict(last)})
+
+    async def report_backup(self, request: web.BaseRequest) -> web.Response:
+        _query(request, NO_QUERY)
+        body = await _read_body(request, MAX_REPORT_BYTES, self.settings.body_timeout)
+        try:
+            report = backup.Report.from_json(json.loads(body))
+        except ValueError as exc:
+            raise bad(f"not a backup report: {exc}") from None
+        stored = await self.service.backups.report(report)
+        if not stored:
+            raise ApiError(503, "quorum_unavailable", "no member stored the report", acked=0, needed=1)
+        return web.json_response({"stored_on": stored})
 
     async def healthz(self, request: web.BaseRequest) -> web.Response:
         return web.json_response({"status": "ok", "node": self.service.name})

@@ -30,6 +30,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
+    cluster_name: str = "ringkv"  # names the cluster's backups (the chart: the release's full name)
     node_name: str = ""  # default: the host name (a pod's name in Kubernetes)
     data_dir: str = "./data"
     host: str = "0.0.0.0"
@@ -68,6 +69,10 @@ class Settings:
         if not valid_node_name(self.node_name):
             raise ConfigError(
                 f"node_name {self.node_name[:64]!r} must be 1-253 letters, digits, '.', '_' or '-'"
+            )
+        if len(self.cluster_name) > 63 or not valid_node_name(self.cluster_name):
+            raise ConfigError(
+                f"cluster_name {self.cluster_name[:64]!r} must be 1-63 letters, digits, '.', '_' or '-'"
             )
         if self.storage not in ("sqlite", "memory"):
             raise ConfigError(f"storage must be sqlite or memory, not {self.storage!r}")

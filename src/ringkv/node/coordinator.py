@@ -207,15 +207,9 @@ class Coordinator:
         clock = self.cluster.clock
         bounded = False  # an earlier attempt's answers bound every write acknowledged before
         for _attempt in range(MAX_ATTEMPTS):
-            view = self.cluster.view
-            token = key_token(key)
-            target = view.target.replicas_for_token(token)
-            base = view.base.replicas_for_token(token) if view.transitioning else target
+            tally = self._tally(key, level, superseded_counts=bounded)
             rec = Record(key, value, content_type, Version(clock.now(), self.cluster.name),
                          tombstone, expiry(clock.physical_ms(), ttl))
-            tally = _Tally(frozenset(base), frozenset(target),
-                           needed(level, len(base)), needed(level, len(target)),
-                           superseded_counts=bounded)
             await self._fan_out(rec, tally)
             if tally.ok():
                 return rec
@@ -231,15 +225,43 @@ class Coordinator:
             break
         raise tally.shortfall()
 
-    async def _fan_out(self, rec: Record, tally: _Tally) -> None:
+    async def merge(self, rec: Record, level: str = "quorum") -> None:
+        """Store a record with the version it has (a restore): each replica keeps the newer
+        of what it holds and this, and refuses nothing, so merging twice is merging once and
+        a newer write always stays. Done once W replicas of each ring hold this version or a
+        newer one."""
+        for _attempt in range(MAX_ATTEMPTS):
+            tally = self._tally(rec.key, level)
+            await self._fan_out(rec, tally, refuse=False)
+            if tally.ok():
+                return
+            if not tally.stale:  # else the newer membership is adopted: again in its rings
+                break
+        if tally.full:
+            raise InsufficientStorage("a replica's disk is full")
+        raise tally.shortfall()
+
+    def _tally(self, key: bytes, level: str, superseded_counts: bool = False) -> _Tally:
+        """The acks a write of `key` needs: W replicas in the target ring and, while the
+        epoch is unsettled, W in the base ring too (rule 3)."""
+        view = self.cluster.view
+        token = key_token(key)
+        target = view.target.replicas_for_token(token)
+        base = view.base.replicas_for_token(token) if view.transitioning else target
+        return _Tally(frozenset(base), frozenset(target), needed(level, len(base)),
+                      needed(level, len(target)), superseded_counts=superseded_counts)
+
+    async def _fan_out(self, rec: Record, tally: _Tally, refuse: bool = True) -> None:
+        """Send the record to every replica in the tally. With `refuse`, a replica holding a
+        newer version refuses (rule 2); without, that replica counts as an ack."""
         decided = self._future()
-        op = ["w", rec.to_wire(), True]
+        op = ["w", rec.to_wire(), refuse]
         members = self.cluster.view.by_name
 
         def on_done(name: str, res: Any, exc: BaseException | None) -> None:
             tally.answered.add(name)
             if exc is None:
-                if res is None:
+                if res is None or not refuse:
                     tally.acked.add(name)
                 else:
                     tally.refused[name] = Version(res[0], res[1])
@@ -290,7 +312,7 @@ class Coordinator:
         view = self.cluster.view
         reps = view.base.replicas_for_token(key_token(key))
         need = needed(level, len(reps))
-        voters = self._voters(view, reps)
+        voters = self.read_voters(view, reps)
         if len(voters) < need:
             raise QuorumUnavailable.nobody_to_ask(view, reps, voters, need)
         read = _Read(self, key, need, voters, self._future())
@@ -319,7 +341,7 @@ class Coordinator:
             self._repair_if_behind(name, version, record)
         return record
 
-    def _voters(self, view: View, reps: tuple[str, ...]) -> list[str]:
+    def read_voters(self, view: View, reps: tuple[str, ...]) -> list[str]:
         """The replicas that count in a read, in the order to ask them: this node, then
         unsuspected peers, then suspected ones. A read asks only as many as it needs; the
         others are asked when one fails or after the speculative delay (as Cassandra's

@@ -84,6 +84,19 @@ class Metrics:
             registry=self.registry)
         self.anti_entropy_repaired = Counter(
             "ringkv_anti_entropy_records", "Records merged by anti-entropy", registry=self.registry)
+        # The newest backup reported to the cluster (see backup.py); 0 until one is.
+        self.backup_last_success = Gauge(
+            "ringkv_backup_last_success_timestamp_seconds",
+            "When the newest complete backup of the cluster finished (Unix time)",
+            registry=self.registry)
+        self.backup_last_duration = Gauge(
+            "ringkv_backup_last_duration_seconds", "How long the newest complete backup took",
+            registry=self.registry)
+        self.backup_last_records = Gauge(
+            "ringkv_backup_last_records", "Records (tombstones included) in the newest backup",
+            registry=self.registry)
+        self.backup_last_bytes = Gauge(
+            "ringkv_backup_last_bytes", "Archive bytes of the newest backup", registry=self.registry)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.observe(route, method, status, seconds)

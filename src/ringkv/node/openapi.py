@@ -123,6 +123,36 @@ def document(settings: Settings) -> dict[str, Any]:
                 "parameters": _params("key"),
                 "responses": {"200": {"description": "Replica versions", "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/Replicas"}}}}, **errors}}},
+            "/v1/backup/export": {"get": {
+                "summary": "One page of a backup: records of one part of the token space, each key once at the newest version among a read quorum of its replicas (tombstones within gc_grace included)",
+                "description": "The token space is cut into `parts` equal slices; a backup reads every part from cursor to cursor until `cursor` is null. Paced like handoff. The body is msgpack: {records: [[key (bin), value (bin), content_type, version, tombstone, expires_ms]], cursor: str or null, done: share of the part exported}.",
+                "parameters": [
+                    {"name": "parts", "in": "query", "required": True, "schema": {"type": "integer", "minimum": 1, "maximum": 65536}},
+                    {"name": "part", "in": "query", "required": True, "schema": {"type": "integer", "minimum": 0, "maximum": 65535}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string", "maxLength": 4096}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1000}},
+                ],
+                "responses": {"200": {"description": "A page of records", "content": {"application/vnd.msgpack": {"schema": {
+                    "type": "string", "format": "binary"}}}}, **errors}}},
+            "/v1/backup/import": {"post": {
+                "summary": "Merge records into the cluster by version (restore): a replica keeps the newer of what it holds and the record, so importing twice is importing once and a newer write is never overwritten",
+                "requestBody": {"required": True, "content": {"application/vnd.msgpack": {"schema": {
+                    "type": "string", "format": "binary",
+                    "description": "A msgpack array of 1 to 10000 records [key, value, content_type, version, tombstone, expires_ms], as export gives them"}}}},
+                "responses": {"200": {"description": "Every record is on W replicas of its key (or a newer version is)",
+                                      "content": {"application/json": {"schema": {"type": "object", "required": ["merged"], "properties": {
+                                          "merged": {"type": "integer"}}}}}},
+                              "408": _ERROR, "413": _ERROR, "507": _ERROR, **errors}}},
+            "/v1/backup/last": {
+                "get": {"summary": "The newest complete backup reported to this node",
+                        "responses": {"200": {"description": "The report, or null", "content": {"application/json": {"schema": {
+                            "type": "object", "required": ["last"], "properties": {"last": {
+                                "allOf": [{"$ref": "#/components/schemas/BackupReport"}], "nullable": True}}}}}}, **errors}},
+                "put": {"summary": "Report a complete backup (the backup tool does): every member keeps the newest and exports it as metrics",
+                        "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BackupReport"}}}},
+                        "responses": {"200": {"description": "The members that stored it", "content": {"application/json": {"schema": {
+                            "type": "object", "required": ["stored_on"], "properties": {"stored_on": {"type": "array", "items": {"type": "string"}}}}}}},
+                                      "408": _ERROR, "413": _ERROR, **errors}}},
             "/healthz": {"get": {"summary": "Liveness", "security": [],
                                  "responses": {"200": {"description": "Alive", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
             "/readyz": {"get": {"summary": "Readiness: has membership and has caught up", "security": [],
@@ -172,6 +202,13 @@ def document(settings: Settings) -> dict[str, Any]:
                         "ring": {"type": "string", "enum": ["base", "target"],
                                  "description": "While an epoch is unsettled: the ring whose "
                                  "quorum the write missed (acked and needed are its own)"}}}}},
+                "BackupReport": {"type": "object", "additionalProperties": False,
+                                 "required": ["name", "started", "finished", "records", "bytes"], "properties": {
+                                     "name": {"type": "string", "minLength": 1, "maxLength": 255},
+                                     "started": {"type": "number", "minimum": 0, "description": "Unix time"},
+                                     "finished": {"type": "number", "minimum": 0, "description": "Unix time, not before started"},
+                                     "records": {"type": "integer", "minimum": 0},
+                                     "bytes": {"type": "integer", "minimum": 0}}},
                 "WriteResult": {"type": "object", "required": ["key", "version"], "properties": {
                     "key": {"type": "string"}, "version": {"type": "string"}}},
                 "KeyPage": {"type": "object", "required": ["keys", "cursor"], "properties": {

@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 from . import membership
+from .backup import Backups
 from .config import Settings
 from .coordinator import Coordinator
 from .membership import Document, InvalidDocument, View
@@ -54,6 +55,7 @@ class NodeService:
         self.coordinator = Coordinator(self, wait_timeout=settings.replica_timeout * 2 + 1)
         self.internal: InternalServer
         self.rebalancer = Rebalancer(self)
+        self.backups = Backups(self)
         self._membership_path = os.path.join(settings.data_dir, "membership.json")
         self._counts: tuple[int, int, int] | None = None
         self._counts_at = 0.0
@@ -70,6 +72,7 @@ class NodeService:
 
     async def start(self) -> None:
         self.local = LocalReplica(self._open_storage(), self.clock, self.settings.max_clock_drift)
+        self.backups.load()
         persisted = membership.load(self._membership_path)
         if persisted is not None and self.local.storage.created and self.settings.storage == "sqlite":
             # It was a member before, yet its database is new: the data is lost. Rebuild it
@@ -189,7 +192,7 @@ class NodeService:
     def internal_handlers(self) -> dict[str, Any]:
         return {"membership": self._rpc_membership, "list": self._rpc_list,
                 "status": self._rpc_status, "scan": self._rpc_scan, "digest": self._rpc_digest,
-                "cleanup": self._rpc_cleanup}
+                "cleanup": self._rpc_cleanup, "backup_report": self.backups.rpc_report}
 
     def replica_failed(self, name: str, exc: BaseException) -> None:
         self.metrics.replica_errors.labels(name, type(exc).__name__).inc()

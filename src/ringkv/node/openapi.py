@@ -32,18 +32,27 @@ def _with_head(paths: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for item in paths.values():
         get = item.get("get")
         if get is not None and "head" not in item:
-            item["head"] = {**get, "summary": f"{get['summary']} (HEAD: headers only)",
+            others = {k: v for k, v in get.items() if k != "operationId"}  # ids are unique
+            item["head"] = {**others, "summary": f"{get['summary']} (HEAD: headers only)",
                             "responses": {status: {"description": answer.get("description", "As GET")}
                                           for status, answer in get["responses"].items()}}
     return paths
 
 
+def _links(*operation_ids: str) -> dict[str, Any]:
+    """OpenAPI links from a kv response to the operations on the same key."""
+    return {op: {"operationId": op, "parameters": {"key": "$request.path.key"}}
+            for op in operation_ids}
+
+
 def document(settings: Settings) -> dict[str, Any]:
     security = [{"bearer": []}] if settings.api_token else []
     errors = {"400": _ERROR, "401": _ERROR, "503": _ERROR}
+    written = _links("getValue", "headValue", "deleteKey", "getReplicas")
     kv_path = {
         "parameters": _params("key"),
         "put": {
+            "operationId": "putValue",
             "summary": "Create or replace a value",
             "description": "`If-None-Match: *` creates only; `If-Match` replaces only the "
             "given versions (RFC 9110 §13.1; 412 when a precondition fails). A conditional "
@@ -55,14 +64,17 @@ def document(settings: Settings) -> dict[str, Any]:
                 "type": "string", "format": "binary", "maxLength": settings.max_value_bytes}}}},
             "responses": {
                 "200": {"description": "Written", "headers": {"ETag": {"$ref": "#/components/headers/ETag"}},
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/WriteResult"}}}},
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/WriteResult"}}},
+                        "links": written},
                 "201": {"description": "Created: a conditional write found no live record",
                         "headers": {"ETag": {"$ref": "#/components/headers/ETag"}},
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/WriteResult"}}}},
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/WriteResult"}}},
+                        "links": written},
                 "408": _ERROR, "412": _ERROR, "413": _ERROR, "507": _ERROR, **errors,
             },
         },
         "get": {
+            "operationId": "getValue",
             "summary": "Read a value",
             "description": "`If-None-Match` naming the current version answers 304; "
             "`If-Match` not naming it, 412. Both are ignored when the key is absent (404).",
@@ -77,6 +89,7 @@ def document(settings: Settings) -> dict[str, Any]:
             },
         },
         "head": {
+            "operationId": "headValue",
             "summary": "Read a value's metadata",
             "parameters": _params("consistency", "ifMatch", "ifNoneMatch"),
             "responses": {"200": {"description": "As GET, without a body"},
@@ -88,10 +101,12 @@ def document(settings: Settings) -> dict[str, Any]:
                           "503": {"description": "Not enough replicas answered"}},
         },
         "delete": {
+            "operationId": "deleteKey",
             "summary": "Delete a key (writes a tombstone); idempotent",
             "parameters": _params("consistency", "ifMatch", "ifNoneMatch"),
             "responses": {"204": {"description": "Deleted; ETag holds the tombstone's version",
-                                  "headers": {"ETag": {"$ref": "#/components/headers/ETag"}}},
+                                  "headers": {"ETag": {"$ref": "#/components/headers/ETag"}},
+                                  "links": _links("getValue", "headValue")},
                           "412": _ERROR, "507": _ERROR, **errors},
         },
     }
@@ -110,7 +125,10 @@ def document(settings: Settings) -> dict[str, Any]:
                      "description": f"Keys starting with these bytes (percent-decoded, at most {settings.max_key_bytes}; they need not be valid UTF-8: `%F0%9F` matches keys that start with an emoji of that lead)",
                      "schema": {"type": "string", "maxLength": settings.max_key_bytes}},
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
-                    {"name": "cursor", "in": "query", "schema": {"type": "string", "maxLength": 2048}},
+                    {"name": "cursor", "in": "query",
+                     "description": "The `cursor` of the previous page (unpadded base64url)",
+                     "schema": {"type": "string", "maxLength": 2048,
+                                "pattern": "^([A-Za-z0-9_-]{4})*([A-Za-z0-9_-]{2,3})?$"}},
                 ],
                 "responses": {"200": {"description": "A page of keys", "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/KeyPage"}}}}, **errors},
@@ -119,6 +137,7 @@ def document(settings: Settings) -> dict[str, Any]:
                                     "responses": {"200": {"description": "Cluster status", "content": {
                                         "application/json": {"schema": {"type": "object"}}}}, **errors}}},
             "/v1/replicas/{key}": {"get": {
+                "operationId": "getReplicas",
                 "summary": "Which nodes should hold the key and which version each holds",
                 "parameters": _params("key"),
                 "responses": {"200": {"description": "Replica versions", "content": {

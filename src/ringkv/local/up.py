@@ -100,6 +100,7 @@ def _banner(cluster: Supervisor) -> str:
         f"export RINGKV_TOKEN={cluster.api_token}",
         f"curl -X PUT {first}/v1/kv/hello -d world -H \"Authorization: Bearer $RINGKV_TOKEN\"",
         f"curl {last}/v1/kv/hello -H \"Authorization: Bearer $RINGKV_TOKEN\"",
+        f"console: {first}/ui/  (any node serves it; paste the token above)",
         "",
         f"control: ringkv node list | kill NAME | stop NAME | start NAME | restart NAME | add"
         f"{' | partition ... | heal' if cluster.network else ''} (--control {cluster.control_url})",

@@ -34,10 +34,13 @@ from .openapi import document as openapi_document
 from .preconditions import Failure, Preconditions
 from .records import Record
 from .responses import RawResponse
+from .ring import MAX_TOKEN, layout, moving
 from .security import has_token
 from .service import NodeService, NotReady
+from .stats import INTERVAL_S
 from .storage import StorageFull
 from .transport import PeerError
+from .ui import Console
 from .versions import Version
 
 log = logging.getLogger("ringkv.api")
@@ -54,6 +57,7 @@ LIST_QUERY = frozenset({"prefix", "limit", "cursor"})
 EXPORT_QUERY = frozenset({"part", "parts", "cursor", "limit"})
 MSGPACK_TYPE = "application/vnd.msgpack"
 MAX_REPORT_BYTES = 64 * 1024
+STATS_QUERY = frozenset({"since"})
 NO_QUERY: frozenset[str] = frozenset()
 Response = web.StreamResponse | RawResponse
 Handler = Callable[[web.BaseRequest], Awaitable[Response]]
@@ -76,7 +80,9 @@ class ApiError(Exception):
 def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
     body = {"error": {"code": code, "message": message, **extra}}
     headers = {"WWW-Authenticate": 'Bearer realm="ringkv"'} if status == 401 else None
-    return web.json_response(body, status=status, headers=headers)
+    response = web.json_response(body, status=status, headers=headers)
+    response["code"] = code  # for the dispatcher's count of errors by code
+    return response
 
 
 def _unmet_expectation(request: web.BaseRequest) -> web.Response | None:
@@ -164,9 +170,13 @@ class Dispatcher:
                                           "DELETE": api.delete})
         self.prefixed = ((KV_PREFIX, kv),
                          (REPLICAS_PREFIX, _Route(REPLICAS_PREFIX + "{key}", {"GET": api.replicas})))
+        console = Console()
+        self.prefixed = (*self.prefixed, (Console.PREFIX, _Route("/ui/", {"GET": console.asset})))
         self.exact = {path: _Route(path, {"GET": handler}) for path, handler in (
             ("/v1/kv", api.list), ("/v1/cluster", api.cluster), ("/healthz", api.healthz),
-            ("/readyz", api.readyz), ("/metrics", api.metrics), ("/openapi.json", api.openapi))}
+            ("/readyz", api.readyz), ("/metrics", api.metrics), ("/openapi.json", api.openapi),
+            ("/v1/cluster/history", api.history), ("/v1/stats", api.stats), ("/v1/ring", api.ring),
+            ("/ui", console.redirect), ("/ui/", console.asset))}
         self.exact.update((path, _Route(path, handlers)) for path, handlers in (
             ("/v1/backup/export", {"GET": api.backup_export}),
             ("/v1/backup/import", {"POST": api.backup_import}),
@@ -210,6 +220,9 @@ class Dispatcher:
             response.force_close()  # a body never invited: close rather than wait for it
         self.metrics.observe_request(label, request.method, response.status,
                                      time.perf_counter() - started)
+        if response.status >= 400:
+            code = response.get("code") if isinstance(response, web.StreamResponse) else None
+            self.metrics.requests.error(code or STATUS_CODES.get(response.status, "internal"))
         return response
 
 
@@ -497,7 +510,9 @@ class Api:
                 entry.update(records=status["records"], tombstones=status["tombstones"],
                              hints_pending=status["hints_pending"], epoch=status["epoch"],
                              ready=status["ready"], caught_up=status["caught_up"],
-                             rebalance=status["rebalance"])
+                             rebalance=status["rebalance"],
+                             rebuilding=status.get("rebuilding", False),
+                             disk_full=status.get("disk_full", False))
             members.append(entry)
         ownership = view.target.ownership()
         for entry in members:
@@ -521,6 +536,47 @@ class Api:
             },
             "storage": {"engine": service.settings.storage,
                         "synchronous": service.local.storage.synchronous},
+        })
+
+    async def history(self, request: web.BaseRequest) -> web.Response:
+        _query(request, NO_QUERY)
+        return web.json_response({"node": self.service.name, "epoch": self.service.epoch,
+                                  "changes": self.service.changes.to_json()})
+
+    async def stats(self, request: web.BaseRequest) -> web.Response:
+        query = _query(request, STATS_QUERY)
+        raw = query.get("since")
+        if raw is not None and not (raw.isascii() and raw.isdigit() and len(raw) <= 16):
+            raise bad("since must be a time in milliseconds since the epoch")
+        since = None if raw is None else int(raw)
+        service = self.service
+        names = list(service.view.by_name)
+        answers = await asyncio.gather(
+            *(asyncio.wait_for(service.call(n, "stats", since), 5.0) for n in names),
+            return_exceptions=True,
+        )
+        members = []
+        for name, answer in zip(names, answers, strict=True):
+            if isinstance(answer, dict):
+                members.append({**answer, "reachable": True})
+            else:
+                members.append({"node": name, "reachable": False})
+        return web.json_response({"node": service.name, "time_ms": time.time_ns() // 1_000_000,
+                                  "interval_s": INTERVAL_S, "members": members})
+
+    async def ring(self, request: web.BaseRequest) -> web.Response:
+        _query(request, NO_QUERY)
+        view = self.service.view
+        changes = view.changes()
+        return web.json_response({
+            "epoch": view.doc.epoch,
+            "rf": view.doc.rf,
+            "vnodes": self.settings.vnodes,
+            "settled": view.doc.settled,
+            "target": layout(view.target),
+            "base": layout(view.base) if view.transitioning else None,
+            "moving": moving(changes),
+            "moving_fraction": round(sum(c.range.width for c in changes) / (MAX_TOKEN + 1), 6),
         })
 
     # -- backup and restore (see backup.py) --------------------------------------------

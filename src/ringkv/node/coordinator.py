@@ -443,13 +443,14 @@ class Coordinator:
 
     # -- diagnostics --------------------------------------------------------------------
     async def replica_versions(self, key: bytes) -> list[dict[str, Any]]:
-        """Which nodes should hold the key and what each holds (like nodetool getendpoints)."""
+        """Which nodes should hold the key and what each holds (like nodetool getendpoints):
+        the version, size, content type and expiry of each replica's record."""
         view = self.cluster.view
         token = key_token(key)
         target = view.target.replicas_for_token(token)
         base = view.base.replicas_for_token(token)
         names = list(dict.fromkeys([*target, *base]))
-        futures = [self.cluster.replica(n).submit(["r", key, False]) for n in names]
+        futures = [self.cluster.replica(n).submit(["r", key, True]) for n in names]
         results = await asyncio.gather(*futures, return_exceptions=True)
         now = self.cluster.clock.physical_ms()
         out = []
@@ -466,9 +467,10 @@ class Coordinator:
             elif res is None:
                 entry["status"] = "missing"
             else:
-                entry["status"] = "ok"
-                entry["version"] = str(Version(res[0], res[1]))
-                entry["live"] = not res[2] and (res[3] == 0 or res[3] > now)
+                rec = Record.from_wire(res, trusted=True)
+                entry.update(status="ok", version=str(rec.version), live=rec.live(now),
+                             tombstone=rec.tombstone, size=len(rec.value),
+                             content_type=rec.content_type, expires_ms=rec.expires_ms)
             out.append(entry)
         return out
 

@@ -13,16 +13,18 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5
 
 
 class RequestStats:
-    """HTTP request counts and latency histograms as plain ints and floats.
+    """HTTP request counts, latency histograms and error codes as plain ints and floats.
 
     Every request updates them, so they skip prometheus_client's per-sample locks and
     label lookups (the event loop is the only writer); they are turned into the same
-    metric families (`ringkv_requests_total`, `ringkv_request_seconds`) only when scraped."""
+    metric families (`ringkv_requests_total`, `ringkv_request_seconds`, `ringkv_errors_total`)
+    only when scraped."""
 
     def __init__(self) -> None:
         self.counts: dict[tuple[str, str, int], int] = {}
         # (route, method) -> [count per bucket (the last one +Inf)..., sum of seconds]
         self.latency: dict[tuple[str, str], list[float]] = {}
+        self.errors: dict[str, int] = {}  # error responses by the JSON error's code
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)
@@ -32,6 +34,9 @@ class RequestStats:
             hist = self.latency[(route, method)] = [0] * (len(LATENCY_BUCKETS) + 2)
         hist[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         hist[-1] += seconds
+
+    def error(self, code: str) -> None:
+        self.errors[code] = self.errors.get(code, 0) + 1
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily("ringkv_requests", "HTTP requests served",
@@ -47,8 +52,13 @@ class RequestStats:
                 total += count
                 cumulative.append((bound, total))
             latency.add_metric([route, method], cumulative, hist[-1])
+        errors = CounterMetricFamily("ringkv_errors", "Error responses by error code",
+                                     labels=["code"])
+        for code, count in self.errors.items():
+            errors.add_metric([code], count)
         yield requests
         yield latency
+        yield errors
 
 
 class Metrics:

@@ -172,6 +172,34 @@ def document(settings: Settings) -> dict[str, Any]:
                         "responses": {"200": {"description": "The members that stored it", "content": {"application/json": {"schema": {
                             "type": "object", "required": ["stored_on"], "properties": {"stored_on": {"type": "array", "items": {"type": "string"}}}}}}},
                                       "408": _ERROR, "413": _ERROR, **errors}}},
+            "/v1/cluster/history": {"get": {
+                "summary": "The membership changes this node has seen, oldest first, with times",
+                "description": "One entry per membership document this node adopted (the last 200, kept "
+                "across restarts): its epoch, when, and one line saying what changed.",
+                "responses": {"200": {"description": "Membership history", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/History"}}}}, **errors}}},
+            "/v1/stats": {"get": {
+                "summary": "Every member's request counters since it started, and its recent rates",
+                "description": "Each member samples its counters every `interval_s` seconds on the wall-clock "
+                "grid (all members on the same instants) and keeps ten minutes of samples: reads and writes "
+                "per second, p50/p99 latency, errors per second by code, handoff bytes, keys and ranges per "
+                "second. `since` (ms) returns only newer samples. An unreachable member is listed with "
+                "`reachable: false`.",
+                "parameters": [{"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0,
+                                                                          "maximum": 9999999999999999}}],
+                "responses": {"200": {"description": "Counters and rates", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Stats"}}}}, **errors}}},
+            "/v1/ring": {"get": {
+                "summary": "The token ring for drawing: segments, replica sets, and the ranges moving",
+                "description": "Positions are fractions of the token space. While the epoch is unsettled, "
+                "`base` is the ring of the last settled epoch and `moving` the ranges whose replica set "
+                "differs between base and target.",
+                "responses": {"200": {"description": "Ring layout", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/RingLayout"}}}}, **errors}}},
+            "/ui/": {"get": {"summary": "The console: a page that draws this API (static and public; "
+                                        "it asks for the token)", "security": [],
+                             "responses": {"200": {"description": "HTML", "content": {"text/html": {
+                                 "schema": {"type": "string"}}}}}}},
             "/healthz": {"get": {"summary": "Liveness", "security": [],
                                  "responses": {"200": {"description": "Alive", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
             "/readyz": {"get": {"summary": "Readiness: has membership and has caught up", "security": [],
@@ -239,7 +267,53 @@ def document(settings: Settings) -> dict[str, Any]:
                         "node": {"type": "string"}, "state": {"type": "string"},
                         "status": {"type": "string", "enum": ["ok", "missing", "unavailable"]},
                         "version": {"type": "string"}, "live": {"type": "boolean"},
-                        "in_target": {"type": "boolean"}, "in_base": {"type": "boolean"}}}}}},
+                        "in_target": {"type": "boolean"}, "in_base": {"type": "boolean"},
+                        "tombstone": {"type": "boolean"}, "size": {"type": "integer"},
+                        "content_type": {"type": "string"},
+                        "expires_ms": {"type": "integer", "description": "0: never"}}}}}},
+                "History": {"type": "object", "required": ["node", "epoch", "changes"], "properties": {
+                    "node": {"type": "string"}, "epoch": {"type": "integer"},
+                    "changes": {"type": "array", "items": {"type": "object", "required": [
+                        "epoch", "time_ms", "change"], "properties": {
+                        "epoch": {"type": "integer"}, "time_ms": {"type": "integer"},
+                        "change": {"type": "string"}, "settled": {"type": "boolean"},
+                        "members": {"type": "integer"}}}}}},
+                "Stats": {"type": "object", "required": ["node", "time_ms", "interval_s", "members"], "properties": {
+                    "node": {"type": "string"}, "time_ms": {"type": "integer"}, "interval_s": {"type": "integer"},
+                    "members": {"type": "array", "items": {"type": "object", "required": ["node", "reachable"], "properties": {
+                        "node": {"type": "string"}, "reachable": {"type": "boolean"},
+                        "started_ms": {"type": "integer"},
+                        "totals": {"type": "object", "properties": {
+                            "requests": {"type": "array", "items": {"type": "object", "properties": {
+                                "route": {"type": "string"}, "method": {"type": "string"},
+                                "status": {"type": "integer"}, "count": {"type": "integer"}}}},
+                            "errors": {"type": "object", "additionalProperties": {"type": "integer"}}}},
+                        "series": {"type": "array", "items": {"$ref": "#/components/schemas/Sample"}}}}}}},
+                "Sample": {"type": "object", "required": ["t", "reads", "writes", "errors"], "properties": {
+                    "t": {"type": "integer", "description": "ms since the epoch, end of the interval"},
+                    "reads": {"type": "number"}, "writes": {"type": "number"},
+                    "errors": {"type": "object", "additionalProperties": {"type": "number"}},
+                    "read_p50_ms": {"type": "number", "nullable": True},
+                    "read_p99_ms": {"type": "number", "nullable": True},
+                    "write_p50_ms": {"type": "number", "nullable": True},
+                    "write_p99_ms": {"type": "number", "nullable": True},
+                    "handoff_bytes_per_s": {"type": "number"}, "handoff_keys_per_s": {"type": "number"},
+                    "handoff_ranges_per_s": {"type": "number"}}},
+                "RingLayout": {"type": "object", "required": ["epoch", "rf", "target", "moving"], "properties": {
+                    "epoch": {"type": "integer"}, "rf": {"type": "integer"}, "vnodes": {"type": "integer"},
+                    "settled": {"type": "boolean"},
+                    "target": {"$ref": "#/components/schemas/Ring"},
+                    "base": {"allOf": [{"$ref": "#/components/schemas/Ring"}], "nullable": True},
+                    "moving": {"type": "array", "items": {"type": "object", "properties": {
+                        "start": {"type": "number"}, "end": {"type": "number"},
+                        "old": {"type": "array", "items": {"type": "string"}},
+                        "new": {"type": "array", "items": {"type": "string"}}}}},
+                    "moving_fraction": {"type": "number"}}},
+                "Ring": {"type": "object", "required": ["members", "segments"], "properties": {
+                    "members": {"type": "array", "items": {"type": "string"}},
+                    "segments": {"type": "array", "items": {"type": "object", "properties": {
+                        "start": {"type": "number"}, "end": {"type": "number"},
+                        "replicas": {"type": "array", "items": {"type": "string"}}}}}}},
             },
         },
     }

@@ -59,6 +59,7 @@ class LocalReplica:
         self.clock = clock
         self.max_clock_drift_ms = int(max_clock_drift * 1000)
         self.rebuilding = False  # set while a node that lost its data re-pulls it
+        self.disk_full = False  # the last group commit failed for lack of space
         # One thread owns the SQLite write connection: writes, scans and maintenance. It
         # takes jobs from a queue and hands results back with call_soon_threadsafe: an
         # executor would add two futures and a chain of callbacks to every group commit.
@@ -208,6 +209,7 @@ class LocalReplica:
     def _committed(self, batch: list[_Entry], written: list[Version | None] | None,
                    exc: BaseException | None) -> None:
         self._busy = False
+        self.disk_full = isinstance(exc, StorageFull)
         results = None if written is None else [
             None if v is None else [v.hlc, v.node] for v in written]
         at = 0

@@ -165,3 +165,24 @@ def _merge(ranges: list[TokenRange]) -> list[TokenRange]:
         else:
             merged.append(rng)
     return merged
+
+
+SPACE = MAX_TOKEN + 1
+
+
+def _fraction(token: int) -> float:
+    return round((token + 1) / SPACE, 7)
+
+
+def layout(ring: Ring) -> dict[str, object]:
+    """The ring for drawing: each segment `(lo, hi]` as fractions of the token space
+    [start, end), with its replicas (the first is the owner of the vnode at `hi`)."""
+    return {"members": list(ring.members), "segments": [
+        {"start": _fraction(r.lo), "end": _fraction(r.hi), "replicas": list(reps)}
+        for r, reps in ring.segments()]}
+
+
+def moving(changes: Sequence[RangeChange]) -> list[dict[str, object]]:
+    """The ranges of a ring diff, as fractions of the token space, with both replica sets."""
+    return [{"start": _fraction(c.range.lo), "end": _fraction(c.range.hi), "old": list(c.old),
+             "new": list(c.new)} for c in changes]

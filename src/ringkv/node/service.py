@@ -11,10 +11,12 @@ import contextlib
 import gc
 import logging
 import os
+import time
 from typing import Any
 
 from . import membership
 from .backup import Backups
+from .changelog import ChangeLog
 from .config import Settings
 from .coordinator import Coordinator
 from .membership import Document, InvalidDocument, View
@@ -24,6 +26,7 @@ from .records import Record
 from .replica import LocalReplica
 from .ring import TokenRange
 from .security import client_context, server_context
+from .stats import Handoff, Series, Snapshot, next_tick
 from .storage import MemoryStorage, SqliteStorage, Storage
 from .transport import InternalServer, PeerLink, RemoteError
 from .versions import COUNTER_BITS, HybridClock
@@ -61,6 +64,9 @@ class NodeService:
         self._counts_at = 0.0
         self._counting: asyncio.Future[tuple[int, int, int]] | None = None
         self._peer_tls = client_context(settings.tls) if settings.tls.enabled else None
+        self.started_ms = _wall_ms()
+        self.series = Series()
+        self.changes = ChangeLog(os.path.join(settings.data_dir, "membership-history.jsonl"))
 
     # -- lifecycle ----------------------------------------------------------------------
     def _open_storage(self) -> Storage:
@@ -88,6 +94,8 @@ class NodeService:
             if newest is not persisted:  # from the membership file: keep it with the data
                 membership.save(self._membership_path, newest)
             self._install(newest)
+            if not self.changes.entries:
+                self.changes.record(None, newest, _wall_ms())
         self.internal = InternalServer(
             self.name,
             self.settings.cluster_token,
@@ -106,6 +114,7 @@ class NodeService:
             asyncio.create_task(self._hint_loop(), name="hints"),
             asyncio.create_task(self._purge_loop(), name="purge"),
             asyncio.create_task(self._anti_entropy_loop(), name="anti-entropy"),
+            asyncio.create_task(self._stats_loop(), name="stats"),
         ]
         # What exists now (modules, aiohttp, rings) lives as long as the process: keep the
         # garbage collector from walking it again in every full collection under load.
@@ -147,8 +156,10 @@ class NodeService:
         doc = Document.from_json(data)
         if doc.epoch <= self.epoch:
             return False
+        old = self._view.doc if self._view else None
         membership.save(self._membership_path, doc)
         self._install(doc)
+        self.changes.record(old, doc, _wall_ms())
         log.info("adopted membership epoch %d (%d members, settled=%s)", doc.epoch,
                  len(doc.members), doc.settled)
         return True
@@ -192,7 +203,8 @@ class NodeService:
     def internal_handlers(self) -> dict[str, Any]:
         return {"membership": self._rpc_membership, "list": self._rpc_list,
                 "status": self._rpc_status, "scan": self._rpc_scan, "digest": self._rpc_digest,
-                "cleanup": self._rpc_cleanup, "backup_report": self.backups.rpc_report}
+                "cleanup": self._rpc_cleanup, "backup_report": self.backups.rpc_report,
+                "stats": self._rpc_stats}
 
     def replica_failed(self, name: str, exc: BaseException) -> None:
         self.metrics.replica_errors.labels(name, type(exc).__name__).inc()
@@ -250,6 +262,9 @@ class NodeService:
     async def _rpc_cleanup(self, epoch: Any) -> int:
         return await self.rebalancer.cleanup(int(epoch))
 
+    async def _rpc_stats(self, since: Any) -> dict[str, Any]:
+        return self.stats(since if type(since) is int else None)
+
     async def counts(self, fresh: bool = False) -> tuple[int, int, int]:
         """(records, tombstones, hints pending): exact when `fresh`, else at most
         COUNTS_TTL old.
@@ -286,6 +301,22 @@ class NodeService:
             "tombstones": tombstones,
             "hints_pending": hints,
             "rebalance": self.rebalancer.progress.to_json(),
+            "rebuilding": self.local.rebuilding,
+            "disk_full": self.local.disk_full,
+        }
+
+    def stats(self, since: int | None = None) -> dict[str, Any]:
+        """What this node counted since it started, and its recent rates (`stats.py`)."""
+        requests = self.metrics.requests
+        return {
+            "node": self.name,
+            "started_ms": self.started_ms,
+            "totals": {
+                "requests": [{"route": r, "method": m, "status": s, "count": n}
+                             for (r, m, s), n in requests.counts.items()],
+                "errors": dict(requests.errors),
+            },
+            "series": self.series.since(since),
         }
 
     @property
@@ -331,6 +362,15 @@ class NodeService:
                     break
         return delivered
 
+    async def _stats_loop(self) -> None:
+        """Snapshot the counters on the wall-clock grid (every member on the same instants)."""
+        while True:
+            tick = next_tick(_wall_ms())
+            await asyncio.sleep((tick - _wall_ms()) / 1000)
+            p = self.rebalancer.progress
+            self.series.add(Snapshot.take(tick, self.metrics.requests,
+                                          Handoff(p.epoch, p.ranges_done, p.keys, p.bytes)))
+
     async def _anti_entropy_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.anti_entropy_interval)
@@ -356,6 +396,11 @@ class NodeService:
                     log.info("purged %d tombstones and expired records", purged)
             except Exception:
                 log.exception("purge failed")
+
+
+def _wall_ms() -> int:
+    """Wall-clock milliseconds for what people read (never this node's skewed test clock)."""
+    return time.time_ns() // 1_000_000
 
 
 def _log_failure(what: str):  # type: ignore[no-untyped-def]

@@ -57,6 +57,8 @@ export function keyPath(key) {
 }
 
 export const api = {
+  /** Whether the node wants a token: its public OpenAPI document says so. */
+  needsToken: async () => (await request("openapi.json")).security.length > 0,
   cluster: () => request("v1/cluster"),
   stats: (since) => request(since ? `v1/stats?since=${since}` : "v1/stats"),
   history: () => request("v1/cluster/history"),

@@ -19,6 +19,7 @@ const state = {
   cluster: null,
   series: new Map(),       // member -> [{t, reads, writes, ...}] (oldest first)
   ring: null,
+  ringKey: null,
   history: null,
   lastProgress: new Map(), // member -> the last rebalance seen with work in it
   colors: new Map(),
@@ -46,6 +47,10 @@ function openGate(message) {
 
 async function tryOpen() {
   try {
+    if (!token.get() && await api.needsToken()) {
+      openGate("");
+      return;
+    }
     const cluster = await api.cluster();
     show("gate", false);
     show("console", true);
@@ -219,6 +224,10 @@ function renderMembers(c) {
 function renderRing(c) {
   const r = state.ring;
   if (!r) { fill("ring", h("p", {class: "muted"}, "loading the ring…")); return; }
+  // Redrawn only when it changed: a thousand arcs every two seconds would be waste.
+  const key = JSON.stringify([r.epoch, c.members.map((m) => [m.name, m.ownership])]);
+  if (key === state.ringKey) return;
+  state.ringKey = key;
   const note = r.base ? `epoch ${r.epoch} is moving ${fmt.percent(r.moving_fraction)} of the token space` :
     `${r.vnodes} virtual nodes per member`;
   fill("ring-note", note);

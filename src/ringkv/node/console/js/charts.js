@@ -6,14 +6,15 @@ import {clock} from "./format.js";
 const W = 520, H = 190;
 const PAD = {left: 46, right: 12, top: 12, bottom: 24};
 
-/** A y-axis top above `max` that reads well: 1, 2, 2.5 or 5 times a power of ten. */
-export function niceMax(max) {
-  if (!(max > 0)) return 1;
+/** A y-axis above `max` that reads well: its top (1, 2, 2.5 or 5 times a power of ten)
+ * and how many gridline steps divide it into round numbers. */
+export function niceAxis(max) {
+  if (!(max > 0)) return {top: 1, steps: 4};
   const power = 10 ** Math.floor(Math.log10(max));
-  for (const step of [1, 2, 2.5, 5, 10]) {
-    if (step * power >= max) return step * power;
+  for (const [m, steps] of [[1, 4], [2, 4], [2.5, 5], [5, 5], [10, 4]]) {
+    if (m * power >= max) return {top: m * power, steps};
   }
-  return 10 * power;
+  return {top: 10 * power, steps: 4};
 }
 
 /**
@@ -25,13 +26,13 @@ export function lineChart(series, {now, spanMs, format, empty = "no traffic yet"
   const x0 = now - spanMs;
   const plotW = W - PAD.left - PAD.right, plotH = H - PAD.top - PAD.bottom;
   const values = series.flatMap((sr) => sr.points.map((p) => p[1]).filter((v) => v !== null));
-  const top = niceMax(Math.max(0, ...values));
+  const {top, steps} = niceAxis(Math.max(0, ...values));
   const x = (t) => PAD.left + ((t - x0) / spanMs) * plotW;
   const y = (v) => PAD.top + plotH - (v / top) * plotH;
 
   const svg = s("svg", {viewBox: `0 0 ${W} ${H}`, class: "chart-svg", role: "img"});
-  for (let i = 0; i <= 4; i += 1) {
-    const v = (top * i) / 4;
+  for (let i = 0; i <= steps; i += 1) {
+    const v = (top * i) / steps;
     svg.append(
       s("line", {x1: PAD.left, x2: W - PAD.right, y1: y(v), y2: y(v), class: "grid"}),
       s("text", {x: PAD.left - 6, y: y(v) + 4, class: "axis", "text-anchor": "end"}, format(v)),

@@ -14,6 +14,7 @@ export function rate(n) {
 
 export function ms(n) {
   if (n === undefined || n === null) return "–";
+  if (n === 0) return "0";
   if (n < 1) return `${n.toFixed(2)} ms`;
   if (n < 10) return `${n.toFixed(1)} ms`;
   if (n < 1000) return `${Math.round(n)} ms`;

@@ -46,14 +46,14 @@ export function ringDrawing(ring, {label, sub, colorOf, moving = []}) {
   for (let k = 0; k < depth; k += 1) {
     const r1 = OUTER - k * (BAND + GAP), r0 = r1 - BAND;
     for (const run of runs(ring.segments, k)) {
-      svg.append(s("path", {d: arc(r0, r1, run.start, run.end), fill: colorOf(run.name), class: `band band-${k}`},
+      svg.append(s("path", {d: arc(r0, r1, run.start, run.end), fill: colorOf(run.name), class: `band band-${k}`, "data-member": run.name},
         s("title", {}, `${run.name}: replica ${k + 1} of ${percent(run.end - run.start)} of the ring`)));
     }
   }
   for (const seg of ring.segments) {
     if (seg.end >= 1) continue;  // the wrap piece ends at the top, not at a vnode
     const [x1, y1] = polar(OUTER + 2, seg.end), [x2, y2] = polar(OUTER + 9, seg.end);
-    svg.append(s("line", {x1, y1, x2, y2, stroke: colorOf(seg.replicas[0]), class: "vnode"}));
+    svg.append(s("line", {x1, y1, x2, y2, stroke: colorOf(seg.replicas[0]), class: "vnode", "data-member": seg.replicas[0]}));
   }
   for (const m of moving) {
     svg.append(s("path", {d: arc(OUTER + 11, OUTER + 17, m.start, m.end), class: "moving"},
@@ -66,9 +66,20 @@ export function ringDrawing(ring, {label, sub, colorOf, moving = []}) {
   return svg;
 }
 
-/** The members with their colour and share of the ring (fraction of keys replicated). */
+/** Light up one member's ranges in every drawing inside `scope` (null: all again). */
+function focus(scope, name) {
+  for (const svg of scope.querySelectorAll(".ring-svg")) {
+    svg.classList.toggle("focus", name !== null);
+    for (const el of svg.querySelectorAll("[data-member]")) el.classList.toggle("on", el.dataset.member === name);
+  }
+}
+
+/** The members with their colour and share of the ring; hovering one lights up its ranges. */
 export function ringLegend(members, colorOf) {
   return h("ul", {class: "ring-legend"}, members.map((m) =>
-    h("li", {}, h("span", {class: "swatch", style: {background: colorOf(m.name)}}),
-      h("span", {}, m.name), h("span", {class: "muted"}, percent(m.ownership)))));
+    h("li", {
+      onmouseenter: (e) => focus(e.currentTarget.closest(".card"), m.name),
+      onmouseleave: (e) => focus(e.currentTarget.closest(".card"), null),
+    }, h("span", {class: "swatch", style: {background: colorOf(m.name)}}),
+    h("span", {}, m.name), h("span", {class: "muted"}, percent(m.ownership)))));
 }

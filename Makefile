@@ -36,6 +36,7 @@ test: venv tools lint
 
 tools: venv
 	$(BIN)/python scripts/fetch_tools.py
+	$(BIN)/python scripts/install_browser.py
 
 bench: venv
 	$(BIN)/python -m ringkv.bench.suite

@@ -165,6 +165,15 @@ class AsyncClient:
         last = wire.json_object(await self._call(wire.LAST_BACKUP_CALL)).get("last")
         return last if isinstance(last, dict) else None
 
+    async def stats(self, since: int | None = None) -> dict[str, object]:
+        """``GET /v1/stats``: each member's counters since it started and its recent rates
+        (samples newer than ``since``, ms since the epoch)."""
+        return wire.json_object(await self._call(wire.stats_call(since)))
+
+    async def history(self) -> dict[str, object]:
+        """``GET /v1/cluster/history``: the membership changes the node has seen, with times."""
+        return wire.json_object(await self._call(wire.HISTORY_CALL))
+
     async def ready(self, url: str | None = None) -> bool:
         """Whether the node at ``url`` (default: the first URL) answers /readyz with 200."""
         base = wire.parse_base(url) if url else self._targets.bases[0]

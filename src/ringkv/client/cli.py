@@ -8,7 +8,8 @@ Data commands talk to the public HTTP API through the blocking client:
     ringkv delete KEY             delete; prints the tombstone's version
     ringkv list                   keys, one a line (--prefix, --limit, --cursor, --all)
     ringkv status                 epoch, members and rebalance progress (--json for raw,
-                                  --wait [SECONDS]: first wait until the cluster is settled)
+                                  --wait [SECONDS]: first wait until the cluster is settled;
+                                  --watch: live rates and progress bars)
     ringkv replicas KEY           which nodes should hold KEY and what each holds (JSON)
 
 Backup, local cluster and tooling (implemented in other modules, arguments passed through):
@@ -44,7 +45,7 @@ import sys
 from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
-from ringkv.client import settle
+from ringkv.client import dashboard, settle
 from ringkv.client.errors import (
     BadRequest,
     ConflictRetryExhausted,
@@ -297,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first wait until the cluster is settled (the epoch settled, every "
                    "member normal, reachable, ready and on it, no rebalance), at most SECONDS "
                    "(default 300); exit 5 if it is not by then")
+    p.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
+                   help="redraw every SECONDS (default 2) with request rates, p99 latency and "
+                   "re-replication bars, until Ctrl-C")
 
     p = sub.add_parser("replicas", parents=[common], help="where a key lives (JSON)")
     p.add_argument("key")
@@ -400,6 +404,11 @@ def _cmd_list(client: Client, args: argparse.Namespace) -> None:
 
 
 def _cmd_status(client: Client, args: argparse.Namespace) -> int:
+    if args.watch is not None:
+        if args.watch <= 0:
+            raise ValueError("--watch takes a positive number of seconds")
+        dashboard.watch(client.cluster, client.stats, args.watch)
+        return EXIT_OK
     if args.wait is None:
         doc = client.cluster()
     else:

@@ -117,6 +117,15 @@ class Client:
         """``GET /v1/replicas/{key}``: the nodes that should hold it and their versions."""
         return wire.json_object(self._call(wire.replicas_call(key)))
 
+    def stats(self, since: int | None = None) -> dict[str, object]:
+        """``GET /v1/stats``: each member's counters since it started and its recent rates
+        (samples newer than ``since``, ms since the epoch)."""
+        return wire.json_object(self._call(wire.stats_call(since)))
+
+    def history(self) -> dict[str, object]:
+        """``GET /v1/cluster/history``: the membership changes the node has seen, with times."""
+        return wire.json_object(self._call(wire.HISTORY_CALL))
+
     def ready(self, url: str | None = None) -> bool:
         """Whether the node at ``url`` (default: the first URL) answers /readyz with 200."""
         base = wire.parse_base(url) if url else self._targets.bases[0]

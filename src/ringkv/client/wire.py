@@ -238,6 +238,13 @@ def report_call(report: Mapping[str, object]) -> Call:
     body = json.dumps(dict(report)).encode()
     return Call("PUT", "/v1/backup/last", {"Content-Type": "application/json"}, body)
 
+HISTORY_CALL = Call("GET", "/v1/cluster/history")
+
+
+def stats_call(since: int | None = None) -> Call:
+    """Every member's counters and recent rates; only samples after ``since`` (ms)."""
+    return Call("GET", "/v1/stats" if since is None else f"/v1/stats?since={int(since)}")
+
 
 def check(reply: Reply) -> Reply:
     """Raise the typed error for a non-2xx answer."""

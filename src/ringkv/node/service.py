@@ -363,13 +363,15 @@ class NodeService:
         return delivered
 
     async def _stats_loop(self) -> None:
-        """Snapshot the counters on the wall-clock grid (every member on the same instants)."""
+        """Snapshot the counters now (what was served before the first tick counts in the
+        first sample), then on the wall-clock grid (every member on the same instants)."""
+        at = _wall_ms()
         while True:
-            tick = next_tick(_wall_ms())
-            await asyncio.sleep((tick - _wall_ms()) / 1000)
             p = self.rebalancer.progress
-            self.series.add(Snapshot.take(tick, self.metrics.requests,
+            self.series.add(Snapshot.take(at, self.metrics.requests,
                                           Handoff(p.epoch, p.ranges_done, p.keys, p.bytes)))
+            at = next_tick(max(_wall_ms(), at))  # never the same tick twice (an early wake)
+            await asyncio.sleep((at - _wall_ms()) / 1000)
 
     async def _anti_entropy_loop(self) -> None:
         while True:

@@ -9,7 +9,7 @@ import {ringDrawing, ringLegend} from "./ring.js";
 import {inspect} from "./inspector.js";
 
 const POLL_MS = 2000;
-const SPAN_MS = 10 * 60 * 1000;  // the charts' window, as much as the nodes keep
+const SPAN_MS = 10 * 60 * 1000;  // the longest chart window: as much as the nodes keep
 const PALETTE = ["#5b8def", "#f5b942", "#3ecf8e", "#e5697b", "#a78bfa", "#38bdf8", "#fb923c",
   "#f472b6", "#a3e635", "#94a3b8", "#2dd4bf", "#facc15"];
 const ERROR_COLORS = ["#f87171", "#fb923c", "#facc15", "#f472b6", "#c084fc", "#94a3b8"];
@@ -207,7 +207,7 @@ function renderMembers(c) {
       h("td", {}, h("span", {class: "swatch", style: {background: colorOf(m.name)}}), h("span", {class: "name"}, m.name),
         m.name === c.node ? h("span", {class: "muted small"}, " (this node)") : null),
       h("td", {}, h("span", {class: `pill state ${st}`}, st)),
-      h("td", {class: "mono small"}, m.api_url || m.url),
+      h("td", {class: "mono small", title: m.api_url || m.url}, (m.api_url || m.url).replace(/^https?:\/\//, "")),
       h("td", {class: `num ${m.epoch !== undefined && m.epoch !== c.epoch ? "lag" : ""}`}, m.epoch ?? "–"),
       h("td", {class: "num"}, fmt.count(m.records)),
       h("td", {class: `num ${m.hints_pending ? "warn-text" : ""}`}, fmt.count(m.hints_pending)),
@@ -255,27 +255,36 @@ function seriesOf(field, names) {
   return [...byT.entries()].sort((a, b) => a[0] - b[0]);
 }
 
+/** The charts' window: as much as the nodes have sampled, in whole minutes, 2 to 10. */
+function chartSpan(now) {
+  let oldest = now;
+  for (const samples of state.series.values()) if (samples.length) oldest = Math.min(oldest, samples[0].t);
+  const minutes = Math.ceil((now - oldest) / 60000);
+  return Math.min(SPAN_MS, Math.max(2, minutes) * 60000);
+}
+
 function renderCharts() {
   const names = [...state.series.keys()];
   const now = Date.now();
+  const spanMs = chartSpan(now);
   const sum = (vals) => vals.reduce((a, b) => a + b, 0);
   const max = (vals) => Math.max(...vals);
   const agg = (field, how) => seriesOf(field, names).map(([t, vals]) => [t, how(vals)]);
   fill("chart-throughput", lineChart([
     {name: "reads", color: "#5b8def", points: agg("reads", sum)},
     {name: "writes", color: "#f5b942", points: agg("writes", sum)},
-  ], {now, spanMs: SPAN_MS, format: fmt.rate}));
+  ], {now, spanMs, format: fmt.rate}));
   fill("chart-latency", lineChart([
     {name: "read p99", color: "#3ecf8e", points: agg("read_p99_ms", max)},
     {name: "write p99", color: "#a78bfa", points: agg("write_p99_ms", max)},
-  ], {now, spanMs: SPAN_MS, format: (v) => fmt.ms(v)}));
+  ], {now, spanMs, format: (v) => fmt.ms(v)}));
   const codes = new Set();
   for (const samples of state.series.values()) for (const p of samples) for (const code of Object.keys(p.errors || {})) codes.add(code);
   const errorSeries = [...codes].sort().map((code, i) => ({
     name: code, color: ERROR_COLORS[i % ERROR_COLORS.length],
     points: agg((p) => (p.errors || {})[code] || 0, sum),
   }));
-  fill("chart-errors", lineChart(errorSeries, {now, spanMs: SPAN_MS, format: fmt.rate, empty: "no errors in the last 10 minutes"}));
+  fill("chart-errors", lineChart(errorSeries, {now, spanMs, format: fmt.rate, empty: "no errors"}));
 }
 
 function recentRate(name, field, seconds) {
@@ -298,7 +307,9 @@ function renderProgress(c) {
     const fraction = shown.ranges_total ? done / shown.ranges_total : 1;
     const mbps = current && p.active ? recentRate(m.name, "handoff_bytes_per_s", 6) : null;
     const rangesPerS = current && p.active ? recentRate(m.name, "handoff_ranges_per_s", 10) : null;
-    const recordsLeft = done > 0 ? (shown.keys_received / done) * shown.ranges_left : null;
+    // Records left is an estimate from the ranges pulled so far: shown once a tenth is done.
+    const recordsLeft = done >= shown.ranges_total / 10 && done > 0
+      ? (shown.keys_received / done) * shown.ranges_left : null;
     const eta = rangesPerS > 0 ? shown.ranges_left / rangesPerS : null;
     const details = [
       `${done} of ${shown.ranges_total} ranges`,

@@ -38,9 +38,11 @@ export function lineChart(series, {now, spanMs, format, empty = "no traffic yet"
       s("text", {x: PAD.left - 6, y: y(v) + 4, class: "axis", "text-anchor": "end"}, format(v)),
     );
   }
-  const tickMs = spanMs / 5;
+  // Ticks on round instants (30 s, 1, 2 or 5 minutes apart), labelled to the second when closer.
+  const tickMs = [30e3, 60e3, 120e3, 300e3].find((step) => spanMs / step <= 6) || 600e3;
   for (let t = Math.ceil(x0 / tickMs) * tickMs; t <= now; t += tickMs) {
-    svg.append(s("text", {x: x(t), y: H - 6, class: "axis", "text-anchor": "middle"}, clock(t).slice(0, 5)));
+    svg.append(s("text", {x: x(t), y: H - 6, class: "axis", "text-anchor": "middle"},
+      tickMs < 60e3 ? clock(t) : clock(t).slice(0, 5)));
   }
   series.forEach((sr, i) => {
     const pts = sr.points.filter((p) => p[0] >= x0);

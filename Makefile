@@ -9,7 +9,7 @@ RF ?= 3
 BASE_PORT ?= 8080
 DATA_DIR ?= .ringkv-data
 
-.PHONY: all venv run test lint fmt bench chaos e2e tools clean
+.PHONY: all venv run test lint fmt bench chaos e2e tools clean screenshots
 
 all: test
 
@@ -44,6 +44,11 @@ bench: venv
 # Every nemesis for a minute against a fresh local cluster, checked; writes docs/RELIABILITY.md.
 chaos: venv
 	$(BIN)/python scripts/chaos.py
+
+# The console's browser tests against a fresh local cluster, saving the screenshots that
+# docs/CONSOLE.md shows.
+screenshots: venv tools
+	RINGKV_CONSOLE_SCREENSHOTS=docs/console $(BIN)/pytest -p no:cacheprovider tests/browser
 
 # The chart on a real Kubernetes: ../shared/k8s here, kind where Docker exists; skips
 # (and says why) when neither is available.

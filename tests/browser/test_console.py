@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import consolepage as page
 import pytest
+from consolepage import members, progress, run, summary, timeline
 from harness import API_TOKEN, LocalCluster, http, wait_for
 
 NODES = 4
@@ -72,40 +74,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 
 # -- driving the page ---------------------------------------------------------------------
-def run(browser: Any, script: str, *args: Any) -> Any:
-    return browser.execute_script(script, *args)
-
-
 def open_console(browser: Any, url: str, token: str = API_TOKEN) -> None:
-    browser.get(f"{url}/ui/")
-    wait_for(lambda: run(browser, "return !document.getElementById('gate').hidden"), 30,
-             "the token form")
-    field = browser.find_element("id", "token")
-    field.send_keys(token)
-    browser.find_element("css selector", "#gate-form button").click()
-
-
-def members(browser: Any) -> dict[str, str]:
-    """Member name -> the state the page shows."""
-    return dict(run(browser, """return [...document.querySelectorAll('tr.member')]
-        .map(r => [r.dataset.member, r.querySelector('.state').textContent])"""))
-
-
-def summary(browser: Any) -> tuple[int, str]:
-    return tuple(run(browser, """const e = document.getElementById('epoch');
-        return e ? [Number(e.textContent), document.getElementById('settled').textContent] : [0, '']"""))
-
-
-def progress(browser: Any) -> dict[str, tuple[float, float, bool]]:
-    """Member -> (value, max, active) of its re-replication bar."""
-    return {name: (value, top, active) for name, value, top, active in run(browser, """
-        return [...document.querySelectorAll('.bar-row')].map(r => [r.dataset.member,
-            r.querySelector('progress').value, r.querySelector('progress').max,
-            r.classList.contains('active')])""")}
+    page.open_console(browser, url, token)
 
 
 def shoot(browser: Any, where: Path | None, name: str) -> None:
+    """Save the whole page as `name`.png when screenshots were asked for."""
     if where is not None:
+        width = run(browser, "return window.outerWidth")
+        height = run(browser, """return document.querySelector('footer').getBoundingClientRect().bottom
+            + window.scrollY + window.outerHeight - window.innerHeight""")
+        browser.set_window_size(width, int(height) + 4)
         browser.save_screenshot(str(where / f"{name}.png"))
 
 
@@ -232,10 +211,10 @@ def test_a_killed_node_leaves_and_the_survivors_restore_the_copies(
     def left_and_settled() -> bool:
         nonlocal shot
         seen_states.add(members(browser).get("node-3", "gone"))
-        for name, (done, _top, active) in progress(browser).items():
+        for name, (done, top, active) in progress(browser).items():
             if active:
                 bars.setdefault(name, set()).add(done)
-                if not shot and done > 0:
+                if not shot and done >= top / 3:  # a few samples in: rates and estimates shown
                     shoot(browser, screenshots, "rebalance")
                     shot = True
         epoch, settled = summary(browser)
@@ -247,7 +226,7 @@ def test_a_killed_node_leaves_and_the_survivors_restore_the_copies(
     assert "gone" in seen_states
     final = progress(browser)
     assert all(done == top for done, top, _ in final.values()), final
-    timeline = run(browser, "return [...document.querySelectorAll('#timeline .change-text')]"
-                            ".map(e => e.textContent)")
-    assert any("node-3 removed" in line for line in timeline), timeline
-    assert any("settled" in line for line in timeline), timeline
+    # The timeline is fetched when the page sees a new epoch: it may trail the header a poll.
+    wait_for(lambda: any("node-3 removed" in line for line in timeline(browser))
+             and any(line.endswith("settled") for line in timeline(browser)), 30,
+             "the timeline to tell the removal and the settle")

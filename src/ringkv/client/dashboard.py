@@ -27,6 +27,15 @@ def _ms(value: object) -> str:
     return f"{value:.1f}ms" if value < 100 else f"{value:,.0f}ms"
 
 
+def _bytes(n: float) -> str:
+    unit = "B"
+    for bigger in ("KB", "MB", "GB"):
+        if n < 1000:
+            break
+        n, unit = n / 1000, bigger
+    return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+
+
 def _duration(seconds: float) -> str:
     seconds = round(seconds)
     if seconds < 60:
@@ -60,7 +69,7 @@ def recent(samples: Sequence[Mapping[str, Any]], field: str, count: int) -> floa
 
 
 def progress_line(name: str, progress: Mapping[str, Any], samples: Sequence[Mapping[str, Any]]) -> str:
-    """One member's re-replication as a bar with ranges, records, MB/s and ETA."""
+    """One member's re-replication as a bar with ranges, records, bytes/s and ETA."""
     total = int(progress.get("ranges_total") or 0)
     left = int(progress.get("ranges_left") or 0)
     done = total - left
@@ -71,7 +80,7 @@ def progress_line(name: str, progress: Mapping[str, Any], samples: Sequence[Mapp
         if done and done >= total / 10:
             parts.append(f"~{_num(keys / done * left)} left")
         rate = recent(samples, "handoff_bytes_per_s", 3)
-        parts.append("-" if rate is None else f"{rate / 1e6:.2f} MB/s")
+        parts.append("-/s" if rate is None else f"{_bytes(rate)}/s")
         per_s = recent(samples, "handoff_ranges_per_s", 5)
         parts.append(f"ETA {_duration(left / per_s)}" if per_s else "ETA -")
     else:

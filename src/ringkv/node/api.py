@@ -220,7 +220,7 @@ class Dispatcher:
             response.force_close()  # a body never invited: close rather than wait for it
         self.metrics.observe_request(label, request.method, response.status,
                                      time.perf_counter() - started)
-        if response.status >= 400:
+        if response.status >= 400 and path.startswith("/v1/"):  # what clients saw, not probes
             code = response.get("code") if isinstance(response, web.StreamResponse) else None
             self.metrics.requests.error(code or STATUS_CODES.get(response.status, "internal"))
         return response

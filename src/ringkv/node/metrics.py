@@ -24,7 +24,7 @@ class RequestStats:
         self.counts: dict[tuple[str, str, int], int] = {}
         # (route, method) -> [count per bucket (the last one +Inf)..., sum of seconds]
         self.latency: dict[tuple[str, str], list[float]] = {}
-        self.errors: dict[str, int] = {}  # error responses by the JSON error's code
+        self.errors: dict[str, int] = {}  # /v1 error responses by the JSON error's code
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)
@@ -52,7 +52,7 @@ class RequestStats:
                 total += count
                 cumulative.append((bound, total))
             latency.add_metric([route, method], cumulative, hist[-1])
-        errors = CounterMetricFamily("ringkv_errors", "Error responses by error code",
+        errors = CounterMetricFamily("ringkv_errors", "Error responses of the /v1 API by error code",
                                      labels=["code"])
         for code, count in self.errors.items():
             errors.add_metric([code], count)

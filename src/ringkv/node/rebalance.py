@@ -204,6 +204,7 @@ class Rebalancer:
             # Whatever is still being pulled was for an older epoch's rings.
             self._task.cancel()
             self._task = None
+            self.progress.active = False  # a newer epoch's pull (if any) starts its own
         if self.caught_up:
             return
         key = _sync_key(view, self.service.name)

@@ -22,6 +22,7 @@ const state = {
   ringKey: null,
   history: null,
   lastProgress: new Map(), // member -> the last rebalance seen with work in it
+  pullSeen: new Map(),     // "member@epoch" -> when this page first saw that pull running
   colors: new Map(),
   lastOk: 0,
 };
@@ -199,14 +200,14 @@ function flags(m) {
 }
 
 function renderMembers(c) {
-  const head = ["member", "state", "address", "epoch", "records", "hints", "req/s", "p99 read", "p99 write", "owns", ""];
+  const head = ["member", "state", "address", "epoch", "records", "hints", "req/s", "p99 read", "p99 write", "owns"];
   const rows = [...c.members].sort((a, b) => a.name.localeCompare(b.name)).map((m) => {
     const st = memberState(m);
     const sample = m.reachable === false ? null : lastSample(m.name);
     return h("tr", {class: `member ${st}`, "data-member": m.name},
       h("td", {}, h("span", {class: "swatch", style: {background: colorOf(m.name)}}), h("span", {class: "name"}, m.name),
-        m.name === c.node ? h("span", {class: "muted small"}, " (this node)") : null),
-      h("td", {}, h("span", {class: `pill state ${st}`}, st)),
+        m.name === c.node ? h("span", {class: "here", title: "this node served the page"}, "●") : null),
+      h("td", {class: "state-cell"}, h("span", {class: `pill state ${st}`}, st), flags(m)),
       h("td", {class: "mono small", title: m.api_url || m.url}, (m.api_url || m.url).replace(/^https?:\/\//, "")),
       h("td", {class: `num ${m.epoch !== undefined && m.epoch !== c.epoch ? "lag" : ""}`}, m.epoch ?? "–"),
       h("td", {class: "num"}, fmt.count(m.records)),
@@ -214,8 +215,7 @@ function renderMembers(c) {
       h("td", {class: "num"}, sample ? fmt.rate(sample.reads + sample.writes) : "–"),
       h("td", {class: "num"}, sample ? fmt.ms(sample.read_p99_ms) : "–"),
       h("td", {class: "num"}, sample ? fmt.ms(sample.write_p99_ms) : "–"),
-      h("td", {class: "num"}, fmt.percent(m.ownership)),
-      h("td", {class: "flags"}, flags(m)));
+      h("td", {class: "num"}, fmt.percent(m.ownership)));
   });
   fill("members", h("table", {class: "table"},
     h("thead", {}, h("tr", {}, head.map((t) => h("th", {}, t)))), h("tbody", {}, rows)));
@@ -287,8 +287,11 @@ function renderCharts() {
   fill("chart-errors", lineChart(errorSeries, {now, spanMs, format: fmt.rate, empty: "no errors"}));
 }
 
-function recentRate(name, field, seconds) {
-  const samples = (state.series.get(name) || []).slice(-Math.max(1, Math.round(seconds / (POLL_MS / 1000))));
+/** The mean of a member's `field` over its samples of the last `seconds`, counting only
+ * samples since `sinceMs` (when its pull was first seen): null until there is one. */
+function recentRate(name, field, seconds, sinceMs) {
+  const from = Math.max(Date.now() - seconds * 1000, sinceMs);
+  const samples = (state.series.get(name) || []).filter((p) => p.t > from);
   if (!samples.length) return null;
   return samples.reduce((a, p) => a + (p[field] || 0), 0) / samples.length;
 }
@@ -305,8 +308,11 @@ function renderProgress(c) {
     active = active || (current && p.active);
     const done = shown.ranges_total - shown.ranges_left;
     const fraction = shown.ranges_total ? done / shown.ranges_total : 1;
-    const mbps = current && p.active ? recentRate(m.name, "handoff_bytes_per_s", 6) : null;
-    const rangesPerS = current && p.active ? recentRate(m.name, "handoff_ranges_per_s", 10) : null;
+    const pull = `${m.name}@${shown.epoch}`;
+    if (current && p.active && !state.pullSeen.has(pull)) state.pullSeen.set(pull, Date.now());
+    const since = state.pullSeen.get(pull) || 0;
+    const bps = current && p.active ? recentRate(m.name, "handoff_bytes_per_s", 6, since) : null;
+    const rangesPerS = current && p.active ? recentRate(m.name, "handoff_ranges_per_s", 10, since) : null;
     // Records left is an estimate from the ranges pulled so far: shown once a tenth is done.
     const recordsLeft = done >= shown.ranges_total / 10 && done > 0
       ? (shown.keys_received / done) * shown.ranges_left : null;
@@ -317,7 +323,7 @@ function renderProgress(c) {
     ];
     if (current && p.active) {
       details.push(recordsLeft === null ? "records left: measuring" : `≈ ${fmt.count(recordsLeft)} records left`);
-      details.push(mbps === null ? "– MB/s" : `${(mbps / 1e6).toFixed(2)} MB/s`);
+      details.push(bps === null ? "– /s" : `${fmt.bytes(bps)}/s`);
       details.push(`ETA ${eta === null ? "measuring" : fmt.duration(eta)}`);
     } else {
       details.push(current ? "done" : `done (epoch ${shown.epoch})`);

@@ -8,6 +8,7 @@ export function count(n) {
 export function rate(n) {
   if (n === undefined || n === null) return "–";
   if (n === 0) return "0";
+  if (n < 1) return n.toFixed(2);
   if (n < 10) return n.toFixed(1);
   return Math.round(n).toLocaleString("en-US");
 }

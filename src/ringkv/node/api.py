@@ -37,7 +37,7 @@ from .responses import RawResponse
 from .ring import MAX_TOKEN, layout, moving
 from .security import has_token
 from .service import NodeService, NotReady
-from .stats import INTERVAL_S
+from .stats import INTERVAL_S, wall_ms
 from .storage import StorageFull
 from .transport import PeerError
 from .ui import Console
@@ -168,10 +168,10 @@ class Dispatcher:
         self.token = api.settings.api_token.encode()
         kv = _Route(KV_PREFIX + "{key}", {"PUT": api.put, "GET": api.get, "HEAD": api.head,
                                           "DELETE": api.delete})
-        self.prefixed = ((KV_PREFIX, kv),
-                         (REPLICAS_PREFIX, _Route(REPLICAS_PREFIX + "{key}", {"GET": api.replicas})))
         console = Console()
-        self.prefixed = (*self.prefixed, (Console.PREFIX, _Route("/ui/", {"GET": console.asset})))
+        self.prefixed = ((KV_PREFIX, kv),
+                         (REPLICAS_PREFIX, _Route(REPLICAS_PREFIX + "{key}", {"GET": api.replicas})),
+                         (Console.PREFIX, _Route(Console.PREFIX, {"GET": console.asset})))
         self.exact = {path: _Route(path, {"GET": handler}) for path, handler in (
             ("/v1/kv", api.list), ("/v1/cluster", api.cluster), ("/healthz", api.healthz),
             ("/readyz", api.readyz), ("/metrics", api.metrics), ("/openapi.json", api.openapi),
@@ -561,7 +561,7 @@ class Api:
                 members.append({**answer, "reachable": True})
             else:
                 members.append({"node": name, "reachable": False})
-        return web.json_response({"node": service.name, "time_ms": time.time_ns() // 1_000_000,
+        return web.json_response({"node": service.name, "time_ms": wall_ms(),
                                   "interval_s": INTERVAL_S, "members": members})
 
     async def ring(self, request: web.BaseRequest) -> web.Response:

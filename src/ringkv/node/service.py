@@ -11,7 +11,6 @@ import contextlib
 import gc
 import logging
 import os
-import time
 from typing import Any
 
 from . import membership
@@ -26,7 +25,7 @@ from .records import Record
 from .replica import LocalReplica
 from .ring import TokenRange
 from .security import client_context, server_context
-from .stats import Handoff, Series, Snapshot, next_tick
+from .stats import Handoff, Series, Snapshot, next_tick, wall_ms
 from .storage import MemoryStorage, SqliteStorage, Storage
 from .transport import InternalServer, PeerLink, RemoteError
 from .versions import COUNTER_BITS, HybridClock
@@ -64,7 +63,7 @@ class NodeService:
         self._counts_at = 0.0
         self._counting: asyncio.Future[tuple[int, int, int]] | None = None
         self._peer_tls = client_context(settings.tls) if settings.tls.enabled else None
-        self.started_ms = _wall_ms()
+        self.started_ms = wall_ms()
         self.series = Series()
         self.changes = ChangeLog(os.path.join(settings.data_dir, "membership-history.jsonl"))
 
@@ -95,7 +94,7 @@ class NodeService:
                 membership.save(self._membership_path, newest)
             self._install(newest)
             if not self.changes.entries:
-                self.changes.record(None, newest, _wall_ms())
+                self.changes.record(None, newest, wall_ms())
         self.internal = InternalServer(
             self.name,
             self.settings.cluster_token,
@@ -159,7 +158,7 @@ class NodeService:
         old = self._view.doc if self._view else None
         membership.save(self._membership_path, doc)
         self._install(doc)
-        self.changes.record(old, doc, _wall_ms())
+        self.changes.record(old, doc, wall_ms())
         log.info("adopted membership epoch %d (%d members, settled=%s)", doc.epoch,
                  len(doc.members), doc.settled)
         return True
@@ -365,13 +364,13 @@ class NodeService:
     async def _stats_loop(self) -> None:
         """Snapshot the counters now (what was served before the first tick counts in the
         first sample), then on the wall-clock grid (every member on the same instants)."""
-        at = _wall_ms()
+        at = wall_ms()
         while True:
             p = self.rebalancer.progress
             self.series.add(Snapshot.take(at, self.metrics.requests,
                                           Handoff(p.epoch, p.ranges_done, p.keys, p.bytes)))
-            at = next_tick(max(_wall_ms(), at))  # never the same tick twice (an early wake)
-            await asyncio.sleep((at - _wall_ms()) / 1000)
+            at = next_tick(max(wall_ms(), at))  # never the same tick twice (an early wake)
+            await asyncio.sleep((at - wall_ms()) / 1000)
 
     async def _anti_entropy_loop(self) -> None:
         while True:
@@ -398,11 +397,6 @@ class NodeService:
                     log.info("purged %d tombstones and expired records", purged)
             except Exception:
                 log.exception("purge failed")
-
-
-def _wall_ms() -> int:
-    """Wall-clock milliseconds for what people read (never this node's skewed test clock)."""
-    return time.time_ns() // 1_000_000
 
 
 def _log_failure(what: str):  # type: ignore[no-untyped-def]

@@ -4,12 +4,13 @@ Every `INTERVAL_S` the node takes a `Snapshot` of its counters (client reads and
 their latency histograms, errors by code, handoff progress) on a wall-clock grid, and
 keeps the rates between consecutive snapshots for the last `KEEP` intervals. Sampling on
 the grid makes every member's samples fall on the same instants, so the console and
-`ringkv status --watch` can add them up per instant without aligning anything. Pure: the
-node's loop calls `Series.add` with what it counted.
+`ringkv status --watch` can add them up per instant without aligning anything. Pure but
+for `wall_ms`: the node's loop calls `Series.add` with what it counted.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -136,6 +137,11 @@ class Series:
         if t_ms is None:
             return list(self._samples)
         return [s for s in self._samples if s["t"] > t_ms]
+
+
+def wall_ms() -> int:
+    """Wall-clock milliseconds, for what people read (never a node's skewed test clock)."""
+    return time.time_ns() // 1_000_000
 
 
 def next_tick(now_ms: int, interval_s: int = INTERVAL_S) -> int:

@@ -20,6 +20,7 @@ const state = {
   series: new Map(),       // member -> [{t, reads, writes, ...}] (oldest first)
   ring: null,
   ringKey: null,
+  refreshing: false,
   history: null,
   lastProgress: new Map(), // member -> the last rebalance seen with work in it
   pullSeen: new Map(),     // "member@epoch" -> when this page first saw that pull running
@@ -124,9 +125,15 @@ async function poll() {
 }
 
 async function refreshEpochData() {
-  const [ring, history] = await Promise.allSettled([api.ring(), api.history()]);
-  if (ring.status === "fulfilled") state.ring = ring.value;
-  if (history.status === "fulfilled") state.history = history.value;
+  if (state.refreshing) return;  // one fetch at a time, however many polls see the new epoch
+  state.refreshing = true;
+  try {
+    const [ring, history] = await Promise.allSettled([api.ring(), api.history()]);
+    if (ring.status === "fulfilled") state.ring = ring.value;
+    if (history.status === "fulfilled") state.history = history.value;
+  } finally {
+    state.refreshing = false;
+  }
   render();
 }
 

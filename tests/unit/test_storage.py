@@ -21,7 +21,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ringkv.node import storage as storage_module
 from ringkv.node.records import Record
 from ringkv.node.ring import MAX_TOKEN, MIN_LO, TokenRange, key_token
 from ringkv.node.storage import (
@@ -347,19 +346,6 @@ def test_point_reads_through_the_cache_see_every_committed_change(tmp_path: Path
         assert store.get(b"t") is None and store.get_version(b"t") is None
         assert store.delete_range(FULL) == 1
         assert store.get(b"k") is None
-    finally:
-        store.close()
-
-
-def test_the_point_read_cache_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(storage_module, "CACHE_BYTES", 5_000)
-    store = SqliteStorage(str(tmp_path / "db"))
-    try:
-        records = [rec(b"key-%03d" % i, i + 1) for i in range(100)]
-        store.apply(records)
-        for r in records:  # evicted ones are read again from the database
-            assert store.get(r.key) == r
-            assert store.get_version(r.key) == (r.version.hlc, "n1", 0, 0)
     finally:
         store.close()
 

@@ -14,17 +14,19 @@ import os
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
-from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import xxhash
 
+from .readcache import ReadCache, Transaction
 from .records import Record
 from .ring import TokenRange
 from .versions import Version
 
 MASK64 = (1 << 64) - 1
+T = TypeVar("T")
 
 
 class StorageError(Exception):
@@ -313,12 +315,6 @@ _COLUMNS = "key, hlc, node, tombstone, expires, ctype, value"
 _GET = f"SELECT {_COLUMNS} FROM kv WHERE key = ?"
 
 
-# Bytes of keys and values (plus a per-record estimate of the objects around them) that the
-# point-read cache holds, per node: a few hot keys' worth, a small part of RSS.
-CACHE_BYTES = 32 * 1024 * 1024
-CACHE_OVERHEAD = 400  # bytes of Python objects per cached record besides key and value
-
-
 def _row_record(row: tuple) -> Record:
     key, hlc, node, tomb, expires, ctype, value = row
     return Record(key, value, ctype, Version(hlc, node), bool(tomb), expires)
@@ -329,9 +325,10 @@ class SqliteStorage(Storage):
 
     Two connections: one for the writer thread (batches, scans, maintenance) and one for
     point reads on the event loop, which WAL lets run beside a writer. Point reads go
-    through a bounded cache of records (see `get`). With
-    `synchronous=NORMAL` a committed transaction is in the WAL file before the ack, so a
-    SIGKILLed process loses nothing it acknowledged; FULL also survives power loss.
+    through a bounded cache of records (`readcache.ReadCache`), which every write to the
+    kv table keeps true. With `synchronous=NORMAL` a committed transaction is in the WAL
+    file before the ack, so a SIGKILLed process loses nothing it acknowledged; FULL also
+    survives power loss.
     """
 
     def __init__(self, path: str, synchronous: str = "NORMAL") -> None:
@@ -354,14 +351,7 @@ class SqliteStorage(Storage):
                 raise StorageError(f"{path}: integrity check failed ({check}); {advice}")
             self._r = self._connect()
             self._rc = self._r.cursor()  # point reads, on the event loop only: one cursor
-            # Oldest first (see `get`). An OrderedDict, not a dict: a dict finds its first
-            # entry by scanning past every slot earlier evictions emptied, which made each
-            # eviction cost ~30 µs once the cache was full (a 1M-key load ran 30% slower).
-            self._cache: OrderedDict[bytes, Record] = OrderedDict()
-            self._cache_size = 0
-            self._cache_lock = threading.Lock()
-            self._writers = 0  # kv write transactions running now (loop or storage thread)
-            self._generation = 0  # kv write transactions begun or ended so far
+            self._cache = ReadCache()
             # With synchronous OFF or NORMAL a commit only appends to the WAL (no fsync),
             # so the event loop commits its group writes itself on this connection: no
             # thread hop per batch. It never waits for a lock (busy_timeout 0: StorageBusy
@@ -381,29 +371,12 @@ class SqliteStorage(Storage):
         return conn
 
     def get(self, key: bytes) -> Record | None:
-        """A point read, from the cache when the record is there.
+        """A point read, through the cache (see `readcache`)."""
+        return self._cache.get(key) or self._cache.load(key, self._read_row)
 
-        A SQLite point read costs 4-6 µs on a busy node (a shared WAL lock taken and dropped
-        with fcntl, a B-tree descent, the row's objects), about a tenth of a quorum read's
-        CPU. The cache never holds a version older than the database's once a write is
-        acknowledged: every write transaction on the kv table puts what it stored into the
-        cache (or drops the key) after its commit and before its caller can ack, deletions
-        empty it, and a read fills it only if no write began or ended while it read."""
-        rec = self._cache.get(key)
-        if rec is not None:
-            return rec
-        with self._cache_lock:
-            quiet = self._writers == 0
-            generation = self._generation
+    def _read_row(self, key: bytes) -> Record | None:
         row = self._rc.execute(_GET, (key,)).fetchone()
-        if row is None:
-            return None
-        rec = _row_record(row)
-        if quiet:
-            with self._cache_lock:
-                if self._writers == 0 and self._generation == generation:
-                    self._cache_put(rec)
-        return rec
+        return None if row is None else _row_record(row)
 
     def get_version(self, key: bytes) -> tuple[int, str, int, int] | None:
         rec = self._cache.get(key) or self.get(key)  # a miss reads the whole row: it fills
@@ -412,61 +385,21 @@ class SqliteStorage(Storage):
         v = rec.version
         return (v.hlc, v.node, int(rec.tombstone), rec.expires_ms)
 
-    def _cache_put(self, rec: Record) -> None:
-        """Insert or replace (the lock held); the oldest entries go when over CACHE_BYTES."""
-        old = self._cache.pop(rec.key, None)
-        if old is not None:
-            self._cache_size -= len(old.key) + len(old.value) + CACHE_OVERHEAD
-        self._cache[rec.key] = rec
-        self._cache_size += len(rec.key) + len(rec.value) + CACHE_OVERHEAD
-        while self._cache_size > CACHE_BYTES:
-            _, gone = self._cache.popitem(last=False)
-            self._cache_size -= len(gone.key) + len(gone.value) + CACHE_OVERHEAD
-
-    def _kv_write(self, fn, *args, written: Sequence[Record] = (),  # type: ignore[no-untyped-def]
-                  skipped: list[Record] | None = None, conn: sqlite3.Connection | None = None):
-        """`_write` for the kv table, keeping the cache true (see `get`). An upsert names
-        the records it was given (`written`) and fills `skipped` with those it did not
-        store: after the commit the stored ones replace their keys' entries and the skipped
-        ones' keys leave the cache (the database may hold another record of the same
-        version); if the transaction failed, all of them leave. Without records the
-        transaction deletes rows, and the cache is emptied.
-
-        If another write began or ended while this one ran (one on the loop, one on the
-        storage thread), its records leave the cache instead of entering it: the other
-        may have committed a newer version of a key after this commit but updated the
-        cache before this one gets here, and putting this older record over it would serve
-        a stale read."""
-        with self._cache_lock:
-            self._writers += 1
-            self._generation += 1
-            began = self._generation
+    def _kv_write(self, fn: Callable[[sqlite3.Cursor, Transaction], T],
+                  conn: sqlite3.Connection | None = None) -> T:
+        """`_write` for the kv table: `fn` tells the cache's `Transaction` what it changes,
+        and the cache learns the outcome after the commit, before the caller can ack."""
+        txn = self._cache.begin()
         committed = False
         try:
-            result = self._write(fn, *args, conn=conn)
+            result = self._write(lambda cur: fn(cur, txn), conn=conn)
             committed = True
             return result
         finally:
-            with self._cache_lock:
-                if not written:
-                    self._cache.clear()
-                    self._cache_size = 0
-                elif committed and not skipped and self._generation == began:
-                    for rec in written:
-                        self._cache_put(rec)
-                else:
-                    for rec in written:
-                        self._cache_drop(rec.key)
-                self._writers -= 1
-                self._generation += 1
+            txn.end(committed)
 
-    def _cache_drop(self, key: bytes) -> None:
-        old = self._cache.pop(key, None)
-        if old is not None:
-            self._cache_size -= len(old.key) + len(old.value) + CACHE_OVERHEAD
-
-    def _write(self, fn, *args, conn: sqlite3.Connection | None = None):  # type: ignore[no-untyped-def]
-        """Run `fn(cursor, *args)` in one transaction; map disk-full to StorageFull."""
+    def _write(self, fn: Callable[[sqlite3.Cursor], T], conn: sqlite3.Connection | None = None) -> T:
+        """Run `fn(cursor)` in one transaction; map disk-full to StorageFull."""
         conn = conn or self._w
         cur = conn.cursor()
         try:
@@ -477,7 +410,7 @@ class SqliteStorage(Storage):
                     raise StorageBusy(str(exc)) from exc
                 raise
             try:
-                result = fn(cur, *args)
+                result = fn(cur)
                 cur.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -491,9 +424,7 @@ class SqliteStorage(Storage):
 
     def apply(self, records: Sequence[Record], conn: sqlite3.Connection | None = None
               ) -> list[Version | None]:
-        skipped: list[Record] = []
-
-        def run(cur: sqlite3.Cursor) -> list[Version | None]:
+        def run(cur: sqlite3.Cursor, txn: Transaction) -> list[Version | None]:
             out: list[Version | None] = []
             for rec in records:
                 v = rec.version
@@ -503,16 +434,18 @@ class SqliteStorage(Storage):
                      rec.content_type, rec.value),
                 )
                 if cur.rowcount == 1:
+                    txn.store(rec)
                     out.append(None)
                     continue
-                skipped.append(rec)
+                # The database may hold another record of the same version: not cached.
+                txn.touch(rec.key)
                 # Not newer: read what is stored (the rare path) to refuse or ignore.
                 row = cur.execute("SELECT hlc, node FROM kv WHERE key = ?", (rec.key,)).fetchone()
                 stored = Version(row[0], row[1])
                 out.append(None if stored == v else stored)
             return out
 
-        return self._kv_write(run, written=records, skipped=skipped, conn=conn)
+        return self._kv_write(run, conn=conn)
 
     def apply_now(self, records: Sequence[Record]) -> list[Version | None]:
         if self._l is None:
@@ -565,19 +498,20 @@ class SqliteStorage(Storage):
         return [KeyInfo(k, Version(h, n), bool(t), e) for k, h, n, t, e in rows]
 
     def delete_range(self, rng: TokenRange) -> int:
-        return self._kv_write(
-            lambda cur: cur.execute(
-                "DELETE FROM kv WHERE token > ? AND token <= ?", (rng.lo, rng.hi)
-            ).rowcount
-        )
+        return self._kv_delete("DELETE FROM kv WHERE token > ? AND token <= ?", (rng.lo, rng.hi))
 
     def purge(self, tombstone_before_hlc: int, expired_before_ms: int) -> int:
-        return self._kv_write(
-            lambda cur: cur.execute(
-                "DELETE FROM kv WHERE (tombstone = 1 AND hlc < ?) OR (expires > 0 AND expires < ?)",
-                (tombstone_before_hlc, expired_before_ms),
-            ).rowcount
-        )
+        return self._kv_delete(
+            "DELETE FROM kv WHERE (tombstone = 1 AND hlc < ?) OR (expires > 0 AND expires < ?)",
+            (tombstone_before_hlc, expired_before_ms))
+
+    def _kv_delete(self, sql: str, args: tuple[int, int]) -> int:
+        """Rows deleted by a condition: any cached key may be among them."""
+        def run(cur: sqlite3.Cursor, txn: Transaction) -> int:
+            txn.touch_all()
+            return cur.execute(sql, args).rowcount
+
+        return self._kv_write(run)
 
     def counts(self) -> tuple[int, int]:
         total, tombs = self._w.execute(

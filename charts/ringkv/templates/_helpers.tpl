@@ -308,3 +308,26 @@ volumes:
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/*
+Series selectors of the alert rules: by namespace and pod name, the two labels both a
+ServiceMonitor and the usual annotation-based scrape configuration attach, so the rules
+work whichever way the nodes are scraped and whatever the job is called.
+*/}}
+{{- define "ringkv.metrics.nodes" -}}
+namespace="{{ .Release.Namespace }}", pod=~"{{ include "ringkv.fullname" . }}-[0-9]+"
+{{- end }}
+
+{{- define "ringkv.metrics.operator" -}}
+namespace="{{ .Release.Namespace }}", pod=~"{{ include "ringkv.operatorName" . }}-.+"
+{{- end }}
+
+{{/* Annotations for annotation-based scraping of a pod's /metrics on `port`. */}}
+{{- define "ringkv.scrapeAnnotations" -}}
+{{- if .ctx.Values.metrics.scrapeAnnotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .port | quote }}
+prometheus.io/path: /metrics
+prometheus.io/scheme: {{ .scheme }}
+{{- end }}
+{{- end }}

@@ -1,11 +1,11 @@
-"""The Kubernetes API calls the operator makes itself: pods, the membership ConfigMap, Events.
+"""The Kubernetes API calls the operator makes itself: the pod re-list, the membership
+ConfigMap, Events.
 
-kopf watches the pods; everything else goes through `KubeApi`, a small aiohttp client built
-from the same `kopf.ConnectionInfo` that the operator's login handler gives kopf (service
-account in a pod, kubeconfig outside), so both speak to one API server with one identity.
-kopf's own request helpers are private (`kopf._cogs`) and tied to its internal context
-variables, which are not set in a background task; a dozen lines of aiohttp are simpler
-and do not break on a kopf upgrade.
+kopf watches the pods; everything else goes through the official client's asyncio API
+(`kubernetes.aio`, on aiohttp like the rest of the operator, so no call blocks the event
+loop or needs a thread), configured from the same `kopf.ConnectionInfo` that the
+operator's login handler gives kopf (service account in a pod, kubeconfig outside): both
+speak to one API server with one identity.
 """
 
 from __future__ import annotations
@@ -13,13 +13,25 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
-import aiohttp
 import kopf
+from kubernetes.aio.client import (
+    ApiClient,
+    Configuration,
+    CoreV1Api,
+    CoreV1Event,
+    V1ConfigMap,
+    V1EventSource,
+    V1ObjectMeta,
+    V1ObjectReference,
+)
+from kubernetes.aio.client.exceptions import ApiException
 
 from ringkv.node.membership import Document, InvalidDocument
 
@@ -28,74 +40,90 @@ log = logging.getLogger("ringkv.operator")
 DOCUMENT_KEY = "membership.json"
 COMPONENT = "ringkv-operator"
 MAX_EVENT_MESSAGE = 1024  # the API server rejects longer Event messages
+REQUEST_TIMEOUT = 10.0  # seconds; the client's own default is five minutes
+MERGE_PATCH = "application/merge-patch+json"
+
+T = TypeVar("T")
+
+__all__ = ["ApiException", "ConfigMapStore", "KubeClient", "list_pods", "post_event"]
 
 
-class ApiError(Exception):
-    """A non-2xx answer from the API server, with the Status it carried."""
+def configuration(info: kopf.ConnectionInfo, files: Path) -> Configuration:
+    """The client's connection settings from kopf's credentials (the Authorization header
+    is kopf's own, see `KubeClient`). Client certificates given as data are written under
+    `files`: the client, like `ssl`, loads them only from files."""
+    def as_file(name: str, data: str | bytes | None, path: Any) -> str | None:
+        if data is None:
+            return None if path is None else str(path)
+        target = files / name
+        target.write_bytes(data.encode() if isinstance(data, str) else data)
+        target.chmod(0o600)
+        return str(target)
 
-    def __init__(self, status: int, method: str, path: str, message: str) -> None:
-        super().__init__(f"{method} {path}: {status} {message}")
-        self.status = status
+    return Configuration(
+        host=info.server.rstrip("/"),
+        ssl_ca_cert=None if info.ca_path is None else str(info.ca_path),
+        ca_cert_data=info.ca_data.decode() if isinstance(info.ca_data, bytes) else info.ca_data,
+        cert_file=as_file("client.crt", info.certificate_data, info.certificate_path),
+        key_file=as_file("client.key", info.private_key_data, info.private_key_path),
+        verify_ssl=not info.insecure,
+        proxy=info.proxy_url,
+        client_session_kwargs={"trust_env": info.trust_env},
+    )
 
 
-class KubeApi:
-    """JSON requests against the API server with the operator's credentials.
+class KubeClient:
+    """The official client on the operator's credentials.
 
     `login` returns fresh credentials; it is called again once after a 401, because a
     projected service-account token is rotated on disk while the process runs.
     """
 
-    def __init__(self, login: Callable[[], kopf.ConnectionInfo], timeout: float = 10.0) -> None:
+    def __init__(self, login: Callable[[], kopf.ConnectionInfo]) -> None:
         self._login = login
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._info: kopf.ConnectionInfo | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._client: ApiClient | None = None
+        self._files = tempfile.TemporaryDirectory(prefix="ringkv-operator-")
 
-    def _connect(self) -> tuple[kopf.ConnectionInfo, aiohttp.ClientSession]:
-        if self._session is None or self._info is None:
-            info = self._login()
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=info.as_ssl_context()),
-                headers={**info.as_http_headers(), "User-Agent": COMPONENT},
-                proxy=info.proxy_url,
-                trust_env=info.trust_env,
-                timeout=self._timeout,
-            )
-            self._info = info
-        return self._info, self._session
-
-    async def request(self, method: str, path: str, body: Any = None, *,
-                      params: Mapping[str, str] | None = None,
-                      content_type: str = "application/json") -> Any:
-        """One request; the decoded JSON answer, or ApiError for any non-2xx status."""
-        data = None if body is None else json.dumps(body)
-        headers = {"Content-Type": content_type} if body is not None else {}
-        status, reason, raw = await self._send(method, path, data, params, headers)
-        if status == 401:
-            log.info("API server answered 401: logging in again")
-            await self.close()
-            status, reason, raw = await self._send(method, path, data, params, headers)
+    async def call(self, request: Callable[[CoreV1Api], Awaitable[T]]) -> T:
+        """`request(core_v1_api)`, logging in again and retrying once on a 401."""
         try:
-            payload = json.loads(raw) if raw else None
-        except ValueError:  # e.g. an HTML error page from a proxy in between
-            payload = None
-        if status >= 400:
-            message = payload.get("message", "") if isinstance(payload, dict) else ""
-            raise ApiError(status, method, path, message or reason)
-        return payload
+            return await request(self._core())
+        except ApiException as exc:
+            if exc.status != 401:
+                raise
+        log.info("API server answered 401: logging in again")
+        await self.close()
+        return await request(self._core())
 
-    async def _send(self, method: str, path: str, data: str | None,
-                    params: Mapping[str, str] | None,
-                    headers: Mapping[str, str]) -> tuple[int, str, bytes]:
-        info, session = self._connect()
-        async with session.request(method, info.server.rstrip("/") + path, data=data,
-                                   params=params, headers=headers) as resp:
-            return resp.status, resp.reason or "", await resp.read()
+    def _core(self) -> CoreV1Api:
+        if self._client is None:
+            info = self._login()
+            self._client = ApiClient(configuration(info, Path(self._files.name)))
+            self._client.user_agent = COMPONENT
+            # kopf's own header for the credentials (a token with its scheme, or basic auth),
+            # so both clients authenticate exactly alike.
+            for name, value in info.as_http_headers().items():
+                self._client.set_default_header(name, value)
+        return CoreV1Api(self._client)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-        self._session = self._info = None
+        if self._client is not None:
+            await self._client.close()
+        self._client = None
+
+
+async def list_pods(kube: KubeClient, namespace: str, selector: str) -> list[dict[str, Any]]:
+    """The pods as JSON objects, the shape kopf hands its event handlers, so one parser
+    reads both (the raw answer: no round trip through the client's models)."""
+    async def request(core: CoreV1Api) -> list[dict[str, Any]]:
+        response = await core.list_namespaced_pod_without_preload_content(
+            namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT)
+        if response.status >= 400:
+            raise ApiException(status=response.status, reason=response.reason,
+                               body=(await response.read()).decode("utf-8", "replace"))
+        return list(json.loads(await response.read()).get("items") or [])
+
+    return await kube.call(request)
 
 
 class ConfigMapStore:
@@ -105,25 +133,22 @@ class ConfigMapStore:
     membership: it is created here on the first save and merge-patched afterwards.
     """
 
-    def __init__(self, api: KubeApi, namespace: str, name: str) -> None:
-        self.api = api
+    def __init__(self, kube: KubeClient, namespace: str, name: str) -> None:
+        self.kube = kube
         self.namespace = namespace
         self.name = name
-        self.body: dict[str, Any] | None = None  # the ConfigMap as last read or written
-
-    @property
-    def _collection(self) -> str:
-        return f"/api/v1/namespaces/{self.namespace}/configmaps"
+        self.current: V1ConfigMap | None = None  # the ConfigMap as last read or written
 
     async def load(self) -> Document | None:
         try:
-            self.body = await self.api.request("GET", f"{self._collection}/{self.name}")
-        except ApiError as exc:
+            self.current = await self.kube.call(lambda core: core.read_namespaced_config_map(
+                self.name, self.namespace, _request_timeout=REQUEST_TIMEOUT))
+        except ApiException as exc:
             if exc.status != 404:
                 raise
-            self.body = None
+            self.current = None
             return None
-        raw = (self.body.get("data") or {}).get(DOCUMENT_KEY)
+        raw = (self.current.data or {}).get(DOCUMENT_KEY)
         if raw is None:
             return None
         try:
@@ -141,64 +166,56 @@ class ConfigMapStore:
         save fail with 409 and the round is redone from a fresh read."""
         data = {DOCUMENT_KEY: json.dumps(doc.to_json(), indent=2)}
         patch: dict[str, Any] = {"data": data}
-        version = ((self.body or {}).get("metadata") or {}).get("resourceVersion")
+        version = self.current.metadata.resource_version if self._metadata else None
         if version:
             patch["metadata"] = {"resourceVersion": version}
         try:
-            self.body = await self.api.request(
-                "PATCH", f"{self._collection}/{self.name}", patch,
-                content_type="application/merge-patch+json")
+            self.current = await self.kube.call(lambda core: core.patch_namespaced_config_map(
+                self.name, self.namespace, patch, _content_type=MERGE_PATCH,
+                _request_timeout=REQUEST_TIMEOUT))
             return
-        except ApiError as exc:
+        except ApiException as exc:
             if exc.status != 404:
                 raise
         log.info("creating ConfigMap %s/%s", self.namespace, self.name)
-        self.body = await self.api.request("POST", self._collection, {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {
-                "name": self.name,
-                "namespace": self.namespace,
-                "labels": {"app.kubernetes.io/managed-by": COMPONENT},
-                "annotations": {"ringkv.io/description":
-                                "ringkv cluster membership, written by the operator only"},
-            },
-            "data": data,
-        })
+        body = V1ConfigMap(
+            api_version="v1", kind="ConfigMap", data=data,
+            metadata=V1ObjectMeta(
+                name=self.name, namespace=self.namespace,
+                labels={"app.kubernetes.io/managed-by": COMPONENT},
+                annotations={"ringkv.io/description":
+                             "ringkv cluster membership, written by the operator only"}))
+        self.current = await self.kube.call(lambda core: core.create_namespaced_config_map(
+            self.namespace, body, _request_timeout=REQUEST_TIMEOUT))
 
-    def reference(self) -> dict[str, str]:
+    @property
+    def _metadata(self) -> bool:
+        return self.current is not None and self.current.metadata is not None
+
+    def reference(self) -> V1ObjectReference:
         """The ConfigMap as an Event's involvedObject."""
-        ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": self.name,
-               "namespace": self.namespace}
-        uid = (self.body or {}).get("metadata", {}).get("uid")
-        if uid:
-            ref["uid"] = uid
-        return ref
+        return V1ObjectReference(api_version="v1", kind="ConfigMap", name=self.name,
+                                 namespace=self.namespace,
+                                 uid=self.current.metadata.uid if self._metadata else None)
 
 
-async def post_event(api: KubeApi, involved: Mapping[str, str], reason: str, message: str,
+async def post_event(kube: KubeClient, involved: V1ObjectReference, reason: str, message: str,
                      type_: str = "Normal") -> None:
     """Record a core v1 Event (what `kubectl describe` and `kubectl get events` show).
 
     Named `<object>.<nanoseconds in hex>` as client-go's recorder does, so no generateName
     round trip is needed.
     """
-    namespace = involved["namespace"]
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = datetime.now(UTC).replace(microsecond=0)
     if len(message) > MAX_EVENT_MESSAGE:
         message = message[: MAX_EVENT_MESSAGE - 3] + "..."
-    await api.request("POST", f"/api/v1/namespaces/{namespace}/events", {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"name": f"{involved['name']}.{time.time_ns():x}", "namespace": namespace},
-        "involvedObject": dict(involved),
-        "type": type_,
-        "reason": reason,
-        "message": message,
-        "source": {"component": COMPONENT},
-        "reportingComponent": COMPONENT,
-        "reportingInstance": socket.gethostname(),
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-        "count": 1,
-    })
+    namespace = involved.namespace or ""
+    event = CoreV1Event(
+        metadata=V1ObjectMeta(name=f"{involved.name}.{time.time_ns():x}", namespace=namespace),
+        involved_object=involved, type=type_, reason=reason, message=message,
+        source=V1EventSource(component=COMPONENT), reporting_component=COMPONENT,
+        reporting_instance=socket.gethostname(), first_timestamp=now, last_timestamp=now,
+        count=1)
+    await kube.call(lambda core: core.create_namespaced_event(
+        namespace, event, _request_timeout=REQUEST_TIMEOUT))
+

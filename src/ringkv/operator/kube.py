@@ -47,7 +47,7 @@ from ringkv.node.logs import setup as setup_logging
 from ringkv.node.membership import Document
 from ringkv.node.security import TlsFiles
 
-from .configmaps import ConfigMapStore, KubeApi, post_event
+from .configmaps import ConfigMapStore, KubeClient, list_pods, post_event
 from .controller import Observed
 from .nodes import NodeClient
 from .reconciler import Reconciler
@@ -311,8 +311,9 @@ class Config:
 def discover_credentials(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
     """KUBECONFIG when set explicitly, else the pod's service account, else ~/.kube/config.
 
-    kopf's own minimal login functions, so kopf's watches and our requests share one
-    identity without the optional `kubernetes`/`pykube` client libraries.
+    kopf's own login functions: kopf watches with the result, and the official client of
+    `configmaps.KubeClient` is configured from the same ConnectionInfo, so both share one
+    identity.
     """
     info = None
     if not os.environ.get("KUBECONFIG"):
@@ -359,7 +360,7 @@ class Operator:
         self.failed = False
         self.nodes = NodeClient(config.cluster_token, caller="operator",
                                 tls=TlsFiles.from_env(os.environ))
-        self.api: KubeApi | None = None
+        self.kube: KubeClient | None = None
         self.store: ConfigMapStore | None = None
         self.reconciler: Reconciler | None = None
         self._settings = kopf.OperatorSettings()
@@ -402,9 +403,9 @@ class Operator:
         # the ConfigMap and posted by `configmaps.post_event`.
         settings.posting.enabled = False
         self._settings = settings
-        if self.api is None:
-            self.api = KubeApi(lambda: discover_credentials(self._settings))
-        self.store = ConfigMapStore(self.api, self.config.namespace, self.config.configmap)
+        if self.kube is None:
+            self.kube = KubeClient(lambda: discover_credentials(self._settings))
+        self.store = ConfigMapStore(self.kube, self.config.namespace, self.config.configmap)
         self.reconciler = Reconciler(self.store, self, self.nodes, self.config.rf,
                                      on_change=self._record)
         await self.resync()
@@ -426,8 +427,8 @@ class Operator:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
         self.nodes.close()
-        if self.api is not None:
-            await self.api.close()
+        if self.kube is not None:
+            await self.kube.close()
         log.info("operator stopped")
 
     async def _pod_event(self, type: str | None, body: Mapping[str, Any], **_: Any) -> None:
@@ -452,17 +453,15 @@ class Operator:
 
     async def resync(self) -> None:
         """Replace what the watch may have missed with a full list of the node pods."""
-        assert self.api is not None
+        assert self.kube is not None
         self._resync_requested = False
         mark = self.pods.mark()
         try:
-            listing = await self.api.request(
-                "GET", f"/api/v1/namespaces/{self.config.namespace}/pods",
-                params={"labelSelector": self.config.selector.text})
+            items = await list_pods(self.kube, self.config.namespace, self.config.selector.text)
         except Exception:
             self._resync_requested = True  # the round fails; the next one lists again
             raise
-        listed = [Pod.from_body(item) for item in listing.get("items", [])
+        listed = [Pod.from_body(item) for item in items
                   if self.config.selector.matches((item.get("metadata") or {}).get("labels"))]
         before = {p.name: self._observed(p) for p in self.pods.pods()}
         self.pods.resync(mark, listed)
@@ -482,9 +481,9 @@ class Operator:
     # -- events and failure -------------------------------------------------------------
     async def _record(self, old: Document | None, new: Document, description: str) -> None:
         """A Kubernetes Event on the ConfigMap for every membership change (best effort)."""
-        assert self.api is not None and self.store is not None
+        assert self.kube is not None and self.store is not None
         try:
-            await post_event(self.api, self.store.reference(), event_reason(old, new),
+            await post_event(self.kube, self.store.reference(), event_reason(old, new),
                              description)
         except Exception as exc:
             log.warning("could not record an Event for %r: %r", description, exc)

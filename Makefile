@@ -1,5 +1,6 @@
 # Two commands from a fresh machine: `make run` (a local 5-node cluster) and `make test`.
-# Everything else is set up on demand: the virtualenv, pinned dependencies, helm/kubectl.
+# Everything else is set up on demand: the virtualenv, pinned dependencies, helm/kubectl,
+# and the Debian packages some tests drive (DEBIAN_TOOLS, installed when missing as root).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -8,6 +9,9 @@ NODES ?= 5
 RF ?= 3
 BASE_PORT ?= 8080
 DATA_DIR ?= .ringkv-data
+# chromium(-driver): the console's browser tests; prometheus: promtool checks the alert
+# rules and a real Prometheus answers the dashboard's queries.
+DEBIAN_TOOLS := chromium chromium-driver prometheus
 
 .PHONY: all venv run test lint fmt bench chaos e2e tools clean screenshots
 
@@ -36,7 +40,7 @@ test: venv tools lint
 
 tools: venv
 	$(BIN)/python scripts/fetch_tools.py
-	$(BIN)/python scripts/install_browser.py
+	$(BIN)/python scripts/debian_tools.py $(DEBIAN_TOOLS)
 
 bench: venv
 	$(BIN)/python -m ringkv.bench.suite
@@ -45,10 +49,11 @@ bench: venv
 chaos: venv
 	$(BIN)/python scripts/chaos.py
 
-# The console's browser tests against a fresh local cluster, saving the screenshots that
-# docs/CONSOLE.md shows.
+# The console's browser tests and the dashboard's Prometheus test against fresh local
+# clusters, saving the pictures docs/CONSOLE.md and docs/MONITORING.md show.
 screenshots: venv tools
 	RINGKV_CONSOLE_SCREENSHOTS=docs/console $(BIN)/pytest -p no:cacheprovider tests/browser
+	RINGKV_DASHBOARD_SCREENSHOTS=docs/monitoring $(BIN)/pytest -p no:cacheprovider tests/monitoring/test_dashboard.py
 
 # The chart on a real Kubernetes: ../shared/k8s here, kind where Docker exists; skips
 # (and says why) when neither is available.

@@ -3,10 +3,10 @@
 
 Where it runs, first match wins:
 
-  (a) `../shared/k8s/cluster` exists and we are root: the project's own single-node
-      Kubernetes. `cluster up` (a no-op when it is up), `cluster image build` (outside
-      `cluster exec`: the build needs PyPI), pytest inside `cluster exec`, and `cluster down`
-      at the end only if this script brought the cluster up.
+  (a) `../shared/k8s/cluster` (or $RINGKV_K8S_CLUSTER) exists and we are root: the
+      project's own single-node Kubernetes. `cluster up` (a no-op when it is up), `cluster
+      image build` (outside `cluster exec`: the build needs PyPI), pytest inside `cluster
+      exec`, and `cluster down` at the end only if this script brought the cluster up.
   (b) `kind` and `docker` are on PATH (GitHub Actions): `docker build`, a kind cluster
       (reused if it exists, deleted at the end only if created here), `kind load`.
   (c) neither: pytest still runs and every e2e test reports SKIPPED with the reason, so
@@ -28,7 +28,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_CLUSTER = ROOT.parent / "shared" / "k8s" / "cluster"
+# RINGKV_K8S_CLUSTER names the script when the checkout is not beside shared/ (a worktree).
+SHARED_CLUSTER = Path(os.environ.get("RINGKV_K8S_CLUSTER")
+                      or ROOT.parent / "shared" / "k8s" / "cluster")
 VENV_PYTEST = ROOT / ".venv" / "bin" / "pytest"
 KIND_CLUSTER = "ringkv-e2e"
 IMAGE = "ringkv"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import pytest
 
 from ringkv.local.control_client import ControlClient
 from ringkv.local.ports import free_ports
@@ -73,6 +75,18 @@ def read_frames(sock: socket.socket, expect: int | None = None) -> tuple[list[An
             frames.append(msgpack.unpackb(received[4 : 4 + size], raw=False))
             received = received[4 + size :]
     return frames, False
+
+
+def require_tool(name: str, how: str) -> str:
+    """The path of a command-line tool a test drives. Missing, the test is skipped with
+    `how` to get it; under CI=true it fails instead (`make test` installs it there)."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} not found: {how}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition",

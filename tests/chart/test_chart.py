@@ -55,6 +55,11 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "kube-1.20": KUBE_120,
     "tls": ("--set", "tls.enabled=true", "--set", "tls.secretName=ringkv-certs"),
     "kube-1.31": KUBE_131,
+    "monitoring": (
+        "--set", "metrics.serviceMonitor.enabled=true",
+        "--set", "metrics.prometheusRule.enabled=true",
+        "--set", "metrics.grafanaDashboard.enabled=true",
+    ),
     "everything-set": (
         *KUBE_131,
         "--set", "replicaCount=7",
@@ -125,9 +130,15 @@ def test_helm_lint_strict(extra: tuple[str, ...]) -> None:
     assert "0 chart(s) failed" in proc.stdout
 
 
+# The Prometheus Operator's kinds: kubernetes-validate has no schema for them; their
+# contents are checked by the monitoring tests below and by promtool (tests/monitoring).
+CUSTOM_API_GROUPS = ("monitoring.coreos.com/",)
+
+
 def _validate(doc: Doc, version: str) -> None:
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
-    kubernetes_validate.validate(doc, version, strict=True)
+    if not doc["apiVersion"].startswith(CUSTOM_API_GROUPS):
+        kubernetes_validate.validate(doc, version, strict=True)
 
 
 @needs_helm
@@ -178,8 +189,10 @@ def test_default_render_has_exactly_the_expected_objects() -> None:
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_membership_configmap_is_never_rendered(scenario: str) -> None:
     """The operator owns the membership ConfigMap; a chart-owned one would be reset by
-    every `helm upgrade` (and deleted by `helm uninstall`)."""
-    assert "ConfigMap" not in kinds(render(*SCENARIOS[scenario]))
+    every `helm upgrade` (and deleted by `helm uninstall`). The only ConfigMap the chart
+    may render is the Grafana dashboard's."""
+    names = [d["metadata"]["name"] for d in render(*SCENARIOS[scenario]) if d["kind"] == "ConfigMap"]
+    assert names in ([], [f"{FULLNAME}-dashboard"])
 
 
 @needs_helm
@@ -691,6 +704,108 @@ def test_network_policy_can_be_disabled() -> None:
     assert "NetworkPolicy" not in kinds(render(*SCENARIOS["networkpolicy-off"]))
 
 
+# ------------------------------------------------------------------ monitoring
+
+
+MONITORING_KINDS = {"ServiceMonitor", "PrometheusRule"}
+
+
+@needs_helm
+def test_monitoring_objects_only_when_enabled() -> None:
+    assert not MONITORING_KINDS & set(kinds(render()))
+    assert f"{FULLNAME}-operator" not in [d["metadata"]["name"] for d in render() if d["kind"] == "Service"]
+    docs = render(*SCENARIOS["monitoring"])
+    assert kinds(docs).count("ServiceMonitor") == 2
+    assert kinds(docs).count("PrometheusRule") == 1
+    for doc in docs:
+        if doc["kind"] in MONITORING_KINDS:
+            assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+
+
+@needs_helm
+@pytest.mark.parametrize("tls", [False, True])
+def test_service_monitors_scrape_every_node_and_the_operator(tls: bool) -> None:
+    """The nodes' monitor selects the headless peer Service (not-ready nodes included) and
+    nothing else; the operator's selects a Service in front of its metrics port."""
+    extra = ("--set", "tls.enabled=true", "--set", "tls.secretName=certs") if tls else ()
+    docs = render(*SCENARIOS["monitoring"], "--set", "metrics.serviceMonitor.labels.release=kps",
+                  *extra)
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+
+    def selected(monitor: Doc) -> list[str]:
+        selector = monitor["spec"]["selector"]
+        out = []
+        for name, svc in services.items():
+            labels = svc["metadata"]["labels"]
+            if selects(selector["matchLabels"], labels) and all(
+                    labels.get(e["key"]) in e["values"] for e in selector.get("matchExpressions", [])):
+                out.append(name)
+        return out
+
+    nodes = find(docs, "ServiceMonitor", FULLNAME)
+    assert selected(nodes) == [f"{FULLNAME}-peers"]
+    assert nodes["metadata"]["labels"]["release"] == "kps"
+    assert nodes["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    [endpoint] = nodes["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"], endpoint["interval"]) == ("api", "/metrics", "30s")
+    assert "api" in [p["name"] for p in services[f"{FULLNAME}-peers"]["spec"]["ports"]]
+    if tls:
+        assert endpoint["scheme"] == "https"
+        assert endpoint["tlsConfig"]["ca"] == {"secret": {"name": "certs", "key": "ca.crt"}}
+    else:
+        assert "scheme" not in endpoint
+
+    operator = find(docs, "ServiceMonitor", f"{FULLNAME}-operator")
+    assert selected(operator) == [f"{FULLNAME}-operator"]
+    svc = services[f"{FULLNAME}-operator"]
+    assert selects(svc["spec"]["selector"], pod_labels(docs, "Deployment"))
+    assert [(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [
+        ("metrics", 8081, "metrics")]
+    assert operator["spec"]["endpoints"][0]["port"] == "metrics"
+
+
+@needs_helm
+def test_operator_serves_metrics_on_the_port_the_chart_names() -> None:
+    docs = render("--set", "metrics.operatorPort=9200")
+    container = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(container)["RINGKV_METRICS_PORT"]["value"] == "9200"
+    assert container["ports"] == [{"name": "metrics", "containerPort": 9200, "protocol": "TCP"}]
+
+
+@needs_helm
+def test_scrape_annotations() -> None:
+    def annotations(docs: tuple[Doc, ...], kind: str) -> dict[str, str]:
+        return find(docs, kind)["spec"]["template"]["metadata"].get("annotations", {})
+
+    docs = render()
+    assert annotations(docs, "StatefulSet") == {
+        "prometheus.io/scrape": "true", "prometheus.io/port": "8080",
+        "prometheus.io/path": "/metrics", "prometheus.io/scheme": "http"}
+    assert annotations(docs, "Deployment")["prometheus.io/port"] == "8081"
+    tls = render(*SCENARIOS["tls"])
+    assert annotations(tls, "StatefulSet")["prometheus.io/scheme"] == "https"
+    # The user's own annotations are kept, and win over the chart's.
+    mine = render("--set-json", 'podAnnotations={"a":"b","prometheus.io/path":"/x"}')
+    assert annotations(mine, "StatefulSet")["a"] == "b"
+    assert annotations(mine, "StatefulSet")["prometheus.io/path"] == "/x"
+    off = render("--set", "metrics.scrapeAnnotations=false")
+    assert annotations(off, "StatefulSet") == annotations(off, "Deployment") == {}
+
+
+@needs_helm
+def test_grafana_dashboard_configmap_for_the_sidecar() -> None:
+    dashboard = json.loads((CHART / "dashboards" / "ringkv.json").read_text())
+    docs = render(*SCENARIOS["monitoring"], "--set", "metrics.grafanaDashboard.namespace=grafana",
+                  "--set", "metrics.grafanaDashboard.annotations.grafana_folder=Databases")
+    cm = find(docs, "ConfigMap", f"{FULLNAME}-dashboard")
+    assert cm["metadata"]["namespace"] == "grafana"
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Databases"}
+    assert json.loads(cm["data"]["ringkv.json"]) == dashboard
+    # docs/ shows the same file, not a copy that could drift.
+    assert (ROOT / "docs" / "grafana-dashboard.json").resolve() == (CHART / "dashboards" / "ringkv.json")
+
+
 # ------------------------------------------------------------------ secret and auth
 
 
@@ -975,6 +1090,9 @@ def test_notes_name_the_namespace_and_existing_secret(tmp_path: Path) -> None:
         (("--set", "restore.enabled=true"), "restore.enabled needs restore.claim"),
         (("--set", "restore.backup=../etc"), "restore.backup"),
         (("--set", "backup.retention=0"), "backup.retention"),
+        (("--set", "metrics.serviceMonitor.interval=often"), "interval"),
+        (("--set", "metrics.prometheusRule.p99Seconds=0"), "p99Seconds"),
+        (("--set", "operator.extraEnv.RINGKV_METRICS_PORT=1"), "extraEnv"),
     ],
 )
 def test_bad_values_are_rejected(args: tuple[str, ...], complaint: str) -> None:

@@ -183,6 +183,9 @@ def test_full_replica_is_reported_as_full_through_its_peers(tmp_path: Path) -> N
             fill_node0(cluster, disk, misses=2)
             r = http("PUT", f"{cluster.url(1)}/v1/kv/needs-all?consistency=all", value_for(9999))
             assert (r.status, r.json()["error"]["code"]) == (507, "insufficient_storage"), r.body
+            # What RingkvInsufficientStorage counts (charts/ringkv/alerts/nodes.yaml).
+            metrics = http("GET", cluster.url(1) + "/metrics", token=None).body.decode()
+            assert 'ringkv_errors_total{code="insufficient_storage"}' in metrics
             log = cluster.nodes[0].log_path.read_text()
             assert "Traceback" not in log, log[-2000:]
         finally:

@@ -219,6 +219,13 @@ def test_health_ready_metrics_openapi(shared3: StaticCluster) -> None:
     # The handoff pacer tells client traffic by this label; renaming it would turn pacing off.
     assert "/v1/kv/{key}".startswith(KV_ROUTES) and not "/v1/cluster".startswith(KV_ROUTES)
     assert "ringkv_request_seconds_bucket" in text and "ringkv_hints_pending" in text
+    assert 'ringkv_membership_members{state="normal"} 3.0' in text
+    # Error answers are counted by their JSON code, which a status alone does not tell.
+    assert http("GET", kv(shared3, "never-written")).status == 404
+    assert http("GET", shared3.url(0) + "/v1/kv?bogus=1").status == 400
+    text = http("GET", shared3.url(0) + "/metrics", token=None).body.decode()
+    assert 'ringkv_errors_total{code="not_found"}' in text
+    assert 'ringkv_errors_total{code="bad_request"}' in text
     spec = http("GET", shared3.url(0) + "/openapi.json", token=None).json()
     assert spec["openapi"].startswith("3.")
     assert {"/v1/kv/{key}", "/v1/kv", "/v1/cluster", "/v1/replicas/{key}", "/healthz", "/readyz",

@@ -48,6 +48,9 @@ def test_two_replicas_down_quorum_fails_with_503(cluster3: StaticCluster) -> Non
     r = http("GET", f"{cluster3.url(0)}/v1/kv/before")
     assert r.status == 503 and r.json()["error"]["code"] == "quorum_unavailable"
     assert http("GET", f"{cluster3.url(0)}/v1/kv/before?consistency=one").status == 200
+    # What RingkvQuorumUnavailable counts (charts/ringkv/alerts/requests.yaml).
+    metrics = http("GET", cluster3.url(0) + "/metrics", token=None).body.decode()
+    assert 'ringkv_errors_total{code="quorum_unavailable"} 2.0' in metrics  # the PUT and the GET
 
 
 def test_a_write_at_one_can_be_missed_by_a_quorum_read(cluster3: StaticCluster) -> None:

@@ -432,14 +432,14 @@ def make_config(addresses: dict[str, tuple[str, str]], interval: float = 0.5,
 
     A pod with no node process gets a closed port: pushes to it fail, as to a dead pod.
     """
-    closed = free_ports(1)[0]
+    closed, metrics_port = free_ports(2)
 
     def address(pod: Pod) -> tuple[str, str]:
         return addresses.get(pod.name, (f"127.0.0.1:{closed}", f"http://127.0.0.1:{closed}"))
 
     return Config(namespace=NAMESPACE, selector=LabelSelector.parse(SELECTOR), configmap=CONFIGMAP,
                   cluster_token=CLUSTER_TOKEN, address=address, rf=rf, interval=interval,
-                  resync_interval=resync_interval)
+                  resync_interval=resync_interval, metrics_port=metrics_port)
 
 
 # -- node processes ---------------------------------------------------------------------------

@@ -8,7 +8,12 @@ test_operator_nodes.py.
 
 from __future__ import annotations
 
+import asyncio
+
+import aiohttp.web
+from harness import http
 from kube_harness import SELECTOR, eventually, make_config
+from prometheus_client.parser import text_string_to_metric_families
 
 from ringkv.node.membership import Document
 
@@ -139,3 +144,49 @@ async def test_kopf_watches_only_node_pods_with_a_server_timeout(k8s, operators)
     assert {r.url.path for r in watches} == {k8s.pods_url}  # no namespaces, no CRDs
     assert {(r.params.get("labelSelector"), r.params.get("timeoutSeconds")) for r in watches} == {
         (SELECTOR, "300")}
+
+
+async def operator_metrics(port: int) -> dict[str, float]:
+    """The operator's /metrics as {sample name{labels}: value}."""
+    r = await asyncio.to_thread(http, "GET", f"http://127.0.0.1:{port}/metrics", None, None, None, 5)
+    assert r.status == 200 and r.headers["content-type"].startswith("text/plain")
+    return {s.name + "".join(f"{{{k}={v}}}" for k, v in sorted(s.labels.items())): s.value
+            for family in text_string_to_metric_families(r.body.decode()) for s in family.samples}
+
+
+async def test_metrics_tell_whether_reconcile_rounds_succeed(k8s, operators) -> None:
+    """What RingkvOperatorNotReconciling and the round counts rest on."""
+    config = make_config({})
+    await operators(config)
+    last, ok, error = ("ringkv_operator_last_reconcile_success_timestamp_seconds",
+                       "ringkv_operator_reconcile_rounds_total{result=ok}",
+                       "ringkv_operator_reconcile_rounds_total{result=error}")
+    seen = await eventually(lambda: _succeeded(config.metrics_port, last), 30, "a successful round")
+
+    async def refuse_configmaps(request) -> aiohttp.web.StreamResponse | None:
+        if "/configmaps" in request.url.path:
+            return aiohttp.web.json_response({"kind": "Status", "code": 500}, status=500)
+        return None
+
+    k8s.emulator.gate = refuse_configmaps  # every round now fails at its first read
+    before = await operator_metrics(config.metrics_port)
+    # Rounds run one after another: once one failed, none can succeed while refused.
+    first = await eventually(
+        lambda: _grown(config.metrics_port, error, before[error] + 1), 30, "a failing round")
+    failing = await eventually(
+        lambda: _grown(config.metrics_port, error, first[error] + 2), 30, "more failing rounds")
+    assert failing[last] == first[last] >= seen[last]
+    assert failing[ok] == first[ok] > 0
+    k8s.emulator.gate = None
+    await eventually(lambda: _grown(config.metrics_port, last, failing[last] + 1e-3), 30,
+                     "a successful round again")
+
+
+async def _succeeded(port: int, last: str) -> dict[str, float] | None:
+    metrics = await operator_metrics(port)
+    return metrics if metrics[last] > 0 else None
+
+
+async def _grown(port: int, name: str, at_least: float) -> dict[str, float] | None:
+    metrics = await operator_metrics(port)
+    return metrics if metrics[name] >= at_least else None

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -84,6 +85,9 @@ class Metrics:
                           registry=self.registry)
         self.epoch = Gauge("ringkv_membership_epoch", "Adopted membership epoch",
                            registry=self.registry)
+        self.members = Gauge("ringkv_membership_members",
+                             "Members of the adopted membership document by state", ["state"],
+                             registry=self.registry)
         self.rebalance_ranges_left = Gauge(
             "ringkv_rebalance_ranges_left", "Ranges this node still has to pull for its epoch",
             registry=self.registry)
@@ -110,6 +114,12 @@ class Metrics:
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.observe(route, method, status, seconds)
+
+    def observe_membership(self, epoch: int, states: Iterable[str]) -> None:
+        self.epoch.set(epoch)
+        self.members.clear()
+        for state, count in collections.Counter(states).items():
+            self.members.labels(state).set(count)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

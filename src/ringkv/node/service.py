@@ -165,7 +165,7 @@ class NodeService:
 
     def _install(self, doc: Document) -> None:
         self._view = View(doc, self.settings.vnodes)
-        self.metrics.epoch.set(doc.epoch)
+        self.metrics.observe_membership(doc.epoch, (m.state for m in doc.members))
         self.rebalancer.on_adopt(self._view)
         for name in list(self._links):
             member = doc.member(name)

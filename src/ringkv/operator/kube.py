@@ -21,6 +21,7 @@ Configuration (environment):
   RINGKV_CLUSTER_TOKEN     token of the nodes' internal port (required)
   RINGKV_INTERNAL_PORT [9080], RINGKV_API_PORT [8080], RINGKV_RF [3]
   RINGKV_RECONCILE_INTERVAL [10] seconds between reconcile rounds
+  RINGKV_METRICS_PORT [8081] port of the operator's /metrics (`metrics.py`)
   RINGKV_CLUSTER_DOMAIN [cluster.local]
   RINGKV_ADDRESS_TEMPLATE [{pod}.{service}.{namespace}.svc.{domain}] host part of a node's
       addresses; `{pod_ip}` addresses pods by IP instead (no DNS; used by the tests)
@@ -42,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import kopf
+from aiohttp import web
 
 from ringkv.node.logs import setup as setup_logging
 from ringkv.node.membership import Document
@@ -49,6 +51,7 @@ from ringkv.node.security import TlsFiles
 
 from .configmaps import ConfigMapStore, KubeClient, list_pods, post_event
 from .controller import Observed
+from .metrics import serve as serve_metrics
 from .nodes import NodeClient
 from .reconciler import Reconciler
 
@@ -267,6 +270,7 @@ class Config:
     rf: int = 3
     interval: float = 10.0
     resync_interval: float = RESYNC_INTERVAL
+    metrics_port: int = 8081
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -305,6 +309,7 @@ class Config:
             address=address,
             rf=number("RINGKV_RF", "3", int),
             interval=number("RINGKV_RECONCILE_INTERVAL", "10", float),
+            metrics_port=number("RINGKV_METRICS_PORT", "8081", int),
         )
 
 
@@ -367,6 +372,7 @@ class Operator:
         self._next_resync = 0.0
         self._resync_requested = False
         self._loop_task: asyncio.Task[None] | None = None
+        self._metrics: web.AppRunner | None = None
         self.registry = kopf.OperatorRegistry()
         kopf.on.login(registry=self.registry)(self._login)
         kopf.on.startup(registry=self.registry, backoff=5)(self._startup)
@@ -403,6 +409,8 @@ class Operator:
         # the ConfigMap and posted by `configmaps.post_event`.
         settings.posting.enabled = False
         self._settings = settings
+        if self._metrics is None:
+            self._metrics = await serve_metrics(lambda: self.reconciler, self.config.metrics_port)
         if self.kube is None:
             self.kube = KubeClient(lambda: discover_credentials(self._settings))
         self.store = ConfigMapStore(self.kube, self.config.namespace, self.config.configmap)
@@ -429,6 +437,8 @@ class Operator:
         self.nodes.close()
         if self.kube is not None:
             await self.kube.close()
+        if self._metrics is not None:
+            await self._metrics.cleanup()
         log.info("operator stopped")
 
     async def _pod_event(self, type: str | None, body: Mapping[str, Any], **_: Any) -> None:

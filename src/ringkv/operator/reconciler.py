@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -87,6 +88,10 @@ class Reconciler:
         self._push_failed: dict[str, int] = {}  # node -> epoch whose push failure was logged
         self._cleaned: set[str] = set()
         self._saved: Document | None = None  # the document this reconciler saved last
+        # For the operator's metrics: rounds of `run` by outcome, and the wall-clock time
+        # the last one succeeded (None before the first).
+        self.rounds = {"ok": 0, "error": 0}
+        self.last_success: float | None = None
 
     async def reconcile_once(self) -> Document | None:
         """One round: load, observe, poll, step the document, publish, re-push, clean up.
@@ -145,7 +150,11 @@ class Reconciler:
             try:
                 await self.reconcile_once()
             except Exception:
+                self.rounds["error"] += 1
                 log.exception("reconcile round failed; retrying in %.1fs", interval)
+            else:
+                self.rounds["ok"] += 1
+                self.last_success = time.time()
             if wake is None:
                 await asyncio.sleep(interval)
             else:

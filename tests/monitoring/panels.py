@@ -1,6 +1,6 @@
 """Draws a Grafana dashboard's panels from a real Prometheus's answers, laid out on the
-dashboard's own grid, for docs/MONITORING.md: Grafana itself is not packaged for Debian,
-PyPI or npm, so this shows the same queries' data rather than Grafana's pixels."""
+dashboard's own grid, for docs/MONITORING.md: Grafana's server is in neither Debian 12,
+PyPI nor npm, so this shows the same queries' data rather than Grafana's pixels."""
 
 from __future__ import annotations
 

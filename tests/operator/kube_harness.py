@@ -510,7 +510,10 @@ async def settled(k8s: Cluster, nodes: Nodes, members: set[str], above: int = 0,
                 or any(m.state != "normal" for m in doc.members)):
             return None
         for name in members:
-            if (await node_get(nodes.procs[name], "/v1/cluster"))["epoch"] != doc.epoch:
+            r = await asyncio.to_thread(http, "GET", nodes.procs[name].url + "/v1/cluster", None,
+                                        None, API_TOKEN, 10)
+            # 503 not_ready: saved, but the push has not reached the node yet.
+            if r.status != 200 or r.json()["epoch"] != doc.epoch:
                 return None
         return doc
 

@@ -14,7 +14,7 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from harness import API_TOKEN, CLUSTER_TOKEN, http
+from harness import API_TOKEN, CLUSTER_TOKEN, free_ports, http
 from kube_harness import (
     CONFIGMAP,
     NAMESPACE,
@@ -87,10 +87,11 @@ async def test_a_configmap_deleted_by_hand_is_reissued_above_the_nodes_epoch(
 
 async def test_the_console_script_runs_the_operator(k8s, nodes, tmp_path: Path) -> None:
     """`ringkv-operator` as its own process, configured by the environment as in the chart,
-    logging in with the kubeconfig; it stops cleanly on SIGTERM."""
+    logging in with the kubeconfig; it serves its metrics and stops cleanly on SIGTERM."""
     node = nodes.add("kv-0")
     await nodes.start("kv-0")
     await k8s.create_pod("kv-0", ip="127.0.0.1")
+    (metrics_port,) = free_ports(1)
     script = Path(sys.executable).with_name("ringkv-operator")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "ringkv.operator.kube"]
     env = {**os.environ, "KUBECONFIG": str(k8s.kubeconfig), "RINGKV_NAMESPACE": NAMESPACE,
@@ -98,7 +99,8 @@ async def test_the_console_script_runs_the_operator(k8s, nodes, tmp_path: Path) 
            "RINGKV_PEER_SERVICE": "kv-peers", "RINGKV_CLUSTER_TOKEN": CLUSTER_TOKEN,
            "RINGKV_ADDRESS_TEMPLATE": "{pod_ip}",
            "RINGKV_INTERNAL_PORT": str(node.internal_port), "RINGKV_API_PORT": str(node.port),
-           "RINGKV_RECONCILE_INTERVAL": "0.5", "RINGKV_LOG_FORMAT": "json"}
+           "RINGKV_RECONCILE_INTERVAL": "0.5", "RINGKV_LOG_FORMAT": "json",
+           "RINGKV_METRICS_PORT": str(metrics_port)}
     log_path = tmp_path / "operator.log"
     with log_path.open("wb") as log:
         proc = await asyncio.create_subprocess_exec(*command, env=env, stdout=log, stderr=log)
@@ -108,6 +110,9 @@ async def test_the_console_script_runs_the_operator(k8s, nodes, tmp_path: Path) 
         await eventually(k8s.kopf_watches, 60, "kopf to watch the pods")
         ready = await asyncio.to_thread(http, "GET", node.url + "/readyz", None, None, None)
         assert ready.status == 200  # the node got its membership from the operator
+        metrics = await asyncio.to_thread(http, "GET", f"http://127.0.0.1:{metrics_port}/metrics",
+                                          None, None, None)
+        assert b"ringkv_operator_last_reconcile_success_timestamp_seconds" in metrics.body
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 60) == 0
     finally:

@@ -610,14 +610,22 @@ def test_network_policy_keeps_the_internal_port_to_nodes_and_operator() -> None:
     assert "from" not in rules[8080], "the API port is open to any source by default"
 
 
+OPERATOR_METRICS_ONLY = [{"ports": [{"port": 8081, "protocol": "TCP"}]}]
+
+
 @needs_helm
-def test_nothing_may_connect_to_the_operator() -> None:
+def test_only_the_operator_metrics_port_may_be_reached() -> None:
+    """Nothing connects to the operator but a Prometheus, and only where the nodes' API
+    (their /metrics included) may be reached from: `networkPolicy.apiFrom`."""
     docs = render()
     policy = find(docs, "NetworkPolicy", f"{FULLNAME}-operator")
     assert selects(policy["spec"]["podSelector"]["matchLabels"], pod_labels(docs, "Deployment"))
     assert not selects(policy["spec"]["podSelector"]["matchLabels"], pod_labels(docs, "StatefulSet"))
     assert policy["spec"]["policyTypes"] == ["Ingress"]
-    assert policy["spec"]["ingress"] == []
+    assert policy["spec"]["ingress"] == OPERATOR_METRICS_ONLY
+    limited = render(*SCENARIOS["everything-set"])
+    (rule,) = find(limited, "NetworkPolicy", f"{FULLNAME}-operator")["spec"]["ingress"]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"team": "a"}}}]
 
 
 @needs_helm
@@ -686,7 +694,7 @@ def test_egress_lets_the_operator_reach_nodes_the_api_server_and_dns() -> None:
     docs = render(*SCENARIOS["strict"])
     policy = find(docs, "NetworkPolicy", f"{FULLNAME}-operator")
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    assert policy["spec"]["ingress"] == []
+    assert [rule["ports"] for rule in policy["spec"]["ingress"]] == [OPERATOR_METRICS_ONLY[0]["ports"]]
     (nodes, to), (api, api_to), (dns, _) = _egress(policy)
     assert nodes == {(8080, "TCP"), (9080, "TCP")}
     assert selects(to[0]["podSelector"]["matchLabels"], pod_labels(docs, "StatefulSet"))
@@ -775,7 +783,9 @@ def test_operator_serves_metrics_on_the_port_the_chart_names() -> None:
 @needs_helm
 def test_scrape_annotations() -> None:
     def annotations(docs: tuple[Doc, ...], kind: str) -> dict[str, str]:
-        return find(docs, kind)["spec"]["template"]["metadata"].get("annotations", {})
+        """The pod template's annotations but the Secret checksum (always there)."""
+        found = find(docs, kind)["spec"]["template"]["metadata"].get("annotations", {})
+        return {k: v for k, v in found.items() if k != "checksum/tokens"}
 
     docs = render()
     assert annotations(docs, "StatefulSet") == {

@@ -298,7 +298,7 @@ def test_one_way_link_loses_no_acked_write_and_serves_no_stale_read(net: LocalCl
 def test_partition_requests_are_validated(net: LocalCluster) -> None:
     for body in ({"isolate": "node-99"}, {"groups": [["node-0"], ["node-0", "node-1"]]},
                  {"one_way": ["node-1", "node-1"]}, {"groups": "node-0"}, {}):
-        r = http("POST", net.control.url + "/net/partition", json.dumps(body).encode(), token=None)
+        r = http("POST", net.control.url + "/net/partition", json.dumps(body).encode())
         assert r.status == 400, (body, r.status, r.body)
         assert "error" in r.json()
     assert net.control.net()["dropped"] == {}

@@ -4,10 +4,10 @@ the membership reconciler's member source.
 It plays Kubernetes' and the operator's roles on one machine: it starts one process per
 node (node i: public API on base_port+i, internal port on base_port+1000+i), restarts a
 node that dies on the same data directory after `restart_delay` (as a StatefulSet
-recreates a deleted pod on its PVC), but gives up on one that could not start (a port in
-use, bad settings, a corrupt database: `ringkv-node` exits 2-4) and says why, and runs the
-same reconciler as the kopf operator, with a JSON file as the store
-(:mod:`ringkv.local.store`) and its children as the member source. With a
+recreates a deleted pod on its PVC), but gives up on one that could not start for a reason
+a restart cannot change (a port in use, bad settings: `ringkv-node` exits 4 or 2) and
+says why, and runs the same reconciler as the kopf operator, with a JSON file as the
+store (:mod:`ringkv.local.store`) and its children as the member source. With a
 :class:`~ringkv.local.netns.Network` every node runs in its own network namespace, and
 :meth:`Supervisor.partition` cuts links between them. The control endpoint
 (:mod:`ringkv.local.control`) drives it; `ringkv up` (:mod:`ringkv.local.up`) wires it up.
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ringkv.node.main import START_FAILURES
+from ringkv.node.main import NOT_WORTH_RESTARTING
 from ringkv.node.security import TlsFiles
 from ringkv.operator.controller import Observed
 from ringkv.operator.nodes import NodeClient
@@ -176,7 +176,7 @@ class Supervisor:
             if self._stopping or proc is not child.proc:
                 return
             self.wake.set()
-            if code in START_FAILURES and child.wanted:
+            if code in NOT_WORTH_RESTARTING and child.wanted:
                 # It would fail the same way again: restarting it every few seconds would
                 # only make it join and leave the membership each time.
                 child.wanted = False

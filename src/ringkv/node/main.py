@@ -2,8 +2,10 @@
 
 Exit codes: 0 stopped by a signal; 2 bad configuration, 3 unusable storage (a corrupt or
 truncated database file), 4 cannot start (an OS error while starting: a port in use, a
-data directory it cannot write). Restarting on 2-4 would fail the same way, so `ringkv up`
-does not; any other failure (1) is a crash, and is restarted.
+data directory it cannot write); 1 a crash. After 2 or 4 a restart fails the same way
+until someone changes the settings or frees the port, so `ringkv up` does not restart; a
+node that exited 3 is restarted, because the fix its message asks for (move the file
+away) is the whole fix: the next start rebuilds it from its replicas.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ log = logging.getLogger("ringkv.node")
 EXIT_BAD_CONFIG = 2
 EXIT_BAD_STORAGE = 3
 EXIT_CANNOT_START = 4
-START_FAILURES = frozenset({EXIT_BAD_CONFIG, EXIT_BAD_STORAGE, EXIT_CANNOT_START})
+NOT_WORTH_RESTARTING = frozenset({EXIT_BAD_CONFIG, EXIT_CANNOT_START})
 T = TypeVar("T")
 
 

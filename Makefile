@@ -31,6 +31,7 @@ run: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache --no-logo
+	$(BIN)/mypy
 
 fmt: venv
 	$(BIN)/ruff check --fix .

@@ -61,7 +61,8 @@ class Outcome:
 
 def plot_path(args: argparse.Namespace, nemesis: str) -> Path:
     """Timelines go beside the report: docs/RELIABILITY.md -> docs/reliability/kill.png."""
-    return args.out.parent / args.out.stem.lower() / f"{nemesis}.png"
+    out: Path = args.out
+    return out.parent / out.stem.lower() / f"{nemesis}.png"
 
 
 def ratio(pair: tuple[int, int]) -> str:

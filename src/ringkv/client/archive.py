@@ -158,7 +158,7 @@ class PartWriter:
     def __init__(self, out: BinaryIO, part: int) -> None:
         self.part = part
         self._out = _Hashing(out)
-        self._gzip = gzip.GzipFile(fileobj=self._out, mode="wb",  # type: ignore[arg-type]
+        self._gzip = gzip.GzipFile(fileobj=self._out, mode="wb",
                                    compresslevel=COMPRESSLEVEL, mtime=0)
         self._packer = msgpack.Packer()
         self.records = 0
@@ -189,7 +189,7 @@ def read_part(stream: BinaryIO, info: PartInfo, batch: int = 1000) -> Iterator[l
     what the manifest says. The checksum is known only at the end, so a caller that must
     not act on a damaged part reads it through once first (`verify`)."""
     source = _Hashing(stream)
-    unpacker = msgpack.Unpacker(gzip.GzipFile(fileobj=source, mode="rb"),  # type: ignore[arg-type]
+    unpacker = msgpack.Unpacker(gzip.GzipFile(fileobj=source, mode="rb"),
                                 read_size=READ_CHUNK)
     count = 0
     records: list[Record] = []

@@ -13,8 +13,9 @@ aiohttp's request-headers-sent trace signal.
 from __future__ import annotations
 
 import asyncio
+import builtins  # `list` in AsyncClient's annotations is its method
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from types import SimpleNamespace, TracebackType
 
 import aiohttp
@@ -148,14 +149,14 @@ class AsyncClient:
         """One page of a backup: records of part ``part`` of ``parts`` after ``cursor``."""
         return wire.export_page_of(await self._call(wire.export_call(part, parts, cursor, limit)))
 
-    async def import_records(self, records: list[list[object]]) -> int:
+    async def import_records(self, records: Sequence[Sequence[object]]) -> int:
         """Merge records (as ``export_page`` gives them) into the cluster by version."""
         merged = wire.json_object(await self._call(wire.import_call(records))).get("merged")
         if not isinstance(merged, int):
             raise RingkvError("bad_response", "the import answer has no 'merged' count")
         return merged
 
-    async def report_backup(self, report: dict[str, object]) -> list[str]:
+    async def report_backup(self, report: dict[str, object]) -> builtins.list[str]:
         """Report a finished backup; the names of the members that stored it."""
         stored = wire.json_object(await self._call(wire.report_call(report))).get("stored_on")
         return [str(n) for n in stored] if isinstance(stored, list) else []

@@ -31,6 +31,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 from ringkv.client.archive import (
@@ -177,7 +178,7 @@ async def backup(clients: Sequence[AsyncClient], target: Target, *, parts: int =
                 limit: int | None = None
                 while True:
                     page = await retrying(
-                        lambda c=cursor, n=limit: client.export_page(part, parts, c, n), wait)  # type: ignore[misc]
+                        partial(client.export_page, part, parts, cursor, limit), wait)
                     writer.write(page.records)
                     totals.add(page.records)
                     done[part] = page.done
@@ -280,7 +281,7 @@ async def restore(clients: Sequence[AsyncClient], target: Target, name: str, *,
         async def run(client: AsyncClient) -> None:
             with target.open(name, info.file) as fh:
                 for batch in batches(read_part(fh, info)):
-                    await retrying(lambda b=batch: client.import_records(b), wait)  # type: ignore[misc]
+                    await retrying(partial(client.import_records, batch), wait)
                     totals.add(batch)
                     shown.update(totals.records / max(manifest.records, 1), totals.records,
                                  totals.bytes)

@@ -42,7 +42,7 @@ import ipaddress
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from ringkv.client import dashboard, settle
@@ -409,6 +409,7 @@ def _cmd_status(client: Client, args: argparse.Namespace) -> int:
             raise ValueError("--watch takes a positive number of seconds")
         dashboard.watch(client.cluster, client.stats, args.watch)
         return EXIT_OK
+    doc: Mapping[str, object]
     if args.wait is None:
         doc = client.cluster()
     else:
@@ -462,7 +463,7 @@ def _share_cell(value: object) -> str:
     return _cell(value)
 
 
-def format_status(doc: dict[str, object]) -> str:
+def format_status(doc: Mapping[str, object]) -> str:
     """A readable table of ``/v1/cluster``.
 
     Reads ``epoch``, ``settled``, ``rf`` and ``members`` (each ``name``, ``state``,

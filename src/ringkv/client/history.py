@@ -94,13 +94,13 @@ class Op:
         complete = doc.get("complete")
         return cls(
             process=int(cast(int, doc["process"])),
-            kind=cast(Kind, kind),
+            kind=kind,
             key=str(doc["key"]),
             value=_opt_str(doc.get("value")),
             version=_opt_str(doc.get("version")),
             invoke=float(cast(float, doc["invoke"])),
             complete=None if complete is None else float(cast(float, complete)),
-            outcome=cast(Outcome, outcome),
+            outcome=outcome,
             final=bool(doc.get("final", False)),
         )
 
@@ -177,9 +177,9 @@ class Verdict:
                 f"{c.get('fail', 0):>6} failed"
             )
         lines.append(f"  acknowledged writes: {self.acknowledged_writes}, final reads: {self.final_reads}")
-        for kind, n in sorted(Counter(v.kind for v in self.notes).items()):
-            first = next(v for v in self.notes if v.kind == kind)
-            lines.append(f"note: {n} x {kind} (allowed by the design), first: {first.message}")
+        for note, n in sorted(Counter(v.kind for v in self.notes).items()):
+            first = next(v for v in self.notes if v.kind == note)
+            lines.append(f"note: {n} x {note} (allowed by the design), first: {first.message}")
         if self.valid:
             lines.append("result: VALID (no violations)")
             return "\n".join(lines)

@@ -54,6 +54,7 @@ def wait(fetch: Callable[[], Cluster], seconds: float, report: Callable[[str], N
     deadline = time.monotonic() + seconds
     last: Cluster | None = None
     said = None
+    reason: str | None
     while True:
         try:
             doc = fetch()

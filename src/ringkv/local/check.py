@@ -462,6 +462,7 @@ def plot_timeline(
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt  # noqa: PLC0415
+        from matplotlib.artist import Artist  # noqa: PLC0415
         from matplotlib.lines import Line2D  # noqa: PLC0415
         from matplotlib.patches import Patch  # noqa: PLC0415
     except ImportError:
@@ -503,7 +504,8 @@ def plot_timeline(
     ax.set_xlabel("seconds since start")
     result = "valid" if verdict.valid else f"{len(verdict.violations)} violations"
     ax.set_title(f"ringkv check: {result}", loc="left")
-    handles = [Line2D([], [], color=c, linewidth=4, label=o) for o, c in _COLORS.items()]
+    handles: list[Artist] = [Line2D([], [], color=c, linewidth=4, label=o)
+                             for o, c in _COLORS.items()]
     handles.append(Line2D([], [], color="black", marker="x", linestyle="", label="violation"))
     handles.append(Patch(color="0.85", label="fault, until the node is ready"))
     ax.legend(handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=8, ncols=5)

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from ringkv.node.security import has_token
 from ringkv.node.versions import MAX_CLOCK_SKEW_MS
@@ -48,7 +49,7 @@ UNAUTHORIZED = ("send the cluster's API token: Authorization: Bearer <token> (`r
                 "printed it; it is also in the token file of its data directory)")
 
 
-def _guard(token: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def _guard(token: str) -> Middleware:
     """The token check, and every failure as JSON (aiohttp's own 404/405 and any bug)."""
     expected = token.encode()
 

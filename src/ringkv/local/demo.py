@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from ringkv.client import Client, RingkvError, Unavailable
 
@@ -25,10 +25,17 @@ from .ports import free_port_block
 from .spawn import UpProcess, spawn_up
 
 BAR = 30
+T = TypeVar("T")
 
 
 def say(text: str = "") -> None:
     print(text, flush=True)
+
+
+def target_replicas(client: Client, key: str) -> list[str]:
+    """The nodes that hold `key` in the target ring, from `GET /v1/replicas` (JSON)."""
+    entries = cast(list[dict[str, Any]], client.replicas(key)["replicas"])
+    return [r["node"] for r in entries if r["in_target"]]
 
 
 class Demo:
@@ -51,7 +58,7 @@ class Demo:
         with Client(via, token=self.token, timeout=5) as client:
             return client.cluster()
 
-    def wait(self, what: str, check: Callable[[], Any], timeout: float = 120) -> Any:
+    def wait(self, what: str, check: Callable[[], T | None], timeout: float = 120) -> T:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.up is not None and not self.up.running():
@@ -148,7 +155,7 @@ class Demo:
             i = rnd.randrange(5)
             with Client(self.url(i), token=self.token) as client:
                 version = client.put(key, value)
-                replicas = [r["node"] for r in client.replicas(key)["replicas"] if r["in_target"]]
+                replicas = target_replicas(client, key)
             say(f"  PUT {key:<14} via node-{i}  version {version}  replicas {', '.join(replicas)}")
         if self.bulk:
             with Client(everyone, token=self.token) as client:
@@ -172,7 +179,7 @@ class Demo:
             url = rnd.choice(survivors)
             with Client(url, token=self.token) as client:
                 got = client.get(key).value.decode()
-                replicas = [r["node"] for r in client.replicas(key)["replicas"] if r["in_target"]]
+                replicas = target_replicas(client, key)
             mark = "ok" if got == value else "WRONG"
             say(f"  GET {key:<14} via {url.rsplit(':', 1)[1]}: {got!r} [{mark}]  "
                 f"replicas now {', '.join(replicas)}")

@@ -77,7 +77,7 @@ def node_address(third: int, index: int) -> str:
 def used_subnets(ip_addr_output: str) -> set[int]:
     """Third octets of the 10.213.x.0/24 networks any interface already has an address in
     (the output of `ip -o -4 addr show`)."""
-    used = set()
+    used: set[int] = set()
     for m in re.finditer(r"\binet (\d+\.\d+\.\d+\.\d+)/(\d+)", ip_addr_output):
         net = ipaddress.ip_network(f"{m.group(1)}/{m.group(2)}", strict=False)
         if net.overlaps(SUBNET):

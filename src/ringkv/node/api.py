@@ -145,7 +145,7 @@ class _Route:
 
     __slots__ = ("allow", "handlers", "label")
 
-    def __init__(self, label: str, handlers: dict[str, Handler]) -> None:
+    def __init__(self, label: str, handlers: Mapping[str, Handler]) -> None:
         self.label = label
         # HEAD wherever GET is (RFC 9110 §9.3.2): aiohttp's web.Response sends no body to
         # a HEAD request (the key route has its own, as its GET answer is a RawResponse).
@@ -267,7 +267,7 @@ _COMMON_QUERIES: dict[str, dict[str, str]] = {
 def _query(request: web.BaseRequest, allowed: frozenset[str]) -> Mapping[str, str]:
     """The query parameters (the first value of each), refusing any the route does not
     take: a misspelt parameter silently ignored would be a wrong answer."""
-    query = _COMMON_QUERIES.get(_target(request)[1])
+    query: Mapping[str, str] | None = _COMMON_QUERIES.get(_target(request)[1])
     if query is None:
         query = request.query
     unknown = set(query) - allowed
@@ -663,5 +663,8 @@ def make_server(service: NodeService, **kwargs: Any) -> web.Server:
         return web.BaseRequest(message, payload, protocol, writer, task, protocol._loop,
                                client_max_size=max_size)
 
-    return web.Server(Dispatcher(Api(service), service.metrics), request_factory=request_factory,
-                      **kwargs)
+    # aiohttp annotates the handler as answering a StreamResponse; the dispatcher may answer
+    # a RawResponse, which is not one but does what aiohttp's request handler calls on an
+    # answer (see responses.py).
+    return web.Server(Dispatcher(Api(service), service.metrics),  # type: ignore[arg-type]
+                      request_factory=request_factory, **kwargs)

@@ -96,7 +96,8 @@ def needed(level: str, replicas: int) -> int:
 
 
 class Replica(Protocol):
-    suspected: bool
+    @property
+    def suspected(self) -> bool: ...
 
     def send(self, op: list[Any], done: Done) -> None: ...
 
@@ -282,17 +283,20 @@ class Coordinator:
         me = self.cluster.name
         for name in tally.base | tally.target:
             if name == me:  # the record as it is, not its wire form decoded again
-                self.cluster.local.write(rec, lambda r, e, n=name: on_done(n, r, e))
+                self.cluster.local.write(rec, partial(on_done, name))
             else:
-                self.cluster.replica(name).send(op, lambda r, e, n=name: on_done(n, r, e))
+                self.cluster.replica(name).send(op, partial(on_done, name))
         await self._decided_within(decided)
 
     async def _decided_within(self, decided: asyncio.Future[None]) -> None:
         """Await a decision or time out; no task and no timer of its own (see Deadlines)."""
         if decided.done():
             return decided.result()
-        entry = self._timeouts.add(
-            lambda: decided.done() or decided.set_exception(TimeoutError()))
+        def expire() -> None:
+            if not decided.done():
+                decided.set_exception(TimeoutError())
+
+        entry = self._timeouts.add(expire)
         try:
             await decided
         finally:

@@ -32,7 +32,7 @@ class RequestStats:
         self.counts[key] = self.counts.get(key, 0) + 1
         hist = self.latency.get((route, method))
         if hist is None:
-            hist = self.latency[(route, method)] = [0] * (len(LATENCY_BUCKETS) + 2)
+            hist = self.latency[(route, method)] = [0.0] * (len(LATENCY_BUCKETS) + 2)
         hist[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         hist[-1] += seconds
 
@@ -49,8 +49,8 @@ class RequestStats:
         bounds = [floatToGoString(b) for b in LATENCY_BUCKETS] + ["+Inf"]
         for (route, method), hist in self.latency.items():
             total, cumulative = 0.0, []
-            for bound, count in zip(bounds, hist[:-1], strict=True):
-                total += count
+            for bound, n in zip(bounds, hist[:-1], strict=True):
+                total += n
                 cumulative.append((bound, total))
             latency.add_metric([route, method], cumulative, hist[-1])
         errors = CounterMetricFamily("ringkv_errors", "Error responses of the /v1 API by error code",

@@ -46,7 +46,7 @@ def _links(*operation_ids: str) -> dict[str, Any]:
 
 
 def document(settings: Settings) -> dict[str, Any]:
-    security = [{"bearer": []}] if settings.api_token else []
+    security: list[dict[str, list[str]]] = [{"bearer": []}] if settings.api_token else []
     errors = {"400": _ERROR, "401": _ERROR, "503": _ERROR}
     written = _links("getValue", "headValue", "deleteKey", "getReplicas")
     kv_path = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .ring import key_token
 from .versions import MAX_HLC, Version, valid_node_name
@@ -42,7 +43,7 @@ class Record:
         return (self.key, self.value, self.content_type, v.hlc, v.node, self.tombstone, self.expires_ms)
 
     @classmethod
-    def from_wire(cls, w: WireRecord | list, trusted: bool = False) -> Record:
+    def from_wire(cls, w: WireRecord | list[Any], trusted: bool = False) -> Record:
         """Decode a record from a peer, checking every field's type and range: a bad record
         must be refused alone, not fail a whole group commit or poison the clock. Records
         from this node's own storage or coordinator are `trusted` (not checked again)."""

@@ -11,6 +11,7 @@ import contextlib
 import gc
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from . import membership
@@ -174,8 +175,10 @@ class NodeService:
 
     # -- what the coordinator needs -----------------------------------------------------
     def replica(self, name: str) -> LocalReplica | PeerLink:
-        if name == self.name:
-            return self.local
+        return self.local if name == self.name else self.link(name)
+
+    def link(self, name: str) -> PeerLink:
+        """The link to a peer, made on first use."""
         link = self._links.get(name)
         if link is None:
             # A base-ring member that has left has no address: its link fails fast.
@@ -197,7 +200,7 @@ class NodeService:
         if name == self.name:
             handler = self.internal_handlers()[method]
             return await handler(args)
-        return await self.replica(name).call(method, args)  # type: ignore[union-attr]
+        return await self.link(name).call(method, args)
 
     def internal_handlers(self) -> dict[str, Any]:
         return {"membership": self._rpc_membership, "list": self._rpc_list,
@@ -399,7 +402,7 @@ class NodeService:
                 log.exception("purge failed")
 
 
-def _log_failure(what: str):  # type: ignore[no-untyped-def]
+def _log_failure(what: str) -> Callable[[asyncio.Future[Any]], None]:
     def callback(fut: asyncio.Future[Any]) -> None:
         if not fut.cancelled() and fut.exception() is not None:
             log.error("%s failed: %s", what, fut.exception())

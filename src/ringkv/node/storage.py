@@ -16,7 +16,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import xxhash
 
@@ -315,7 +315,7 @@ _COLUMNS = "key, hlc, node, tombstone, expires, ctype, value"
 _GET = f"SELECT {_COLUMNS} FROM kv WHERE key = ?"
 
 
-def _row_record(row: tuple) -> Record:
+def _row_record(row: tuple[Any, ...]) -> Record:
     key, hlc, node, tomb, expires, ctype, value = row
     return Record(key, value, ctype, Version(hlc, node), bool(tomb), expires)
 

@@ -30,7 +30,7 @@ import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 
@@ -80,18 +80,19 @@ _PACKER = msgpack.Packer(use_bin_type=True)  # reused: only the loop thread pack
 
 
 def pack(obj: Any) -> bytes:
-    body = _PACKER.pack(obj)
+    body: bytes = _PACKER.pack(obj)
     return HEADER.pack(len(body)) + body
 
 
 def run_callbacks(callbacks: list[Done], results: list[Any] | None, exc: BaseException | None) -> None:
-    """Complete replica operations; one failing callback must not strand the others."""
+    """Complete replica operations with the batch's results or its one failure; one failing
+    callback must not strand the others."""
     for i, done in enumerate(callbacks):
         try:
-            if exc is not None:
+            if results is None:
                 done(None, exc)
             else:
-                res = results[i]  # type: ignore[index]
+                res = results[i]
                 if isinstance(res, dict):  # a per-op error entry
                     done(None, RemoteError(str(res.get("error")), str(res.get("message"))))
                 else:
@@ -181,9 +182,10 @@ class FrameProtocol(asyncio.Protocol):
         self._aborted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # A stream connection's transport is a Transport; asyncio annotates the base class.
+        self.transport = cast(asyncio.Transport, transport)
         if self._aborted:  # dropped between accept and here
-            transport.abort()  # type: ignore[attr-defined]
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         self.received += 1
@@ -474,7 +476,7 @@ class _Refused(asyncio.Protocol):
     """A connection past the limit: dropped as soon as it is accepted."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.abort()  # type: ignore[attr-defined]
+        cast(asyncio.Transport, transport).abort()  # a stream connection's (see FrameProtocol)
 
 
 class InternalServer:
@@ -535,8 +537,11 @@ class InternalServer:
         proto = _AcceptedProtocol(self._on_frame, self._forget)
         proto.max_frame = MAX_HELLO_FRAME
         self._pending[proto] = None
-        loop = asyncio.get_running_loop()
-        loop.call_later(HELLO_TIMEOUT, lambda: proto in self._authed or proto.close())
+        def silent_too_long() -> None:
+            if proto not in self._authed:
+                proto.close()
+
+        asyncio.get_running_loop().call_later(HELLO_TIMEOUT, silent_too_long)
         return proto
 
     def _forget(self, proto: FrameProtocol) -> None:

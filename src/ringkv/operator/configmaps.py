@@ -166,7 +166,7 @@ class ConfigMapStore:
         save fail with 409 and the round is redone from a fresh read."""
         data = {DOCUMENT_KEY: json.dumps(doc.to_json(), indent=2)}
         patch: dict[str, Any] = {"data": data}
-        version = self.current.metadata.resource_version if self._metadata else None
+        version = meta.resource_version if (meta := self._metadata()) else None
         if version:
             patch["metadata"] = {"resourceVersion": version}
         try:
@@ -188,15 +188,15 @@ class ConfigMapStore:
         self.current = await self.kube.call(lambda core: core.create_namespaced_config_map(
             self.namespace, body, _request_timeout=REQUEST_TIMEOUT))
 
-    @property
-    def _metadata(self) -> bool:
-        return self.current is not None and self.current.metadata is not None
+    def _metadata(self) -> V1ObjectMeta | None:
+        """The ConfigMap's metadata as last read or written (None before either)."""
+        return self.current.metadata if self.current is not None else None
 
     def reference(self) -> V1ObjectReference:
         """The ConfigMap as an Event's involvedObject."""
         return V1ObjectReference(api_version="v1", kind="ConfigMap", name=self.name,
                                  namespace=self.namespace,
-                                 uid=self.current.metadata.uid if self._metadata else None)
+                                 uid=meta.uid if (meta := self._metadata()) else None)
 
 
 async def post_event(kube: KubeClient, involved: V1ObjectReference, reason: str, message: str,

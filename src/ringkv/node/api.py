@@ -23,12 +23,12 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from . import backup, preconditions
 from .coordinator import (
-    LEVELS,
     ConflictRetryExhausted,
     InsufficientStorage,
     PreconditionFailed,
     QuorumUnavailable,
 )
+from .membership import LEVELS
 from .metrics import Metrics
 from .openapi import document as openapi_document
 from .preconditions import Failure, Preconditions

@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from .coordinator import QuorumUnavailable, needed
-from .membership import View
+from .coordinator import QuorumUnavailable
+from .membership import View, needed
 from .records import Record
 from .ring import MAX_TOKEN, MIN_LO, TokenRange
 from .transport import PeerError, RemoteError, StaleEpoch

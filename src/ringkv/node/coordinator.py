@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
-from .membership import View
+from .membership import View, needed
 from .preconditions import Preconditions
 from .records import Record, expiry
 from .ring import key_token
@@ -36,7 +36,6 @@ from .versions import HybridClock, Version
 
 log = logging.getLogger("ringkv.coordinator")
 
-LEVELS = ("one", "quorum", "all")
 # Attempts of one write: two suffice (see Coordinator.write); a stale epoch starts over.
 MAX_ATTEMPTS = 4
 
@@ -84,15 +83,6 @@ class InsufficientStorage(CoordinatorError):
 
 class PreconditionFailed(CoordinatorError):
     pass
-
-
-def needed(level: str, replicas: int) -> int:
-    """How many of `replicas` must answer at a consistency level."""
-    if level == "one":
-        return min(1, replicas)
-    if level == "all":
-        return replicas
-    return replicas // 2 + 1
 
 
 class Replica(Protocol):

@@ -18,6 +18,18 @@ from .ring import RangeChange, Ring, diff
 
 MemberState = Literal["joining", "normal"]
 STATES: tuple[str, ...] = ("joining", "normal")
+# Consistency levels: how many of a key's replicas (rf of them, fewer in a smaller cluster)
+# a request needs, per ring.
+LEVELS = ("one", "quorum", "all")
+
+
+def needed(level: str, replicas: int) -> int:
+    """How many of `replicas` must answer at a consistency level (W and R)."""
+    if level == "one":
+        return min(1, replicas)
+    if level == "all":
+        return replicas
+    return replicas // 2 + 1
 
 
 class InvalidDocument(ValueError):

@@ -28,8 +28,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .coordinator import needed
-from .membership import View
+from .membership import View, needed
 from .records import Record
 from .ring import MAX_TOKEN, MIN_LO, TokenRange
 from .storage import bucket_range

@@ -107,10 +107,38 @@ def bad(message: str) -> ApiError:
 
 
 # -- dispatch ---------------------------------------------------------------------------
+def _quorum_unavailable(exc: QuorumUnavailable) -> ApiError:
+    ring = {"ring": exc.ring} if exc.ring else {}
+    return ApiError(503, "quorum_unavailable", str(exc), acked=exc.acked, needed=exc.needed, **ring)
+
+
+def _no_answer(exc: Exception) -> ApiError:
+    return ApiError(503, "quorum_unavailable",
+                    f"replicas did not answer in time ({type(exc).__name__})", acked=0, needed=1)
+
+
+# The error a handler's failure becomes, by the exception's class or the nearest base class
+# listed (a NotReady is a PeerError too, a PeerTimeout only a PeerError).
+FAILURES: dict[type[Exception], Callable[[Any], ApiError]] = {
+    ApiError: lambda exc: exc,
+    QuorumUnavailable: _quorum_unavailable,
+    ConflictRetryExhausted: lambda exc: ApiError(503, "conflict_retry_exhausted", str(exc)),
+    InsufficientStorage: lambda exc: ApiError(507, "insufficient_storage", str(exc)),
+    StorageFull: lambda exc: ApiError(507, "insufficient_storage", str(exc)),
+    NotReady: lambda exc: ApiError(503, "not_ready", str(exc)),
+    PreconditionFailed: lambda exc: ApiError(412, "precondition_failed", str(exc)),
+    TimeoutError: _no_answer,
+    PeerError: _no_answer,
+}
+
+
 def _failure_response(exc: Exception, request: web.BaseRequest, route: str) -> web.StreamResponse:
     """Every failure of a request as the JSON error shape (aiohttp's own 413 included)."""
-    if isinstance(exc, ApiError):
-        return error_response(exc.status, exc.code, str(exc), **exc.extra)
+    for cls in type(exc).__mro__:
+        as_error = FAILURES.get(cls)
+        if as_error is not None:
+            error = as_error(exc)
+            return error_response(error.status, error.code, str(error), **error.extra)
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             raise exc
@@ -120,22 +148,6 @@ def _failure_response(exc: Exception, request: web.BaseRequest, route: str) -> w
         # The client hung up mid-request: nobody to answer, nothing wrong with the node.
         log.debug("client closed the connection during %s %s", request.method, route)
         return error_response(400, "bad_request", "the connection closed mid-request")
-    if isinstance(exc, QuorumUnavailable):
-        ring = {"ring": exc.ring} if exc.ring else {}
-        return error_response(503, "quorum_unavailable", str(exc), acked=exc.acked,
-                              needed=exc.needed, **ring)
-    if isinstance(exc, ConflictRetryExhausted):
-        return error_response(503, "conflict_retry_exhausted", str(exc))
-    if isinstance(exc, InsufficientStorage | StorageFull):
-        return error_response(507, "insufficient_storage", str(exc))
-    if isinstance(exc, NotReady):
-        return error_response(503, "not_ready", str(exc))
-    if isinstance(exc, PreconditionFailed):
-        return error_response(412, "precondition_failed", str(exc))
-    if isinstance(exc, TimeoutError | PeerError):
-        return error_response(503, "quorum_unavailable",
-                              f"replicas did not answer in time ({type(exc).__name__})",
-                              acked=0, needed=1)
     log.error("unexpected error serving %s %s", request.method, route, exc_info=exc)
     return error_response(500, "internal", "internal error; see the node's log")
 

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote_plus, unquote_to_bytes
 
 import msgpack
@@ -22,13 +22,17 @@ from aiohttp import ClientConnectionResetError, web
 from aiohttp.web_protocol import RequestPayloadError
 
 from . import backup, preconditions
+from .backup import Backups
+from .changelog import ChangeLog
+from .config import Settings
 from .coordinator import (
     ConflictRetryExhausted,
+    Coordinator,
     InsufficientStorage,
     PreconditionFailed,
     QuorumUnavailable,
 )
-from .membership import LEVELS
+from .membership import LEVELS, View
 from .metrics import Metrics
 from .openapi import document as openapi_document
 from .preconditions import Failure, Preconditions
@@ -36,12 +40,12 @@ from .records import Record
 from .responses import RawResponse
 from .ring import MAX_TOKEN, layout, moving
 from .security import has_token
-from .service import NodeService, NotReady
+from .service import NotReady
 from .stats import INTERVAL_S, wall_ms
 from .storage import StorageFull
 from .transport import PeerError
 from .ui import Console
-from .versions import Version
+from .versions import HybridClock, Version
 
 log = logging.getLogger("ringkv.api")
 
@@ -378,8 +382,38 @@ def _unmet(failure: Failure, rec: Record) -> web.Response:
 
 
 # -- handlers ---------------------------------------------------------------------------
+class Node(Protocol):
+    """What the handlers need of their node (`service.NodeService`): the coordinator for
+    client requests, the peer RPCs for cluster-wide answers, backups, and what the node
+    reports of itself. Nothing of its storage, links or background loops."""
+
+    name: str
+    settings: Settings
+    clock: HybridClock
+    metrics: Metrics
+    coordinator: Coordinator
+    backups: Backups
+    changes: ChangeLog
+
+    @property
+    def view(self) -> View: ...
+
+    @property
+    def epoch(self) -> int: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def synchronous(self) -> str: ...
+
+    async def call(self, name: str, method: str, args: Any) -> Any: ...
+
+    async def status(self, fresh: bool = False) -> dict[str, Any]: ...
+
+
 class Api:
-    def __init__(self, service: NodeService) -> None:
+    def __init__(self, service: Node) -> None:
         self.service = service
         self.settings = service.settings
         self.coordinator = service.coordinator
@@ -547,7 +581,7 @@ class Api:
                 "bytes_received": sum(m["rebalance"]["bytes_received"] for m in reachable),
             },
             "storage": {"engine": service.settings.storage,
-                        "synchronous": service.local.storage.synchronous},
+                        "synchronous": service.synchronous},
         })
 
     async def history(self, request: web.BaseRequest) -> web.Response:
@@ -665,7 +699,7 @@ class Api:
                             content_type="application/json")
 
 
-def make_server(service: NodeService, **kwargs: Any) -> web.Server:
+def make_server(service: Node, **kwargs: Any) -> web.Server:
     """aiohttp's low-level server with the dispatcher as its one handler; `kwargs` go to
     aiohttp's connection handler (limits, keep-alive)."""
     max_size = service.settings.max_value_bytes + 1

@@ -144,6 +144,11 @@ class NodeService:
         return self._view
 
     @property
+    def synchronous(self) -> str:
+        """The storage's SQLite `synchronous` setting ("n/a" in memory)."""
+        return self.local.storage.synchronous
+
+    @property
     def epoch(self) -> int:
         return self._view.doc.epoch if self._view else 0
 

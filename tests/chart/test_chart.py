@@ -30,6 +30,8 @@ import yaml
 from helmchart import CHART, ROOT, Doc, env_of, find, helm, needs_helm
 from helmchart import render as render_chart
 
+from ringkv.operator.kube import LabelSelector
+
 RELEASE = "ringkv"
 NAMESPACE = "kv-test"
 FULLNAME = "ringkv"  # the release name contains the chart name, so it is used as is
@@ -271,7 +273,7 @@ def test_operator_pod_selector_env_selects_node_pods() -> None:
     docs = render()
     container = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     raw = env_of(container)["RINGKV_POD_SELECTOR"]["value"]
-    selector = dict(part.split("=", 1) for part in raw.split(","))
+    selector = dict(LabelSelector.parse(raw).labels)  # as the operator reads it
     assert selector["app.kubernetes.io/instance"] == RELEASE
     assert selector["app.kubernetes.io/component"] == "node"
     assert selects(selector, pod_labels(docs, "StatefulSet"))

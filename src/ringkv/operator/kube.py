@@ -15,7 +15,7 @@ fails (the headless Service's DNS record lags behind a new pod) is repeated next
 
 Configuration (environment):
   RINGKV_NAMESPACE         namespace of the node pods (required)
-  RINGKV_POD_SELECTOR      label selector of the node pods, e.g. `app=ringkv,component=node` (required)
+  RINGKV_POD_SELECTOR      labels of the node pods, `key=value,...` (required)
   RINGKV_CONFIGMAP         name of the membership ConfigMap (required)
   RINGKV_PEER_SERVICE      headless Service of the node pods (required)
   RINGKV_CLUSTER_TOKEN     token of the nodes' internal port (required)
@@ -72,86 +72,36 @@ class ConfigError(ValueError):
 
 # -- label selectors --------------------------------------------------------------------
 
-_KEY = r"[A-Za-z0-9][-A-Za-z0-9_./]*"
-_VALUE = r"[-A-Za-z0-9_.]*"
-_TERMS = [
-    ("!", re.compile(rf"!\s*({_KEY})")),
-    ("=", re.compile(rf"({_KEY})\s*==?\s*({_VALUE})")),
-    ("!=", re.compile(rf"({_KEY})\s*!=\s*({_VALUE})")),
-    ("in", re.compile(rf"({_KEY})\s+in\s*\(([^)]*)\)")),
-    ("notin", re.compile(rf"({_KEY})\s+notin\s*\(([^)]*)\)")),
-    ("exists", re.compile(rf"({_KEY})")),
-]
-
-
-@dataclass(frozen=True)
-class Requirement:
-    """One term of a label selector (`test(None)` asks about an absent label)."""
-
-    key: str
-    op: str
-    values: frozenset[str] = frozenset()
-
-    def test(self, value: str | None) -> bool:
-        if self.op in ("=", "in"):
-            return value in self.values
-        if self.op in ("!=", "notin"):
-            return value not in self.values  # an absent label matches, as in Kubernetes
-        return (value is not None) == (self.op == "exists")
+_LABEL_KEY = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_./]*")
+_LABEL_VALUE = re.compile(r"[-A-Za-z0-9_.]*")
 
 
 @dataclass(frozen=True)
 class LabelSelector:
-    """A Kubernetes label selector string, matched client-side as well.
+    """The node pods' labels: `key=value,...`, as the chart renders RINGKV_POD_SELECTOR.
 
-    The API server filters the watch and the lists with it; kopf and the re-list filter
-    again, so a server (or a test double) that ignores `labelSelector` cannot make an
-    unrelated pod a member.
+    The API server filters the watch and the lists with the text; kopf (`labels=`) and
+    the re-list match the labels again, so a server (or a test double) that ignores
+    `labelSelector` cannot make an unrelated pod a member.
     """
 
     text: str
-    requirements: tuple[Requirement, ...]
+    labels: Mapping[str, str]
 
     @classmethod
     def parse(cls, text: str) -> LabelSelector:
-        reqs: list[Requirement] = []
-        for raw in re.split(r",(?![^(]*\))", text):
-            term = raw.strip()
-            for op, pattern in _TERMS:
-                m = pattern.fullmatch(term)
-                if m is None:
-                    continue
-                if op in ("in", "notin"):
-                    values = frozenset(v.strip() for v in m.group(2).split(","))
-                elif op in ("=", "!="):
-                    values = frozenset([m.group(2)])
-                else:
-                    values = frozenset()
-                reqs.append(Requirement(m.group(1), op, values))
-                break
-            else:
-                raise ConfigError(f"bad label selector term {term!r} in {text!r}")
-        return cls(text.strip(), tuple(reqs))
+        labels: dict[str, str] = {}
+        for term in text.split(","):
+            key, equals, value = (part.strip() for part in term.partition("="))
+            if not equals or not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
+                raise ConfigError(f"the pod selector takes key=value labels separated by "
+                                  f"commas; {term.strip()!r} in {text!r} is not one")
+            labels[key] = value
+        return cls(text.strip(), labels)
 
     def matches(self, labels: Mapping[str, str] | None) -> bool:
         labels = labels or {}
-        return all(r.test(labels.get(r.key)) for r in self.requirements)
-
-    def kopf_filter(self) -> dict[str, Any]:
-        """The same selector as kopf's `labels=` handler filter."""
-        by_key: dict[str, list[Requirement]] = {}
-        for r in self.requirements:
-            by_key.setdefault(r.key, []).append(r)
-        out: dict[str, Any] = {}
-        for key, reqs in by_key.items():
-            only = reqs[0] if len(reqs) == 1 else None
-            if only is not None and only.op == "=":
-                out[key] = next(iter(only.values))
-            elif only is not None and only.op in ("exists", "!"):
-                out[key] = kopf.PRESENT if only.op == "exists" else kopf.ABSENT
-            else:
-                out[key] = lambda value, _reqs=tuple(reqs), **_: all(r.test(value) for r in _reqs)
-        return out
+        return all(labels.get(key) == value for key, value in self.labels.items())
 
 
 # -- pods -------------------------------------------------------------------------------
@@ -378,7 +328,7 @@ class Operator:
         kopf.on.startup(registry=self.registry, backoff=5)(self._startup)
         kopf.on.cleanup(registry=self.registry)(self._cleanup)
         kopf.on.event("v1", "pods", registry=self.registry,
-                      labels=config.selector.kopf_filter())(self._pod_event)
+                      labels=dict(config.selector.labels))(self._pod_event)
 
     async def run(self) -> int:
         """Run kopf until SIGTERM/SIGINT or the stop flag; 1 if the reconcile loop died."""

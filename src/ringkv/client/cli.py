@@ -107,6 +107,16 @@ def exit_code(exc: RingkvError) -> int:
     return EXIT_ERROR
 
 
+# Where a token comes from, for the 401 hint. A loopback --url may be a local `ringkv up`
+# or a `kubectl port-forward`, so both are named there; any other address is not `ringkv up`.
+LOCAL_TOKEN = ("a local `ringkv up` (`make run`) prints it and keeps it in its data "
+               "directory (`.ringkv-data/token`)")
+KUBE_TOKEN = ("on Kubernetes it is the Secret <release>-tokens: kubectl get secret "
+              "ringkv-tokens -o jsonpath='{.data.api-token}' | base64 -d")
+PORT_FORWARD = ("a `kubectl port-forward` exits, or drops connections, once the pod it "
+                "forwards to is gone: start it again, or keep it in a loop (docs/KUBERNETES.md)")
+
+
 def describe(exc: RingkvError, key: str | None = None, url: str = DEFAULT_URL) -> str:
     """One line saying what went wrong and what to do, fitting where the CLI is pointed
     (`url`, the --url given); never the token or a value."""
@@ -135,16 +145,6 @@ def describe(exc: RingkvError, key: str | None = None, url: str = DEFAULT_URL) -
     if isinstance(exc, BadRequest):
         return f"bad request: {exc.message}"
     return f"server error ({exc}); see the node's log"
-
-
-# Where a token comes from, for the 401 hint. A loopback --url may be a local `ringkv up`
-# or a `kubectl port-forward`, so both are named there; any other address is not `ringkv up`.
-LOCAL_TOKEN = ("a local `ringkv up` (`make run`) prints it and keeps it in its data "
-               "directory (`.ringkv-data/token`)")
-KUBE_TOKEN = ("on Kubernetes it is the Secret <release>-tokens: kubectl get secret "
-              "ringkv-tokens -o jsonpath='{.data.api-token}' | base64 -d")
-PORT_FORWARD = ("a `kubectl port-forward` exits, or drops connections, once the pod it "
-                "forwards to is gone: start it again, or keep it in a loop (docs/KUBERNETES.md)")
 
 
 def _is_local(url: str) -> bool:

@@ -18,7 +18,7 @@ record; a key that is absent, deleted or expired has none, so `*` does not match
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .versions import Version
@@ -80,7 +80,7 @@ class Preconditions:
 NONE = Preconditions()
 
 
-def parse(if_match: Iterable[str], if_none_match: Iterable[str]) -> Preconditions:
+def parse(if_match: Sequence[str], if_none_match: Sequence[str]) -> Preconditions:
     """The preconditions of a request from each header's field lines (none: absent).
 
     Raises ValueError, with a message for the client, when a value breaks the grammar."""
@@ -88,8 +88,7 @@ def parse(if_match: Iterable[str], if_none_match: Iterable[str]) -> Precondition
                          _tags("If-None-Match", if_none_match, weak_matches=True))
 
 
-def _tags(header: str, lines: Iterable[str], *, weak_matches: bool) -> Tags | None:
-    lines = list(lines)
+def _tags(header: str, lines: Sequence[str], *, weak_matches: bool) -> Tags | None:
     if not lines:
         return None
     value = ", ".join(lines)

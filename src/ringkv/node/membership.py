@@ -4,7 +4,7 @@ The document is the single source of truth about who is in the cluster. Every ch
 bumps `epoch`; a node ignores a document whose epoch is not higher than the one it holds
 and persists the newest. While an epoch is not settled, `base` names the members of the
 last settled epoch: coordinators then use two rings (base and target), as correctness
-rule 3 requires. This module is pure: no I/O beyond (de)serialising the document.
+rule 3 requires. Pure but for `load` and `save`, which keep the document in a JSON file.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 # Two commands from a fresh machine: `make run` (a local 5-node cluster) and `make test`.
 # Everything else is set up on demand: the virtualenv, pinned dependencies, helm/kubectl,
-# and the Debian packages some tests drive (DEBIAN_TOOLS, installed when missing as root).
+# and the Debian tools some tests drive (ringkv.local.system_tools, installed when missing
+# as root).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -9,9 +10,6 @@ NODES ?= 5
 RF ?= 3
 BASE_PORT ?= 8080
 DATA_DIR ?= .ringkv-data
-# chromium(-driver): the console's browser tests; prometheus: promtool checks the alert
-# rules and a real Prometheus answers the dashboard's queries.
-DEBIAN_TOOLS := chromium chromium-driver prometheus
 
 .PHONY: all venv run test lint fmt bench chaos e2e tools clean screenshots
 
@@ -39,9 +37,11 @@ fmt: venv
 test: venv tools lint
 	$(BIN)/pytest -m "not e2e" -p no:cacheprovider
 
+# helm and kubectl into .tools/bin; the Debian tools the tests need (see
+# ringkv.local.system_tools) with apt-get when missing and root.
 tools: venv
 	$(BIN)/python scripts/fetch_tools.py
-	$(BIN)/python scripts/debian_tools.py $(DEBIAN_TOOLS)
+	$(BIN)/python -m ringkv.local.system_tools
 
 bench: venv
 	$(BIN)/python -m ringkv.bench.suite

@@ -12,8 +12,10 @@ Where it runs, first match wins:
   (c) neither: pytest still runs and every e2e test reports SKIPPED with the reason, so
       a machine without a cluster never counts the e2e tests as passed.
 
-When the cluster cannot come up the tests are skipped the same way (exit 0); a failing
-image build or a failing test exits non-zero. Standard library only.
+A cluster that is there but cannot be used (`cluster up` or `kind create cluster` fails)
+is a failure, like a failing image build or a failing test: the e2e tests are skipped only
+where there is no cluster at all (and under CI=true the skips fail too, see
+tests/ci_skips.py). Standard library only.
 """
 
 from __future__ import annotations
@@ -83,7 +85,8 @@ def on_shared_cluster() -> int:
     was_up = quiet([cluster, "status"]).returncode == 0
     log(f"../shared/k8s cluster is {'already up' if was_up else 'down: bringing it up'}")
     if run([cluster, "up"], what="cluster up") != 0:
-        return skipped("../shared/k8s `cluster up` failed (see its output above)")
+        log(f"FAILED: {cluster} is here but `cluster up` failed (see its output above)")
+        return 1
     try:
         tag = image_tag()
         # --no-cache: buildah (Debian bookworm's 1.28) reuses the cached layer of a
@@ -110,7 +113,8 @@ def on_kind() -> int:
     if created and run(["kind", "create", "cluster", "--name", KIND_CLUSTER, "--wait", "180s"],
                        what="kind create cluster") != 0:
         quiet(["kind", "delete", "cluster", "--name", KIND_CLUSTER])
-        return skipped(f"`kind create cluster --name {KIND_CLUSTER}` failed (see its output above)")
+        log(f"FAILED: `kind create cluster --name {KIND_CLUSTER}` failed (see its output above)")
+        return 1
     try:
         if run(["kind", "load", "docker-image", f"{IMAGE}:{tag}", "--name", KIND_CLUSTER],
                what="kind load") != 0:
@@ -120,7 +124,8 @@ def on_kind() -> int:
             kubeconfig = Path(tmp) / "kubeconfig"
             got = quiet(["kind", "get", "kubeconfig", "--name", KIND_CLUSTER])
             if got.returncode != 0:
-                return skipped(f"`kind get kubeconfig` failed: {got.stderr.strip()}")
+                log(f"FAILED: `kind get kubeconfig` failed: {got.stderr.strip()}")
+                return 1
             kubeconfig.write_text(got.stdout)
             return pytest({"KUBECONFIG": str(kubeconfig), "RINGKV_E2E_IMAGE": IMAGE,
                            "RINGKV_E2E_TAG": tag})

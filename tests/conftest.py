@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ci_skips import pytest_runtest_makereport  # noqa: F401 - the hook: CI=true fails skips
 from harness import LocalCluster, StaticCluster
 
 

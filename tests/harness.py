@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import struct
@@ -26,6 +25,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from ringkv.local import system_tools
 from ringkv.local.control_client import ControlClient
 from ringkv.local.ports import free_ports
 from ringkv.local.processes import log_tail, terminate
@@ -78,14 +78,12 @@ def read_frames(sock: socket.socket, expect: int | None = None) -> tuple[list[An
 
 
 def require_tool(name: str, how: str) -> str:
-    """The path of a command-line tool a test drives. Missing, the test is skipped with
-    `how` to get it; under CI=true it fails instead (`make test` installs it there)."""
-    path = shutil.which(name)
+    """The path of a command-line tool a test drives (on PATH or in the sbin directories).
+    Missing, the test is skipped with `how` to get it, which under CI=true is a failure
+    (tests/ci_skips.py; `make test` installs it there)."""
+    path = system_tools.find(name)
     if path is None:
-        message = f"{name} not found: {how}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        pytest.skip(f"{name} not found: {how}")
     return path
 
 

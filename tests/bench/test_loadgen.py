@@ -7,7 +7,6 @@ import json
 import math
 import random
 import selectors
-import shutil
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from ringkv.bench.loadgen import (
     parse_response,
     run_load,
 )
+from ringkv.local import system_tools
 
 # ----------------------------------------------------------------------- histogram
 
@@ -215,7 +215,8 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd not installed (etcd-server)")
+@pytest.mark.skipif(system_tools.find("etcd") is None,
+                    reason="etcd not installed (Debian etcd-server; `make tools` installs it as root)")
 async def test_etcd_write_and_read(tmp_path: Path) -> None:
     cluster = EtcdCluster(3, data_dir=tmp_path)
     cluster.start()

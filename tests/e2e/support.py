@@ -459,6 +459,7 @@ class Release:
     replicas: int
     rf: int
     log_dir: Path
+    values: Sequence[str] = ()  # `--set` arguments of the install
     token: str = ""
     # key -> newest acknowledged version, filled in by the tests as they write
     static: dict[str, str] = field(default_factory=dict)
@@ -472,6 +473,19 @@ class Release:
     @property
     def configmap(self) -> str:
         return f"{self.name}-membership"
+
+    def install(self) -> None:
+        """`helm install` with the freshly built image and `values`, waited for."""
+        image = os.environ.get("RINGKV_E2E_IMAGE", "ringkv")
+        tag = os.environ["RINGKV_E2E_TAG"]
+        started = time.monotonic()
+        say(f"helm install {self.name} (image {image}:{tag}) in namespace {self.kube.namespace}")
+        self.kube.helm("install", self.name, str(CHART),
+                       "--set", f"image.repository={image}", "--set", f"image.tag={tag}",
+                       "--set", "image.pullPolicy=IfNotPresent",
+                       "--set", f"replicaCount={self.replicas}", "--set", f"replication.rf={self.rf}",
+                       *self.values, "--wait", "--timeout", "8m")
+        say(f"installed in {time.monotonic() - started:.0f}s")
 
     def selector(self, component: str) -> str:
         return f"app.kubernetes.io/instance={self.name},app.kubernetes.io/component={component}"
@@ -560,9 +574,7 @@ def installed(tools: tuple[str, str], request: pytest.FixtureRequest, prefix: st
     kube = Kube(tools[0], tools[1], namespace=name)
     log_dir = ROOT / "build" / "e2e-logs" / name
     log_dir.mkdir(parents=True, exist_ok=True)
-    rel = Release(kube, name, replicas=nodes, rf=rf, log_dir=log_dir)
-    image = os.environ.get("RINGKV_E2E_IMAGE", "ringkv")
-    tag = os.environ["RINGKV_E2E_TAG"]
+    rel = Release(kube, name, replicas=nodes, rf=rf, log_dir=log_dir, values=tuple(values))
     failed_before = request.session.testsfailed
     done = False
 
@@ -571,14 +583,7 @@ def installed(tools: tuple[str, str], request: pytest.FixtureRequest, prefix: st
     try:
         if prepare is not None:
             prepare(rel)
-        started = time.monotonic()
-        say(f"helm install {name} (image {image}:{tag}) in namespace {name}")
-        kube.helm("install", name, str(CHART),
-                  "--set", f"image.repository={image}", "--set", f"image.tag={tag}",
-                  "--set", "image.pullPolicy=IfNotPresent",
-                  "--set", f"replicaCount={nodes}", "--set", f"replication.rf={rf}",
-                  *values, "--wait", "--timeout", "8m")
-        say(f"installed in {time.monotonic() - started:.0f}s")
+        rel.install()
         rel.token = kube.secret_value(f"{name}-tokens", "api-token")
         done = True
         yield rel
@@ -595,8 +600,8 @@ def installed(tools: tuple[str, str], request: pytest.FixtureRequest, prefix: st
 
 
 def _teardown(kube: Kube, name: str) -> None:
-    """Uninstall, then delete what `helm uninstall` leaves (PVCs, the operator's ConfigMap)
-    by deleting the namespace; every step runs even if an earlier one failed."""
+    """Uninstall, then delete what `helm uninstall` leaves (PVCs, the operator's ConfigMap,
+    the token Secret) by deleting the namespace; every step runs even if an earlier one failed."""
     started = time.monotonic()
     results = [
         kube.helm("uninstall", name, "--wait", "--timeout", "3m", check=False),

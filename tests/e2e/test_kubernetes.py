@@ -1,5 +1,5 @@
 """The chart on a real Kubernetes: install, port-forward, lose a node pod and the operator
-under traffic, upgrade, `helm test`.
+under traffic, upgrade, `helm test`, uninstall and reinstall on the retained volumes.
 
 The tests run in file order against one release (the `release` fixture) and build on each
 other: the keys written first are checked after every later disruption.
@@ -7,6 +7,8 @@ other: the keys written first are checked after every later disruption.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -218,6 +220,7 @@ def test_helm_upgrade_keeps_membership_and_data(release: Release, service: PortF
     kube = release.kube
     before = release.wait_settled(0, 120, "a settled membership")
     cm_uid = kube.get_json("configmap", release.configmap)["metadata"]["uid"]
+    checksum = tokens_checksum(release)
     stamp = str(int(time.time()))
 
     with ForwardPool(kube, release.node_names, release.log_dir) as pool, \
@@ -244,8 +247,23 @@ def test_helm_upgrade_keeps_membership_and_data(release: Release, service: PortF
                for p in pods), "the upgrade did not roll the node pods"
     assert kube.get_json("configmap", release.configmap)["metadata"]["uid"] == cm_uid
     assert kube.secret_value(f"{release.name}-tokens", "api-token") == release.token
+    # `lookup` found the live Secret, so the checksum (of the Secret's data) did not move.
+    assert tokens_checksum(release) == checksum
     with client_for(release, service) as client:
         check_all_keys(release, client)
+
+
+def tokens_checksum(release: Release) -> str:
+    """The node pods' `checksum/tokens`, checked against the live Secret it hashes."""
+    kube = release.kube
+    template = kube.get_json("statefulset", release.name)["spec"]["template"]
+    checksum = template["metadata"]["annotations"]["checksum/tokens"]
+    data = kube.get_json("secret", f"{release.name}-tokens")["data"]
+    assert checksum == hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":"))
+                                      .encode()).hexdigest()
+    operator = kube.get_json("deployment", f"{release.name}-operator")["spec"]["template"]
+    assert operator["metadata"]["annotations"]["checksum/tokens"] == checksum
+    return checksum
 
 
 def test_helm_test_passes(release: Release) -> None:
@@ -255,3 +273,40 @@ def test_helm_test_passes(release: Release) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     suite = [line.strip() for line in proc.stdout.splitlines() if line.startswith(("TEST SUITE", "Phase"))]
     say(f"helm test passed: {suite}")
+
+
+def test_reinstall_on_the_retained_volumes_keeps_tokens_and_data(
+    release: Release, service: PortForward
+) -> None:
+    """`helm uninstall` keeps the PVCs, the membership ConfigMap and (resource-policy keep)
+    the token Secret; `helm install` under the same name adopts the Secret, so the old API
+    token still works, and the nodes serve every key from their volumes."""
+    require("written" in release.progress, "writing the first keys")
+    kube = release.kube
+    before = release.wait_settled(0, 120, "a settled membership")
+    cluster_token = kube.secret_value(f"{release.name}-tokens", "cluster-token")
+    started = time.monotonic()
+    kube.helm("uninstall", release.name, "--wait", "--timeout", "3m")
+    uninstalled = time.monotonic() - started
+    left = len(kube.pods(release.selector("node")))
+    kube.kubectl("wait", "--for=delete", "pod", "-l", f"app.kubernetes.io/instance={release.name}",
+                 "--timeout=300s", timeout=330)
+    say(f"helm uninstall --wait returned after {uninstalled:.0f}s with {left} node pods still "
+        f"there; all pods gone after {time.monotonic() - started:.0f}s")
+    assert kube.secret_value(f"{release.name}-tokens", "api-token") == release.token
+    claims = kube.get_json("pvc", "-l", f"app.kubernetes.io/instance={release.name}")["items"]
+    assert len(claims) == release.replicas
+
+    release.install()
+    assert kube.secret_value(f"{release.name}-tokens", "api-token") == release.token
+    assert kube.secret_value(f"{release.name}-tokens", "cluster-token") == cluster_token
+    secret = kube.get_json("secret", f"{release.name}-tokens")["metadata"]
+    assert secret["annotations"]["meta.helm.sh/release-name"] == release.name
+    # The same members at the same addresses: the epoch moves on only if the old operator
+    # saw pods go before it went itself.
+    doc = release.wait_settled(before["epoch"] - 1, 300, "the reinstalled nodes to settle")
+    with client_for(release, service) as client:
+        wait_for(lambda: release.cluster_agrees(client, doc), 120, "GET /v1/cluster to agree")
+        check_all_keys(release, client)
+    say(f"reinstalled at epoch {doc['epoch']}: {len(release.static) + len(release.acked)} keys "
+        "read back with the old token")

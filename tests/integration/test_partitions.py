@@ -27,6 +27,7 @@ import pytest
 from harness import API_TOKEN, LocalCluster, Response, http, wait_for
 
 from ringkv.client.history import Op, check, parse_version
+from ringkv.local import system_tools
 from ringkv.local.check import Workload, final_reads, run_worker
 from ringkv.local.netns import (
     IFNAMSIZ,
@@ -49,6 +50,18 @@ from ringkv.local.netns import (
 
 REASON = unusable_reason()
 needs_netns = pytest.mark.skipif(REASON is not None, reason=f"partition tests need namespaces: {REASON}")
+PATH_WITHOUT_SBIN = os.pathsep.join(
+    d for d in os.environ.get("PATH", "").split(os.pathsep) if d and not d.rstrip("/").endswith("sbin"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="namespaces need root")
+def test_ip_and_iptables_are_found_outside_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clean-clone `make test` from a shell whose PATH lacked /usr/sbin skipped every
+    partition test, though the tools were installed (`make test` installs them)."""
+    monkeypatch.setenv("PATH", PATH_WITHOUT_SBIN)
+    assert unusable_reason() is None
+    assert system_tools.find("iptables") in {f"{d}/iptables" for d in system_tools.SBIN_DIRS}
+    assert system_tools.resolve(["ip", "-V"])[0].endswith("/ip")
 
 
 def test_names_fit_ifnamsiz_and_name_their_owner() -> None:
@@ -95,8 +108,10 @@ def test_partition_rules() -> None:
 
 @pytest.fixture(scope="module")
 def net5(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    # A PATH without the sbin directories, as a non-login shell often has: the launcher
+    # must find `ip` and `iptables` where Debian puts them anyway.
     cluster = LocalCluster(tmp_path_factory.mktemp("netns"), nodes=5, rf=3, netns=True,
-                           extra_env={"RINGKV_ANTI_ENTROPY_INTERVAL": "2"})
+                           extra_env={"RINGKV_ANTI_ENTROPY_INTERVAL": "2", "PATH": PATH_WITHOUT_SBIN})
     try:
         yield cluster.start()
     finally:

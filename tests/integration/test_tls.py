@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import ssl
 import subprocess
@@ -15,8 +14,10 @@ import pytest
 from harness import API_TOKEN, CLUSTER_TOKEN, StaticCluster, wait_for
 
 from ringkv.client import Client
+from ringkv.local import system_tools
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
+pytestmark = pytest.mark.skipif(system_tools.find("openssl") is None,
+                                reason="needs the openssl CLI (`make tools` installs it as root)")
 
 
 def openssl(*args: str, cwd: Path) -> None:
@@ -37,6 +38,27 @@ def make_pki(root: Path) -> dict[str, Path]:
                 "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", f"{name}.pem",
                 cwd=root)
     return {p.name: p for p in root.iterdir()}
+
+
+def peer_hello(port: int, pki: dict[str, Path], cert: str | None) -> list:
+    """A hello with the cluster token on the peer port, over TLS that trusts the cluster
+    CA and presents `cert` (None: no certificate); the node's reply frame, decoded."""
+    ctx = ssl.create_default_context(cafile=str(pki["ca.pem"]))
+    if cert:
+        ctx.load_cert_chain(str(pki[f"{cert}.pem"]), str(pki[f"{cert}.key"]))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        hello = msgpack.packb([0, "hello", 0, {"token": CLUSTER_TOKEN, "node": "probe"}])
+        tls.sendall(len(hello).to_bytes(4, "big") + hello)
+        data = b""
+        while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+            chunk = tls.recv(65536)  # TLS 1.3 reports a refused certificate here
+            if not chunk:
+                raise ConnectionError(f"closed after {len(data)} bytes")
+            data += chunk
+    reply = msgpack.unpackb(data[4:4 + int.from_bytes(data[:4], "big")])
+    assert reply[1] == 0, reply
+    return reply
 
 
 def test_https_api_and_mutual_tls_between_peers(tmp_path: Path) -> None:
@@ -74,25 +96,14 @@ def test_https_api_and_mutual_tls_between_peers(tmp_path: Path) -> None:
                                    context=ssl.create_default_context())
 
         # The peer port wants a client certificate from the cluster's CA: with one (and the
-        # cluster token) the hello is answered; without one, or with a stranger's, no.
+        # cluster token) the hello is answered; the same hello without one, or with a
+        # stranger's, is not. (A hello, not a malformed frame: the node closes on any
+        # malformed frame, so only a real hello tells a refused certificate apart.)
         port = cluster.nodes[0].internal_port
-        good = ssl.create_default_context(cafile=str(pki["ca.pem"]))
-        good.load_cert_chain(str(pki["node.pem"]), str(pki["node.key"]))
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
-                good.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-            hello = msgpack.packb([0, "hello", 0, {"token": CLUSTER_TOKEN, "node": "probe"}])
-            tls.sendall(len(hello).to_bytes(4, "big") + hello)
-            reply = msgpack.unpackb(tls.recv(4096)[4:])
-        assert reply[1] == 0 and reply[2]["node"] == "node-0"
+        assert peer_hello(port, pki, "node")[2]["node"] == "node-0"
         for cert in (None, "stranger"):
-            ctx = ssl.create_default_context(cafile=str(pki["ca.pem"]))
-            if cert:
-                ctx.load_cert_chain(str(pki[f"{cert}.pem"]), str(pki[f"{cert}.key"]))
-            with pytest.raises((ssl.SSLError, ConnectionError, OSError)), \
-                    socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
-                    ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-                tls.sendall(b"\x00\x00\x00\x01\x90")
-                if not tls.recv(1):  # TLS 1.3 reports the refused certificate on read
-                    raise ConnectionError("closed")
+            with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+                reply = peer_hello(port, pki, cert)
+                raise AssertionError(f"hello with {cert or 'no'} certificate answered: {reply}")
     finally:
         cluster.stop()

@@ -24,6 +24,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
+from ringkv.local import system_tools
 from ringkv.local.ports import free_ports
 from ringkv.local.processes import terminate
 
@@ -34,21 +35,13 @@ class EtcdUnavailable(RuntimeError):
 
 def ensure_etcd(install: bool = True) -> str:
     """Path of the etcd binary; installs Debian's etcd-server when missing and root."""
-    found = shutil.which("etcd")
-    if found:
-        return found
-    if not install or os.geteuid() != 0 or shutil.which("apt-get") is None:
+    if install:
+        system_tools.install(["etcd"])
+    found = system_tools.find("etcd")
+    if found is None:
         raise EtcdUnavailable(
             "etcd not found; install it (Debian: apt-get install etcd-server) to compare"
         )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "etcd-server"]):
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise EtcdUnavailable(f"{' '.join(cmd)} failed: {done.stderr.strip()[-500:]}")
-    found = shutil.which("etcd")
-    if not found:
-        raise EtcdUnavailable("etcd-server installed but no etcd binary on PATH")
     return found
 
 

@@ -21,12 +21,13 @@ import fcntl
 import ipaddress
 import os
 import re
-import shutil
 import signal
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from . import system_tools
 
 PREFIX = "rk"
 IFNAMSIZ = 16  # the kernel's limit on interface names, the terminating NUL included
@@ -147,9 +148,10 @@ def unusable_reason() -> str | None:
     """Why namespace clusters cannot run here, or None when they can."""
     if os.geteuid() != 0:
         return "network namespaces need root (run as root, or without --netns)"
-    missing = [tool for tool in ("ip", "iptables") if shutil.which(tool) is None]
+    missing = [tool for tool in ("ip", "iptables") if system_tools.find(tool) is None]
     if missing:
-        return f"network namespaces need {' and '.join(missing)} on PATH"
+        return (f"network namespaces need {' and '.join(missing)} (not on PATH or in "
+                f"{', '.join(system_tools.SBIN_DIRS)}; Debian: apt-get install iproute2 iptables)")
     return None
 
 
@@ -166,7 +168,8 @@ def pid_alive(pid: int) -> bool:
 
 
 def _run(*cmd: str, check: bool = True) -> str:
-    done = subprocess.run(list(cmd), capture_output=True, text=True, check=False, timeout=30)
+    done = subprocess.run(system_tools.resolve(list(cmd)), capture_output=True, text=True,
+                          check=False, timeout=30)
     if check and done.returncode != 0:
         raise NetnsError(f"{' '.join(cmd)}: {done.stderr.strip() or f'exit {done.returncode}'}")
     return done.stdout
@@ -247,8 +250,10 @@ class Network:
         return address
 
     def command(self, name: str, argv: Sequence[str]) -> list[str]:
-        """``argv`` run inside the node's namespace (`ip netns exec` execs it: same pid)."""
-        return ["ip", "netns", "exec", netns_name(self.owner, self.nodes[name]), *argv]
+        """``argv`` run inside the node's namespace (`ip netns exec` execs it: same pid).
+        Both programs by full path: `ip netns exec` looks its command up on PATH too."""
+        return system_tools.resolve(["ip", "netns", "exec", netns_name(self.owner, self.nodes[name]),
+                                     *system_tools.resolve(list(argv))])
 
     def apply(self, rules: Rules) -> None:
         """Make ``rules`` the partition (heal is the empty rule set)."""

@@ -54,6 +54,16 @@ def place_data_on(node: NodeProcess, mountpoint: Path) -> None:
     node.env["RINGKV_DATA_DIR"] = str(node.data_dir)
 
 
+# Anti-entropy every 2 s instead of every 10 minutes, so the test can wait for it.
+ANTI_ENTROPY = {"RINGKV_ANTI_ENTROPY_INTERVAL": "2"}
+
+
+def replica_versions(cluster: StaticCluster, key: str) -> dict[str, str | None]:
+    """Each replica's own version of the key (None: missing), read without repairing."""
+    reps = http("GET", f"{cluster.url(1)}/v1/replicas/{key}").json()["replicas"]
+    return {rep["node"]: rep.get("version") for rep in reps}
+
+
 def value_for(i: int) -> bytes:
     """Distinct, incompressible-looking, reproducible values."""
     return (f"{i:08d}".encode() + bytes(range(256)) * 4) * (VALUE_BYTES // 1032)
@@ -127,8 +137,7 @@ def fill_node0(cluster: StaticCluster, disk: Path, misses: int = 6) -> dict[str,
         acked[key] = (value_for(i), r.json()["version"])
         if is_full(disk):
             def held(key: str = key) -> dict[str, str | None]:
-                reps = http("GET", f"{cluster.url(1)}/v1/replicas/{key}").json()["replicas"]
-                return {rep["node"]: rep.get("version") for rep in reps}
+                return replica_versions(cluster, key)
 
             # The ack needs two replicas; the third may apply the write a moment later.
             version = acked[key][1]
@@ -143,7 +152,7 @@ def fill_node0(cluster: StaticCluster, disk: Path, misses: int = 6) -> dict[str,
 def test_one_full_replica_of_three(tmp_path: Path) -> None:
     """node-0's disk fills; quorum writes go on through every coordinator via the other two."""
     with tmpfs(tmp_path / "disk", "8m") as disk:
-        cluster = StaticCluster(tmp_path, size=3, rf=3)
+        cluster = StaticCluster(tmp_path, size=3, rf=3, extra_env=ANTI_ENTROPY)
         place_data_on(cluster.nodes[0], disk)
         try:
             cluster.start()
@@ -154,20 +163,20 @@ def test_one_full_replica_of_three(tmp_path: Path) -> None:
                 assert_full_error(http("PUT", f"{cluster.url(c)}/v1/kv/needs-all?consistency=all",
                                        value_for(9999)))
 
+            def node0_missing() -> list[str]:
+                """Keys whose newest version node-0 does not hold, from its own copy:
+                `/v1/replicas` reads each replica without repairing it, so only hints
+                and anti-entropy can have delivered them (a GET through node-0 would
+                read-repair them and prove nothing)."""
+                return [k for k, (_, version) in acked.items()
+                        if replica_versions(cluster, k)["node-0"] != version]
+
+            assert node0_missing(), "node-0 missed writes while full"
             resize(disk, "64m")
-
-            def every_key_on_three() -> bool:
-                missing = []
-                for k, (_, version) in acked.items():
-                    reps = http("GET", f"{cluster.url(0)}/v1/replicas/{k}").json()["replicas"]
-                    if sorted(r.get("version", "") for r in reps) != [version] * 3:
-                        missing.append(k)
-                        # Writes node-0 coordinated while full left no hint (it had no room
-                        # for one); a read through node-0 asks its own copy and repairs it.
-                        http("GET", f"{cluster.url(0)}/v1/kv/{k}")
-                return not missing
-
-            wait_for(every_key_on_three, 90, "node-0 to receive every write it missed", interval=0.5)
+            # Writes that node-0 coordinated while full left no hint (it had no room for
+            # one): those come back through anti-entropy, the rest as hints.
+            wait_for(lambda: not node0_missing(), 120, "node-0 to receive every write it missed",
+                     interval=0.5)
             r = http("PUT", f"{cluster.url(0)}/v1/kv/needs-all?consistency=all", b"fits now")
             assert r.status == 200, r.body
         finally:

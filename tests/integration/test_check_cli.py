@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import free_ports
+from harness import free_ports, run_to_end
 
 from ringkv.client import QuorumUnavailable, Unavailable
 from ringkv.client.errors import BadRequest, ConflictRetryExhausted, InternalError
@@ -54,12 +54,9 @@ def run_check(
 ) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
     """`ringkv check` against `up`; returns the result, the history and the summary file."""
     history, summary = tmp_path / "history.jsonl", tmp_path / "summary.json"
-    result = subprocess.run(
+    result = run_to_end(
         [*CLI, "check", "--url", ",".join(up.urls), "--token", up.token, "--control", up.control_url,
          *options, "--history", str(history), "--summary", str(summary)],
-        check=False,
-        capture_output=True,
-        text=True,
         timeout=150,
     )
     return result, history, summary
@@ -69,7 +66,8 @@ def run_check(
 SHORT = "--duration 5 --workers 4 --interval 1 --fault-duration 1.5 --max-skew 120 --seed 7"
 
 
-@pytest.mark.timeout(180)
+# pytest's default 300 s: the module's cluster (up to 60 s to be ready, as the first test
+# pays for it) plus `ringkv check` (at most 150 s) plus stopping the cluster.
 @pytest.mark.parametrize("nemesis", ["kill", "pause", "restart-wipe", "skew", "partition"])
 def test_every_nemesis_faults_the_cluster_and_the_history_stays_valid(
     nemesis: str, request: pytest.FixtureRequest, tmp_path: Path

@@ -8,10 +8,10 @@ import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
-import msgpack
 import pytest
-from harness import API_TOKEN, CLUSTER_TOKEN, StaticCluster, wait_for
+from harness import API_TOKEN, StaticCluster, hello, read_frames, wait_for
 
 from ringkv.client import Client
 from ringkv.local import system_tools
@@ -40,25 +40,19 @@ def make_pki(root: Path) -> dict[str, Path]:
     return {p.name: p for p in root.iterdir()}
 
 
-def peer_hello(port: int, pki: dict[str, Path], cert: str | None) -> list:
+def peer_hello(port: int, pki: dict[str, Path], cert: str | None) -> list[Any]:
     """A hello with the cluster token on the peer port, over TLS that trusts the cluster
-    CA and presents `cert` (None: no certificate); the node's reply frame, decoded."""
+    CA and presents `cert` (None: no certificate); the node's answer."""
     ctx = ssl.create_default_context(cafile=str(pki["ca.pem"]))
     if cert:
         ctx.load_cert_chain(str(pki[f"{cert}.pem"]), str(pki[f"{cert}.key"]))
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
             ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-        hello = msgpack.packb([0, "hello", 0, {"token": CLUSTER_TOKEN, "node": "probe"}])
-        tls.sendall(len(hello).to_bytes(4, "big") + hello)
-        data = b""
-        while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
-            chunk = tls.recv(65536)  # TLS 1.3 reports a refused certificate here
-            if not chunk:
-                raise ConnectionError(f"closed after {len(data)} bytes")
-            data += chunk
-    reply = msgpack.unpackb(data[4:4 + int.from_bytes(data[:4], "big")])
-    assert reply[1] == 0, reply
-    return reply
+        tls.sendall(hello())
+        frames, _ = read_frames(tls, expect=1)  # TLS 1.3 reports a refused certificate here
+    if not frames:
+        raise ConnectionError("closed without answering the hello")
+    return frames[0]
 
 
 def test_https_api_and_mutual_tls_between_peers(tmp_path: Path) -> None:
@@ -100,7 +94,7 @@ def test_https_api_and_mutual_tls_between_peers(tmp_path: Path) -> None:
         # stranger's, is not. (A hello, not a malformed frame: the node closes on any
         # malformed frame, so only a real hello tells a refused certificate apart.)
         port = cluster.nodes[0].internal_port
-        assert peer_hello(port, pki, "node")[2]["node"] == "node-0"
+        assert peer_hello(port, pki, "node")[1:] == [0, {"node": "node-0"}]
         for cert in (None, "stranger"):
             with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
                 reply = peer_hello(port, pki, cert)

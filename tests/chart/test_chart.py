@@ -243,6 +243,7 @@ def test_client_service_routes_to_ready_nodes_on_8080() -> None:
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
         "api": 8080,
         "internal": 9080,
+        "probes": 8081,
     }
 
 
@@ -396,9 +397,13 @@ def test_node_environment() -> None:
 @needs_helm
 def test_probes() -> None:
     container = find(render(), "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "api"}
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "api"}
-    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "api"}
+    # The probe port, which the API port's connection limit does not count.
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "probes"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "probes"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "probes"}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert env_of(container)["RINGKV_PROBE_PORT"]["value"] == str(ports["probes"])
+    assert ports["probes"] not in (ports["api"], ports["internal"])
 
 
 @needs_helm
@@ -600,7 +605,7 @@ def test_network_policy_keeps_the_internal_port_to_nodes_and_operator() -> None:
     policy = find(docs, "NetworkPolicy", FULLNAME)
     assert policy["spec"]["policyTypes"] == ["Ingress"], "egress is opt-in"
     rules = _ingress_by_port(policy)
-    assert set(rules) == {8080, 9080}
+    assert set(rules) == {8080, 8081, 9080}
     peers = rules[9080]["from"]
     assert all(set(peer) == {"podSelector"} for peer in peers), "same namespace only"
     allowed = [peer["podSelector"]["matchLabels"] for peer in peers]

@@ -7,14 +7,18 @@ port-forward`), valid for server and client auth, as values.yaml asks. Then: HTT
 the CA works (PUT, then GET at `all`); plain HTTP and a client that does not trust the CA
 get nothing; the peer port answers a CA-signed client only; the nodes and the operator
 reach each other over mutual TLS (the membership settles, every key has rf copies);
-`helm test` passes over HTTPS.
+`helm test` passes over HTTPS. And liveness does not depend on client load: a node held at
+its client-connection cap (`max_connections` is 40 here, liveness gives up after 6 s) is
+never restarted, because its probes use the probe port.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import socket
 import ssl
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -33,6 +37,8 @@ TLS_NODES = 3
 TLS_RF = 3
 SECRET = "ringkv-e2e-tls"
 KEYS = 50
+MAX_CONNECTIONS = 40
+LIVENESS_PERIOD, LIVENESS_FAILURES = 2, 3  # a node failing liveness is restarted within 6 s
 
 
 class TlsRelease:
@@ -73,7 +79,10 @@ def tls(tools: tuple[str, str], request: pytest.FixtureRequest,
     stranger = make_pki("stranger", ["localhost"]).write(stranger_dir)
     with installed(tools, request, "ringkv-tls", TLS_NODES, TLS_RF,
                    values=["--set", "tls.enabled=true", "--set", f"tls.secretName={SECRET}",
-                           "--set", "persistence.enabled=false"],
+                           "--set", "persistence.enabled=false",
+                           "--set", f"node.extraEnv.RINGKV_MAX_CONNECTIONS={MAX_CONNECTIONS}",
+                           "--set", f"node.probes.liveness.periodSeconds={LIVENESS_PERIOD}",
+                           "--set", f"node.probes.liveness.failureThreshold={LIVENESS_FAILURES}"],
                    prepare=make_secret) as release:
         yield TlsRelease(release, files, stranger)
 
@@ -162,6 +171,63 @@ def test_the_peer_port_wants_a_certificate_from_the_cluster_ca(tls: TlsRelease) 
         assert hello(tls.files) == reply  # the forward still works: the refusals were the node's
     finally:
         forward.close()
+
+
+# Run inside a node's container: open HTTPS connections to its own API port until one is
+# refused (503 too_many_connections), say so, and hold them all for HOLD seconds.
+AT_THE_CAP = """
+import socket, ssl, sys, time
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+held = []
+for _ in range(int(sys.argv[1]) + 10):
+    conn = ctx.wrap_socket(socket.create_connection(("127.0.0.1", 8080), timeout=30))
+    conn.sendall(b"GET /readyz HTTP/1.1\\r\\nHost: n\\r\\n\\r\\n")
+    status = conn.recv(65536).split(b"\\r\\n")[0].decode()
+    held.append(conn)
+    if " 503 " in status:
+        print(len(held), status, flush=True)
+        break
+time.sleep(float(sys.argv[2]))
+print("released", flush=True)
+"""
+
+
+def liveness_failures(release: Release, pod: str) -> int:
+    """How many failed liveness probes the kubelet has reported for `pod`."""
+    events = release.kube.get_json("events", "--field-selector",
+                                   f"involvedObject.name={pod},reason=Unhealthy")["items"]
+    return sum(e.get("count") or 1 for e in events if e.get("message", "").startswith("Liveness"))
+
+
+def test_a_node_at_its_connection_cap_stays_live(tls: TlsRelease) -> None:
+    """The probes use the probe port (8081), which max_connections does not count: a node
+    whose API port answers 503 too_many_connections for three liveness windows is neither
+    reported unhealthy nor restarted, and stays ready."""
+    release = tls.release
+    pod = f"{release.name}-0"
+    status = release.kube.get_json("pod", pod)["status"]
+    restarts = sum(c["restartCount"] for c in status["containerStatuses"])
+    failures = liveness_failures(release, pod)
+    hold = 3 * LIVENESS_PERIOD * LIVENESS_FAILURES + 2
+    exec_argv = [release.kube.kubectl_bin, "--namespace", release.kube.namespace, "exec", pod,
+                 "--", "python", "-c", AT_THE_CAP, str(MAX_CONNECTIONS), str(hold)]
+    holder = subprocess.Popen(exec_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        first = holder.stdout.readline().split(" ", 1)  # blocks until the cap is reached
+        assert len(first) == 2 and " 503 " in first[1], (first, holder.stderr.read())
+        say(f"{pod} at its cap: connection {first[0]} got {first[1].strip()}; holding {hold}s")
+        out, err = holder.communicate(timeout=hold + 60)
+        assert "released" in out, out + err
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    status = release.kube.get_json("pod", pod)["status"]
+    assert sum(c["restartCount"] for c in status["containerStatuses"]) == restarts
+    assert liveness_failures(release, pod) == failures, "liveness failed while clients held the API port"
+    ready = [c["status"] for c in status["conditions"] if c["type"] == "Ready"]
+    assert ready == ["True"], json.dumps(status["conditions"])
 
 
 def test_helm_test_passes_over_https(tls: TlsRelease) -> None:

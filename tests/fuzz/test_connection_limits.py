@@ -1,7 +1,7 @@
 """Clients that hold connections: silent or trickling ones are cut off, and past
-`max_connections` a node answers 503 instead of running out of file descriptors. The
-internal port has the same limit, and anonymous connections there cannot crowd out a peer
-that authenticates."""
+`max_connections` a node answers 503 instead of running out of file descriptors, while its
+probe port (`probe_port`) still answers liveness and readiness. The internal port has the
+same limit, and anonymous connections there cannot crowd out a peer that authenticates."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from harness import StaticCluster, hello, read_frames, wait_for
+from harness import API_TOKEN, StaticCluster, free_ports, hello, read_frames, wait_for
 
 from ringkv.node.transport import MAX_PENDING_HELLOS
 
 LIMIT = 8
+AUTH = f"Authorization: Bearer {API_TOKEN}\r\n"
 READYZ = b"GET /readyz HTTP/1.1\r\nHost: n\r\n\r\n"
 READYZ_AND_CLOSE = b"GET /readyz HTTP/1.1\r\nHost: n\r\nConnection: close\r\n\r\n"
 Raw = Callable[[int, bytes], Any]  # conftest.raw_exchange
@@ -37,7 +38,13 @@ def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StaticCluste
 
 @pytest.fixture(scope="module")
 def crowded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StaticCluster]:
-    cluster = one_node(tmp_path_factory.mktemp("crowded"), RINGKV_MAX_CONNECTIONS=str(LIMIT))
+    """A node that holds LIMIT client connections, with a probe port."""
+    cluster = StaticCluster(tmp_path_factory.mktemp("crowded"), size=1, rf=1,
+                            extra_env={"RINGKV_MAX_CONNECTIONS": str(LIMIT)})
+    node = cluster.nodes[0]
+    probe_port = next(p for p in free_ports(3) if p not in (node.port, node.internal_port))
+    node.env["RINGKV_PROBE_PORT"] = str(probe_port)
+    cluster.start()
     try:
         yield cluster
     finally:
@@ -102,16 +109,21 @@ def test_an_idle_kept_alive_connection_is_closed(impatient: StaticCluster, raw: 
     assert raw(impatient.nodes[0].port, READYZ_AND_CLOSE).status == 200
 
 
+def hold_every_connection(port: int, held: list[socket.socket]) -> None:
+    """Open LIMIT connections to `port` (into `held`), each registered by the node."""
+    for _ in range(LIMIT):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        held.append(sock)
+        sock.sendall(READYZ)  # answered, so the node has registered the connection
+        assert read_status(sock) == 200
+
+
 def test_past_the_connection_limit_a_node_answers_503_and_recovers(crowded: StaticCluster,
                                                                   raw: Raw) -> None:
     port = crowded.nodes[0].port
-    held = []
+    held: list[socket.socket] = []
     try:
-        for _ in range(LIMIT):
-            sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-            held.append(sock)
-            sock.sendall(READYZ)  # answered, so the node has registered the connection
-            assert read_status(sock) == 200
+        hold_every_connection(port, held)
         refused = raw(port, READYZ)
         assert refused.status == 503, refused.raw[:300]
         assert refused.error_code() == "too_many_connections"
@@ -127,6 +139,27 @@ def test_past_the_connection_limit_a_node_answers_503_and_recovers(crowded: Stat
                  "a new connection accepted once others closed")
     finally:
         for sock in held[LIMIT // 2 :]:
+            sock.close()
+
+
+def test_probes_do_not_depend_on_client_load(crowded: StaticCluster, raw: Raw) -> None:
+    """The kubelet probes the probe port, which max_connections does not count: a node at
+    its client-connection cap stays live and ready instead of being restarted."""
+    node = crowded.nodes[0]
+    probe_port = int(node.env["RINGKV_PROBE_PORT"])
+    held: list[socket.socket] = []
+    try:
+        hold_every_connection(node.port, held)
+        assert raw(node.port, READYZ_AND_CLOSE).error_code() == "too_many_connections"
+        for path in ("/healthz", "/readyz"):
+            reply = raw(probe_port, f"GET {path} HTTP/1.1\r\nHost: n\r\nConnection: close\r\n\r\n".encode())
+            assert reply.status == 200, reply.raw[:300]
+        for path in ("/v1/cluster", "/v1/kv/k", "/metrics"):  # the probes, nothing else
+            reply = raw(probe_port, f"GET {path} HTTP/1.1\r\nHost: n\r\n{AUTH}Connection: close"
+                                    "\r\n\r\n".encode())
+            assert reply.status == 404 and reply.error_code() == "not_found", path
+    finally:
+        for sock in held:
             sock.close()
 
 

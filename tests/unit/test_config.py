@@ -16,3 +16,10 @@ def test_a_clock_skew_beyond_ten_years_is_refused() -> None:
     for skew in (MAX_CLOCK_SKEW_MS, -MAX_CLOCK_SKEW_MS):
         Settings(node_name="n", clock_skew_ms=skew).validate()
         assert 0 < HybridClock(skew).now() <= MAX_HLC  # versions that SQLite can store
+
+
+@pytest.mark.parametrize("probe_port", [8080, 9080, -1, 70000])
+def test_a_probe_port_must_be_its_own_port(probe_port: int) -> None:
+    with pytest.raises(ConfigError, match="probe_port"):
+        Settings(node_name="n", probe_port=probe_port).validate()
+    assert Settings(node_name="n", probe_port=8081).validate().probe_port == 8081

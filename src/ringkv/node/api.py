@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, Protocol
 from urllib.parse import unquote_plus, unquote_to_bytes
 
@@ -55,6 +55,8 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 JSON_TYPE = "application/json; charset=utf-8"  # as web.json_response sends it
 KV_PREFIX = "/v1/kv/"
 REPLICAS_PREFIX = "/v1/replicas/"
+# What the probe listener (`probe_port`) serves: liveness and readiness, nothing of the data.
+PROBE_PATHS = ("/healthz", "/readyz")
 PUT_QUERY = frozenset({"consistency", "ttl"})
 READ_QUERY = frozenset({"consistency"})
 LIST_QUERY = frozenset({"prefix", "limit", "cursor"})
@@ -179,13 +181,13 @@ class Dispatcher:
     Auth runs first; `Expect: 100-continue` is answered by the handler that reads a body,
     once it has validated the rest."""
 
-    def __init__(self, api: Api, metrics: Metrics) -> None:
+    def __init__(self, api: Api, metrics: Metrics, paths: Collection[str] | None = None) -> None:
         self.metrics = metrics
         self.token = api.settings.api_token.encode()
         kv = _Route(KV_PREFIX + "{key}", {"PUT": api.put, "GET": api.get, "HEAD": api.head,
                                           "DELETE": api.delete})
         console = Console()
-        self.prefixed = ((KV_PREFIX, kv),
+        self.prefixed: tuple[tuple[str, _Route], ...] = ((KV_PREFIX, kv),
                          (REPLICAS_PREFIX, _Route(REPLICAS_PREFIX + "{key}", {"GET": api.replicas})),
                          (Console.PREFIX, _Route(Console.PREFIX, {"GET": console.asset})))
         self.exact = {path: _Route(path, {"GET": handler}) for path, handler in (
@@ -197,6 +199,9 @@ class Dispatcher:
             ("/v1/backup/export", {"GET": api.backup_export}),
             ("/v1/backup/import", {"POST": api.backup_import}),
             ("/v1/backup/last", {"GET": api.backup_last, "PUT": api.report_backup})))
+        if paths is not None:  # a listener for these paths only (the probe port)
+            self.exact = {path: route for path, route in self.exact.items() if path in paths}
+            self.prefixed = ()
 
     def route(self, path: str) -> _Route | None:
         found = self.exact.get(path)
@@ -699,9 +704,9 @@ class Api:
                             content_type="application/json")
 
 
-def make_server(service: Node, **kwargs: Any) -> web.Server:
-    """aiohttp's low-level server with the dispatcher as its one handler; `kwargs` go to
-    aiohttp's connection handler (limits, keep-alive)."""
+def make_server(service: Node, paths: Collection[str] | None = None, **kwargs: Any) -> web.Server:
+    """aiohttp's low-level server with the dispatcher as its one handler, for every path
+    or only `paths`; `kwargs` go to aiohttp's connection handler (limits, keep-alive)."""
     max_size = service.settings.max_value_bytes + 1
 
     def request_factory(message: Any, payload: Any, protocol: Any, writer: Any,
@@ -712,5 +717,5 @@ def make_server(service: Node, **kwargs: Any) -> web.Server:
     # aiohttp annotates the handler as answering a StreamResponse; the dispatcher may answer
     # a RawResponse, which is not one but does what aiohttp's request handler calls on an
     # answer (see responses.py).
-    return web.Server(Dispatcher(Api(service), service.metrics),  # type: ignore[arg-type]
+    return web.Server(Dispatcher(Api(service), service.metrics, paths),  # type: ignore[arg-type]
                       request_factory=request_factory, **kwargs)

@@ -48,6 +48,9 @@ class Settings:
     body_timeout: float = 30.0  # seconds a client may take to send a request body
     idle_timeout: float = 30.0  # seconds a connection may idle, or take to send its headers
     max_connections: int = 1000  # open connections per port (public: 503 past it; peers: see transport)
+    # A second listener for /healthz and /readyz only, outside max_connections, so that
+    # liveness and readiness probes never depend on client load (0: none).
+    probe_port: int = 0
     vnodes: int = 64
     gc_grace: int = 86400  # seconds a tombstone is kept
     hint_ttl: int = 10800  # seconds a hint is kept; well below gc_grace
@@ -84,6 +87,10 @@ class Settings:
             raise ConfigError("size limits must be positive")
         if self.max_connections < 1 or self.idle_timeout <= 0 or self.body_timeout <= 0:
             raise ConfigError("max_connections, idle_timeout and body_timeout must be positive")
+        if self.probe_port and self.probe_port in (self.port, self.internal_port):
+            raise ConfigError("probe_port must differ from port and internal_port")
+        if not 0 <= self.probe_port <= 65535:
+            raise ConfigError("probe_port must be a port number, or 0 for none")
         if self.handoff_ranges < 1 or not 0 < self.handoff_busy_share <= 1:
             raise ConfigError("handoff_ranges must be at least 1, handoff_busy_share in (0, 1]")
         if not (self.handoff_busy_requests >= 0 and self.handoff_max_mb_per_s >= 0):

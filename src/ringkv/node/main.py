@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from . import config, logs
-from .api import make_server
+from .api import PROBE_PATHS, make_server
 from .httpserver import listen
 from .security import server_context
 from .service import NodeService
@@ -34,6 +34,8 @@ EXIT_BAD_STORAGE = 3
 EXIT_CANNOT_START = 4
 NOT_WORTH_RESTARTING = frozenset({EXIT_BAD_CONFIG, EXIT_CANNOT_START})
 T = TypeVar("T")
+# Open connections on the probe port: the kubelet opens one per probe and closes it.
+PROBE_CONNECTIONS = 32
 
 
 class CannotStart(Exception):
@@ -74,13 +76,20 @@ async def serve(settings: config.Settings) -> None:
     server = make_server(service, access_log=None, max_line_size=16384,
                          keepalive_timeout=settings.idle_timeout)
     runner = web.ServerRunner(server)
+    probes = web.ServerRunner(make_server(service, paths=PROBE_PATHS, access_log=None,
+                                          keepalive_timeout=settings.idle_timeout))
     try:
         await runner.setup()
+        await probes.setup()
         tls = settings.tls
-        listener = await _starting(listen(
-            runner, settings.host, settings.port, settings.max_connections,
-            server_context(tls, require_client_cert=False) if tls.enabled else None))
-        log.info("serving the API on %s:%d and peers on %s:%d", settings.host, settings.port,
+        tls_context = server_context(tls, require_client_cert=False) if tls.enabled else None
+        listeners = [await _starting(listen(
+            runner, settings.host, settings.port, settings.max_connections, tls_context))]
+        if settings.probe_port:
+            listeners.append(await _starting(listen(
+                probes, settings.host, settings.probe_port, PROBE_CONNECTIONS, tls_context)))
+        log.info("serving the API on %s:%d%s and peers on %s:%d", settings.host, settings.port,
+                 f" (probes also on {settings.probe_port})" if settings.probe_port else "",
                  settings.internal_host, settings.internal_port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -90,8 +99,10 @@ async def serve(settings: config.Settings) -> None:
             await stop.wait()
         finally:
             log.info("shutting down")
-            listener.close()
+            for each in listeners:
+                each.close()
             await runner.cleanup()
+            await probes.cleanup()
     finally:
         await service.stop()
 

@@ -367,6 +367,19 @@ def test_operator_deployment() -> None:
 
 
 @needs_helm
+def test_the_operator_is_restarted_when_its_reconcile_loop_stops() -> None:
+    """Its liveness probe asks the operator's own /healthz (on the metrics port), which fails
+    once no reconcile round has ended for a while (tests/operator)."""
+    container = find(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    probe = container["livenessProbe"]
+    assert probe["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert env_of(container)["RINGKV_METRICS_PORT"]["value"] == str(ports["metrics"])
+    # The kubelet gives up after a minute of failures, on top of the operator's own two.
+    assert probe["periodSeconds"] * probe["failureThreshold"] == 60
+
+
+@needs_helm
 def test_replication_factor_reaches_the_operator() -> None:
     docs = render(*SCENARIOS["everything-set"])
     container = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]

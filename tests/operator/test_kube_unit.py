@@ -78,6 +78,11 @@ def test_config_overrides() -> None:
     assert config.address(pod("kv-0"))[0] == "kv-0.kv-peers.db.svc.example.internal:19080"
 
 
+def test_a_round_may_take_a_minute_and_six_intervals_before_liveness_fails() -> None:
+    assert Config.from_env(ENV).stale_after == 120.0
+    assert Config.from_env({**ENV, "RINGKV_RECONCILE_INTERVAL": "30"}).stale_after == 240.0
+
+
 def test_address_template_by_pod_ip_brackets_ipv6() -> None:
     config = Config.from_env({**ENV, "RINGKV_ADDRESS_TEMPLATE": "{pod_ip}"})
     assert config.address(pod("kv-0", ip="10.1.2.3")) == ("10.1.2.3:9080", "http://10.1.2.3:8080")

@@ -9,6 +9,8 @@ test_operator_nodes.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from dataclasses import replace
 
 import aiohttp.web
 from harness import http
@@ -190,3 +192,41 @@ async def _succeeded(port: int, last: str) -> dict[str, float] | None:
 async def _grown(port: int, name: str, at_least: float) -> dict[str, float] | None:
     metrics = await operator_metrics(port)
     return metrics if metrics[name] >= at_least else None
+
+
+def liveness(port: int) -> int:
+    """The status of the operator's GET /healthz, or 0 while nothing answers."""
+    try:
+        return http("GET", f"http://127.0.0.1:{port}/healthz", token=None, timeout=30).status
+    except OSError:
+        return 0
+
+
+async def test_liveness_says_whether_reconcile_rounds_end(k8s, operators) -> None:
+    """The chart's liveness probe: 200 while rounds end; 503 once none has for
+    `stale_after` (here 3 s, while every read of the ConfigMap is held for up to a minute);
+    200 again when rounds end again."""
+    for name in ("kv-0", "kv-1", "kv-2"):
+        await k8s.create_pod(name)
+    config = replace(make_config({}), stale_after=3.0)
+    await operators(config)
+    await membership(k8s, lambda d: d.epoch == 1, "epoch 1")
+    await eventually(lambda: asyncio.to_thread(lambda: liveness(config.metrics_port) == 200), 30,
+                     "liveness to answer 200")
+    release = asyncio.Event()
+
+    async def hold_configmap_reads(request) -> None:
+        if (request.method == "GET" and request.url.path == k8s.configmap_url
+                and request.headers.get("User-Agent", "").startswith("ringkv-operator")):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(release.wait(), 60)
+
+    k8s.emulator.gate = hold_configmap_reads
+    try:
+        await eventually(lambda: asyncio.to_thread(lambda: liveness(config.metrics_port) == 503),
+                         60, "liveness to fail while no round ends")
+    finally:
+        release.set()
+        k8s.emulator.gate = None
+    await eventually(lambda: asyncio.to_thread(lambda: liveness(config.metrics_port) == 200), 60,
+                     "liveness to recover once rounds end again")

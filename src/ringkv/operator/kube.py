@@ -21,7 +21,8 @@ Configuration (environment):
   RINGKV_CLUSTER_TOKEN     token of the nodes' internal port (required)
   RINGKV_INTERNAL_PORT [9080], RINGKV_API_PORT [8080], RINGKV_RF [3]
   RINGKV_RECONCILE_INTERVAL [10] seconds between reconcile rounds
-  RINGKV_METRICS_PORT [8081] port of the operator's /metrics (`metrics.py`)
+  RINGKV_METRICS_PORT [8081] port of the operator's /metrics and /healthz (`metrics.py`);
+      /healthz fails once no reconcile round has ended for 60 s + 6 intervals
   RINGKV_CLUSTER_DOMAIN [cluster.local]
   RINGKV_ADDRESS_TEMPLATE [{pod}.{service}.{namespace}.svc.{domain}] host part of a node's
       addresses; `{pod_ip}` addresses pods by IP instead (no DNS; used by the tests)
@@ -221,6 +222,7 @@ class Config:
     interval: float = 10.0
     resync_interval: float = RESYNC_INTERVAL
     metrics_port: int = 8081
+    stale_after: float = 120.0  # seconds without a round ending that fail the liveness probe
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -251,6 +253,7 @@ class Config:
             address(Pod("probe", "", "Running", False, "10.0.0.1"))
         except (KeyError, IndexError, ValueError) as exc:
             raise ConfigError(f"bad RINGKV_ADDRESS_TEMPLATE {template!r}: {exc!r}") from None
+        interval = number("RINGKV_RECONCILE_INTERVAL", "10", float)
         return cls(
             namespace=namespace,
             selector=selector,
@@ -258,8 +261,9 @@ class Config:
             cluster_token=required("RINGKV_CLUSTER_TOKEN"),
             address=address,
             rf=number("RINGKV_RF", "3", int),
-            interval=number("RINGKV_RECONCILE_INTERVAL", "10", float),
+            interval=interval,
             metrics_port=number("RINGKV_METRICS_PORT", "8081", int),
+            stale_after=60 + 6 * interval,
         )
 
 
@@ -323,6 +327,7 @@ class Operator:
         self._resync_requested = False
         self._loop_task: asyncio.Task[None] | None = None
         self._metrics: web.AppRunner | None = None
+        self._created = time.monotonic()
         self.registry = kopf.OperatorRegistry()
         kopf.on.login(registry=self.registry)(self._login)
         kopf.on.startup(registry=self.registry, backoff=5)(self._startup)
@@ -360,7 +365,8 @@ class Operator:
         settings.posting.enabled = False
         self._settings = settings
         if self._metrics is None:
-            self._metrics = await serve_metrics(lambda: self.reconciler, self.config.metrics_port)
+            self._metrics = await serve_metrics(lambda: self.reconciler, self.config.metrics_port,
+                                                self.loop_alive)
         if self.kube is None:
             self.kube = KubeClient(lambda: discover_credentials(self._settings))
         self.store = ConfigMapStore(self.kube, self.config.namespace, self.config.configmap)
@@ -378,6 +384,23 @@ class Operator:
         self._loop_task = asyncio.create_task(
             self.reconciler.run(self.config.interval, self.wake), name="ringkv reconcile loop")
         self._loop_task.add_done_callback(self._loop_ended)
+
+    def loop_alive(self) -> tuple[bool, str]:
+        """Liveness: a reconcile round ended within `stale_after` seconds (since the start,
+        before the first one), and why.
+
+        Any round counts, failed ones too: a restart cures a loop that hangs, not an API
+        server or nodes that do not answer (the round fails and is retried anyway). The pod
+        watch is not checked here: kopf drops a watch that went quiet after
+        WATCH_CLIENT_TIMEOUT and watches again, and every round re-lists the pods at least
+        every RESYNC_INTERVAL whatever the watch does (`observe`), so a stuck watch delays a
+        membership change by a minute at most and never makes it wrong.
+        """
+        last = self.reconciler.last_round if self.reconciler is not None else None
+        age = time.monotonic() - (self._created if last is None else last)
+        detail = (f"no reconcile round has ended in the {age:.0f}s since the start" if last is None
+                  else f"the last reconcile round ended {age:.0f}s ago")
+        return age <= self.config.stale_after, f"{detail} (limit {self.config.stale_after:g}s)"
 
     async def _cleanup(self, **_: Any) -> None:
         if self._loop_task is not None:

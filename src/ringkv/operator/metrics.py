@@ -1,9 +1,10 @@
-"""The operator's Prometheus metrics (`GET /metrics` on RINGKV_METRICS_PORT).
+"""The operator's HTTP endpoint on RINGKV_METRICS_PORT: Prometheus metrics and liveness.
 
-Just what tells a working operator from a stuck one: the time of the last successful
-reconcile round (`RingkvOperatorNotReconciling` in charts/ringkv/alerts/operator.yaml fires
-when it grows old) and the rounds by outcome (a loop that runs but keeps failing). The
-membership itself is on the nodes' metrics.
+`GET /metrics` is just what tells a working operator from a stuck one: the time of the last
+successful reconcile round (`RingkvOperatorNotReconciling` in charts/ringkv/alerts/operator.yaml
+fires when it grows old) and the rounds by outcome (a loop that runs but keeps failing). The
+membership itself is on the nodes' metrics. `GET /healthz` is the liveness probe: 503 when
+the operator says its reconcile loop no longer goes round (`kube.Operator.loop_alive`).
 """
 
 from __future__ import annotations
@@ -38,16 +39,26 @@ class ReconcileCollector:
             value=(reconciler.last_success or 0.0) if reconciler else 0.0)
 
 
-async def serve(reconciler: Callable[[], Reconciler | None], port: int) -> web.AppRunner:
-    """Serve /metrics on every interface at `port` until the runner is cleaned up."""
+async def serve(reconciler: Callable[[], Reconciler | None], port: int,
+                alive: Callable[[], tuple[bool, str]]) -> web.AppRunner:
+    """Serve /metrics and /healthz on every interface at `port` until the runner is cleaned
+    up; `alive` says whether the operator is alive, and why (or why not)."""
     registry = CollectorRegistry()
     registry.register(ReconcileCollector(reconciler))
 
     async def metrics(_request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE})
 
+    async def healthz(_request: web.Request) -> web.Response:
+        ok, detail = alive()
+        if ok:
+            return web.json_response({"status": "ok", "detail": detail})
+        return web.json_response({"error": {"code": "not_reconciling", "message": detail}},
+                                 status=503)
+
     app = web.Application()
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, port=port).start()

@@ -89,9 +89,11 @@ class Reconciler:
         self._cleaned: set[str] = set()
         self._saved: Document | None = None  # the document this reconciler saved last
         # For the operator's metrics: rounds of `run` by outcome, and the wall-clock time
-        # the last one succeeded (None before the first).
+        # the last one succeeded (None before the first); for its liveness, the monotonic
+        # time the last one ended, whatever its outcome.
         self.rounds = {"ok": 0, "error": 0}
         self.last_success: float | None = None
+        self.last_round: float | None = None
 
     async def reconcile_once(self) -> Document | None:
         """One round: load, observe, poll, step the document, publish, re-push, clean up.
@@ -155,6 +157,7 @@ class Reconciler:
             else:
                 self.rounds["ok"] += 1
                 self.last_success = time.time()
+            self.last_round = time.monotonic()
             if wake is None:
                 await asyncio.sleep(interval)
             else:

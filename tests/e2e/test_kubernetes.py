@@ -107,6 +107,19 @@ def test_pods_run_unprivileged_on_a_read_only_root(release: Release) -> None:
     assert sorted(policies) == [release.name, f"{release.name}-operator"], policies
 
 
+def test_the_operator_reports_its_reconcile_loop_alive(release: Release) -> None:
+    """The operator's /healthz, which its liveness probe asks, says a round ended lately."""
+    kube = release.kube
+    pod = kube.pods(release.selector("operator"))[0]
+    ask = ("import urllib.request\n"
+           "print(urllib.request.urlopen('http://127.0.0.1:8081/healthz', timeout=10).read().decode())")
+    answer = json.loads(kube.kubectl("exec", pod["metadata"]["name"], "--", "python", "-c", ask).stdout)
+    assert answer["status"] == "ok" and "ago" in answer["detail"], answer
+    probe = pod["spec"]["containers"][0]["livenessProbe"]["httpGet"]
+    assert (probe["path"], probe["port"]) == ("/healthz", "metrics")
+    say(f"operator liveness: {answer['detail']}")
+
+
 def test_node_and_operator_deletion_lose_nothing(release: Release, service: PortForward) -> None:
     """Delete node pod 2, then the operator while that node is out of the membership, all
     under quorum traffic through every node; afterwards nothing acknowledged is lost and

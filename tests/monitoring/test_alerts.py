@@ -29,12 +29,15 @@ def promtool() -> str:
     return require_tool("promtool", "Debian package `prometheus` (make tools installs it as root)")
 
 
-def rule_groups(*values: str, release: str = "ringkv", namespace: str = "kv-test") -> list[Any]:
+def rule_groups(*values: str, release: str = "ringkv", namespace: str = "kv-test",
+                backups: bool = True) -> list[Any]:
+    """The rendered groups; with `backups`, backup.enabled too, so every alert is there."""
     if not HELM.exists():
         pytest.skip("helm not found: `make tools` fetches it into .tools/bin")
     out = subprocess.run(
         [str(HELM), "template", release, str(CHART), "--namespace", namespace,
-         "--set", "metrics.prometheusRule.enabled=true", *values,
+         "--set", "metrics.prometheusRule.enabled=true",
+         "--set", f"backup.enabled={str(backups).lower()}", *values,
          "--show-only", "templates/prometheusrule.yaml"],
         capture_output=True, text=True, check=True, timeout=60).stdout
     return yaml.safe_load(out)["spec"]["groups"]
@@ -76,6 +79,7 @@ def test_every_alert_fires_on_its_series_and_only_then(promtool: str, tmp_path: 
     ("--set-json", "metrics.prometheusRule.quorumUnavailableRatio=0.1"),
     ("--set", "metrics.prometheusRule.rebalanceStalledMinutes=30"),
     ("--set", "metrics.prometheusRule.operatorStaleMinutes=15"),
+    ("--set", "metrics.prometheusRule.backupMaxAgeHours=48"),
 ], ids=lambda v: v[-1].split(".")[-1])
 def test_the_cases_notice_a_changed_threshold(promtool: str, tmp_path: Path,
                                               values: tuple[str, ...]) -> None:
@@ -101,3 +105,8 @@ def test_rules_select_the_release_they_belong_to() -> None:
     for rule in alerts(rule_groups(release="shop", namespace="prod")):
         assert 'namespace="prod"' in rule["expr"], rule["alert"]
         assert 'pod=~"shop-ringkv-' in rule["expr"], rule["alert"]
+
+
+def test_the_backup_alert_comes_with_scheduled_backups() -> None:
+    names = [{r["alert"] for r in alerts(rule_groups(backups=b))} for b in (True, False)]
+    assert "RingkvBackupMissing" in names[0] and names[1] == names[0] - {"RingkvBackupMissing"}

@@ -565,21 +565,24 @@ class Release:
 @contextlib.contextmanager
 def installed(tools: tuple[str, str], request: pytest.FixtureRequest, prefix: str, nodes: int,
               rf: int, values: Sequence[str] = (),
-              prepare: Callable[[Release], None] | None = None) -> Iterator[Release]:
-    """A release `<prefix>-<random>` in a namespace of the same name, installed with the
-    freshly built image and `values` (`--set` arguments) and waited for; `prepare` runs in
-    the namespace first (e.g. to create a Secret the release mounts). Uninstalled, with its
-    namespace and PVCs, at the end; diagnostics are saved when a test failed."""
+              prepare: Callable[[Release], None] | None = None,
+              namespace: str | None = None) -> Iterator[Release]:
+    """A release `<prefix>-<random>` in a namespace of the same name (or in `namespace`,
+    which another release owns), installed with the freshly built image and `values`
+    (`--set` arguments) and waited for; `prepare` runs in the namespace first (e.g. to
+    create a Secret the release mounts). Uninstalled, with its PVCs and its own namespace,
+    at the end; diagnostics are saved when a test failed."""
     name = f"{prefix}-{secrets.token_hex(3)}"
-    kube = Kube(tools[0], tools[1], namespace=name)
+    kube = Kube(tools[0], tools[1], namespace=namespace or name)
     log_dir = ROOT / "build" / "e2e-logs" / name
     log_dir.mkdir(parents=True, exist_ok=True)
     rel = Release(kube, name, replicas=nodes, rf=rf, log_dir=log_dir, values=tuple(values))
     failed_before = request.session.testsfailed
     done = False
 
-    kube.kubectl("create", "namespace", name)
-    kube.kubectl("label", "namespace", name, "ringkv.io/e2e=true")
+    if namespace is None:
+        kube.kubectl("create", "namespace", name)
+        kube.kubectl("label", "namespace", name, "ringkv.io/e2e=true")
     try:
         if prepare is not None:
             prepare(rel)
@@ -594,22 +597,31 @@ def installed(tools: tuple[str, str], request: pytest.FixtureRequest, prefix: st
         if os.environ.get("RINGKV_E2E_KEEP") == "1":
             say(f"RINGKV_E2E_KEEP=1: release and namespace {name} left in place")
         else:
-            _teardown(kube, name)
+            _teardown(kube, name, own_namespace=namespace is None)
         if not failed:
             shutil.rmtree(log_dir, ignore_errors=True)  # only port-forward logs of a good run
 
 
-def _teardown(kube: Kube, name: str) -> None:
-    """Uninstall, then delete what `helm uninstall` leaves (PVCs, the operator's ConfigMap,
-    the token Secret) by deleting the namespace; every step runs even if an earlier one failed."""
+def _teardown(kube: Kube, name: str, own_namespace: bool = True) -> None:
+    """Uninstall, then delete what `helm uninstall` leaves (PVCs, the operator's ConfigMap
+    and token Secret: by deleting the namespace when it is the release's own); every step
+    runs even if an earlier one failed."""
     started = time.monotonic()
+    instance = f"app.kubernetes.io/instance={name}"
     results = [
         kube.helm("uninstall", name, "--wait", "--timeout", "3m", check=False),
-        kube.kubectl("delete", "pvc", "-l", f"app.kubernetes.io/instance={name}", "--wait=true",
-                     "--timeout=180s", check=False, timeout=240),
-        kube.kubectl("delete", "namespace", name, "--wait=true", "--timeout=300s",
-                     check=False, timeout=360),
+        # Hook Jobs (the restore) outlive `helm uninstall`, and their pods hold claims.
+        kube.kubectl("delete", "job", "-l", instance, "--ignore-not-found", "--wait=true",
+                     "--timeout=120s", check=False, timeout=180),
+        kube.kubectl("delete", "pvc", "-l", instance, "--wait=true", "--timeout=180s",
+                     check=False, timeout=240),
     ]
+    if own_namespace:
+        results.append(kube.kubectl("delete", "namespace", kube.namespace, "--wait=true",
+                                    "--timeout=300s", check=False, timeout=360))
+    else:
+        results.append(kube.kubectl("delete", "configmap,secret", f"{name}-membership",
+                                    f"{name}-tokens", "--ignore-not-found", check=False))
     say(f"torn down in {time.monotonic() - started:.0f}s")
     failures = [f"{' '.join(r.args)}: {r.stdout}{r.stderr}" for r in results if r.returncode != 0]
     assert not failures, "teardown failed:\n" + "\n".join(failures)

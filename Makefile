@@ -11,7 +11,7 @@ RF ?= 3
 BASE_PORT ?= 8080
 DATA_DIR ?= .ringkv-data
 
-.PHONY: all venv run test lint fmt bench chaos e2e tools clean screenshots
+.PHONY: all venv run test lint fmt bench bench-churn chaos e2e e2e-churn tools clean screenshots
 
 all: test
 
@@ -46,6 +46,11 @@ tools: venv
 bench: venv
 	$(BIN)/python -m ringkv.bench.suite
 
+# Restarts, kills and membership changes on one loaded 5-node cluster under a checked
+# client (issue 12), report in bench/results/; e.g. CHURN_ARGS="--churn-keys 1000000".
+bench-churn: venv
+	$(BIN)/python -m ringkv.bench.scale --scenarios churn $(CHURN_ARGS)
+
 # Every nemesis for a minute against a fresh local cluster, checked; writes docs/RELIABILITY.md.
 chaos: venv
 	$(BIN)/python scripts/chaos.py
@@ -58,8 +63,16 @@ screenshots: venv tools
 
 # The chart on a real Kubernetes: ../shared/k8s here, kind where Docker exists; skips
 # (and says why) when neither is available.
+# The churn steps of tests/e2e/test_kubernetes.py start from E2E_KEYS keys: fewer in
+# `make e2e` (every e2e test, within CI's time), issue 12's 20,000 in `make e2e-churn`
+# (those steps alone: the run docs/KUBERNETES.md quotes).
+E2E_KEYS ?= 5000
+
 e2e: venv tools
-	$(BIN)/python scripts/e2e.py
+	RINGKV_E2E_KEYS=$(E2E_KEYS) $(BIN)/python scripts/e2e.py
+
+e2e-churn: venv tools
+	RINGKV_E2E_KEYS=20000 $(BIN)/python scripts/e2e.py tests/e2e/test_kubernetes.py
 
 clean:
 	rm -rf $(VENV) .tools $(DATA_DIR) build *.egg-info

@@ -12,6 +12,9 @@ Where it runs, first match wins:
   (c) neither: pytest still runs and every e2e test reports SKIPPED with the reason, so
       a machine without a cluster never counts the e2e tests as passed.
 
+Arguments, if any, are the tests to run instead of all of tests/e2e (`make e2e-churn`
+runs tests/e2e/test_kubernetes.py alone).
+
 A cluster that is there but cannot be used (`cluster up` or `kind create cluster` fails)
 is a failure, like a failing image build or a failing test: the e2e tests are skipped only
 where there is no cluster at all (and under CI=true the skips fail too, see
@@ -36,7 +39,8 @@ SHARED_CLUSTER = Path(os.environ.get("RINGKV_K8S_CLUSTER")
 VENV_PYTEST = ROOT / ".venv" / "bin" / "pytest"
 KIND_CLUSTER = "ringkv-e2e"
 IMAGE = "ringkv"
-PYTEST_ARGS = ["tests/e2e", "-m", "e2e", "-p", "no:cacheprovider", "-v", "-s", "-rs"]
+PYTEST_ARGS = ["-m", "e2e", "-p", "no:cacheprovider", "-v", "-s", "-rs"]
+TESTS = sys.argv[1:] or ["tests/e2e"]
 
 
 def log(text: str) -> None:
@@ -69,7 +73,8 @@ def image_tag() -> str:
 def pytest(env_extra: Mapping[str, str], prefix: Sequence[str] = ()) -> int:
     """Run the e2e tests (optionally inside `prefix`, e.g. `cluster exec --`)."""
     env = {**os.environ, **env_extra}
-    return run([*prefix, str(VENV_PYTEST), *PYTEST_ARGS], env=env, what="pytest tests/e2e")
+    return run([*prefix, str(VENV_PYTEST), *TESTS, *PYTEST_ARGS], env=env,
+               what=f"pytest {' '.join(TESTS)}")
 
 
 def skipped(reason: str) -> int:

@@ -29,9 +29,10 @@ def shared3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StaticCluster]
 
 
 @pytest.fixture
-def local5(tmp_path: Path) -> Iterator[LocalCluster]:
-    """`ringkv up --nodes 5 --rf 3`: real launcher, controller and node processes."""
-    cluster = LocalCluster(tmp_path, nodes=5, rf=3)
+def local5(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+    """`ringkv up --nodes 5 --rf 3`: real launcher, controller and node processes. Indirect
+    parameters are LocalCluster fields (``{"down_grace": 0}``)."""
+    cluster = LocalCluster(tmp_path, nodes=5, rf=3, **getattr(request, "param", {}))
     try:
         yield cluster.start()
     finally:

@@ -35,6 +35,24 @@ API_TOKEN = "test-api-token"
 CLUSTER_TOKEN = "test-cluster-token"
 
 
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line or environment contains ``text`` (a test's data directory):
+    what a test started and must have stopped."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        for part in ("cmdline", "environ"):
+            try:
+                raw = Path(f"/proc/{entry}/{part}").read_bytes()
+            except OSError:
+                continue
+            if text.encode() in raw:
+                found.append(int(entry))
+                break
+    return found
+
+
 def frame(obj: Any) -> bytes:
     """One internal-protocol frame: [u32 length][msgpack]."""
     body = msgpack.packb(obj, use_bin_type=True)
@@ -236,10 +254,16 @@ class StaticCluster:
                                           env, self.root / f"node-{i}.log"))
 
     def start(self) -> StaticCluster:
-        for node in self.nodes:
-            node.start()
-        for node in self.nodes:
-            self.wait_ready(node)
+        """Start every node and wait until each is ready; if one never is, stop them all
+        (the caller's try/finally begins after `start` returns)."""
+        try:
+            for node in self.nodes:
+                node.start()
+            for node in self.nodes:
+                self.wait_ready(node)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def wait_ready(self, node: NodeProcess) -> None:
@@ -270,6 +294,7 @@ class LocalCluster:
     nodes: int = 5
     rf: int = 3
     restart_delay: float = 1.0
+    down_grace: float | None = None  # `ringkv up --down-grace` (None: its default)
     extra_env: dict[str, str] = field(default_factory=dict)
     netns: bool = False  # `ringkv up --netns`: nodes in network namespaces (root only)
     up: UpProcess | None = None
@@ -277,11 +302,16 @@ class LocalCluster:
     def start(self) -> LocalCluster:
         self.up = spawn_up(
             self.root / "data", nodes=self.nodes, rf=self.rf, token=API_TOKEN,
-            restart_delay=self.restart_delay, netns=self.netns, log_path=self.root / "launcher.log",
+            restart_delay=self.restart_delay, down_grace=self.down_grace, netns=self.netns,
+            log_path=self.root / "launcher.log",
             env={"RINGKV_REPLICA_TIMEOUT": "1.0", "RINGKV_HINT_INTERVAL": "0.2", **self.extra_env},
             ready_timeout=90,
         )
-        wait_for(lambda: self._alive() and self.settled(self.nodes), 90, "the cluster to settle")
+        try:
+            wait_for(lambda: self._alive() and self.settled(self.nodes), 90, "the cluster to settle")
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _running(self) -> UpProcess:
@@ -316,6 +346,16 @@ class LocalCluster:
 
     def urls(self) -> list[str]:
         return [n["url"] for n in self.control.nodes() if n["alive"]]
+
+    def wait_ready_url(self, url: str, timeout: float = 60) -> None:
+        """Wait until the node at `url` answers /readyz with 200."""
+        def ready() -> bool:
+            try:
+                return http("GET", url + "/readyz", token=None, timeout=5).status == 200
+            except OSError:
+                return False
+
+        wait_for(ready, timeout, f"{url} to be ready")
 
     def cluster_info(self, via: str | None = None) -> dict[str, Any]:
         for url in [via] if via else self.urls():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import math
@@ -10,10 +11,11 @@ import selectors
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from ringkv.bench.etcd import EtcdCluster
 from ringkv.bench.loadgen import (
@@ -21,8 +23,10 @@ from ringkv.bench.loadgen import (
     EtcdTarget,
     Histogram,
     LoadConfig,
+    Target,
     main,
     parse_response,
+    read_every_key,
     run_load,
 )
 from ringkv.local import system_tools
@@ -120,6 +124,35 @@ def test_etcd_requests_carry_base64_json() -> None:
     assert target.read_status(200, b'{"header":{},"kvs":[{}]}') == 200
 
 
+def test_ringkv_cas_sends_the_tag_and_reads_the_next_one() -> None:
+    target = Target(b"127.0.0.1:8080", b"v%d" * 5, "quorum", "tok")
+    head, body = target.cas(b"k01", b'"00001-n1"').split(b"\r\n\r\n", 1)
+    assert head.startswith(b"PUT /v1/kv/k01?consistency=quorum HTTP/1.1\r\n")
+    assert b"\r\nIf-Match: \"00001-n1\"" in head
+    assert b"\r\nContent-Length: %d\r\n" % len(body) in head
+    assert body == b"v%d" * 5  # the value is sent as it is, never formatted
+    answer = b'{"key": "k01", "version": "00002-n0"}'
+    assert target.written(200, answer) == b'"00002-n0"'
+    assert target.swapped(200, answer) == (200, b'"00002-n0"')
+    assert target.swapped(412, b'{"error": {"code": "precondition_failed"}}') == (412, None)
+
+
+def test_etcd_cas_is_a_txn_on_mod_revision() -> None:
+    target = EtcdTarget(b"127.0.0.1:2379", b"v" * 10, None, None, "/v3")
+    head, body = target.cas(b"k01", b"41").split(b"\r\n\r\n", 1)
+    assert head.startswith(b"POST /v3/kv/txn HTTP/1.1\r\n")
+    assert b"Content-Length: %d" % len(body) in head
+    key = base64.b64encode(b"k01").decode()
+    assert json.loads(body) == {
+        "compare": [{"key": key, "target": "MOD", "result": "EQUAL", "mod_revision": "41"}],
+        "success": [{"request_put": {"key": key, "value": base64.b64encode(b"v" * 10).decode()}}],
+    }
+    header = b'{"header":{"cluster_id":"1","member_id":"2","revision":"42","raft_term":"2"}'
+    assert target.written(200, header + b"}") == b"42"
+    assert target.swapped(200, header + b',"succeeded":true,"responses":[]}') == (200, b"42")
+    assert target.swapped(200, header + b"}") == (412, None)  # the compare failed
+
+
 # ------------------------------------------------------------------ real runs
 
 
@@ -180,6 +213,65 @@ async def test_open_loop_run(dict_url: str) -> None:
     assert result.errors == {}
 
 
+@pytest.fixture
+async def flaky_url() -> AsyncIterator[tuple[str, dict[str, int]]]:
+    """A server of ringkv's key paths that answers 503 to the first write of every third
+    key (by number) and of every key ending in 7 for good; GET answers 404 for what it
+    does not hold."""
+    held: dict[str, int] = {}
+
+    async def put(request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        n = int(key[1:])
+        held.setdefault(key, 0)
+        held[key] += 1
+        if n % 10 == 7 or (n % 3 == 0 and held[key] == 1):
+            return web.Response(status=503)
+        return web.Response(status=204)
+
+    async def get(request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        return web.Response(status=200 if held.get(key) else 404, body=b"v")
+
+    app = web.Application()
+    app.router.add_put("/v1/kv/{key}", put)
+    app.router.add_get("/v1/kv/{key}", get)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}", held
+    finally:
+        await runner.cleanup()
+
+
+async def test_preload_sends_failed_writes_again_and_gives_up_after_three(
+    flaky_url: tuple[str, dict[str, int]],
+) -> None:
+    url, held = flaky_url
+    config = LoadConfig(urls=[url], workload="read", connections=4, duration=0.2, warmup=0,
+                        keyspace=6)
+    result = await run_load(config)
+    # Keys 0 and 3 failed once and were written again.
+    assert (result.preload_keys, result.preload_retried) == (6, 2)
+    assert held == {"k000000000000000": 2, "k000000000000001": 1, "k000000000000002": 1,
+                    "k000000000000003": 2, "k000000000000004": 1, "k000000000000005": 1}
+    with pytest.raises(RuntimeError, match="after 3 attempts"):
+        await run_load(LoadConfig(urls=[url], workload="read", connections=4, duration=0.2,
+                                  warmup=0, keyspace=10))
+    assert held["k000000000000007"] == 3
+
+
+async def test_read_every_key_counts_answers(flaky_url: tuple[str, dict[str, int]]) -> None:
+    url, held = flaky_url
+    held.update({"k000000000000000": 1, "k000000000000002": 1})
+    answers = await read_every_key(LoadConfig(urls=[url], workload="read", connections=2,
+                                              keyspace=4))
+    assert answers == {"200": 2, "404": 2}
+
+
 async def test_unreachable_target_fails_fast() -> None:
     port = _closed_port()
     with pytest.raises(ConnectFailed):
@@ -217,11 +309,11 @@ def _closed_port() -> int:
 
 @pytest.mark.skipif(system_tools.find("etcd") is None,
                     reason="etcd not installed (Debian etcd-server; `make tools` installs it as root)")
-async def test_etcd_write_and_read(tmp_path: Path) -> None:
+async def test_etcd_write_read_and_cas(tmp_path: Path) -> None:
     cluster = EtcdCluster(3, data_dir=tmp_path)
     cluster.start()
     try:
-        for workload in ("write", "read"):
+        for workload in ("write", "read", "cas"):
             result = await run_load(
                 LoadConfig(
                     urls=cluster.client_urls, kind="etcd", workload=workload,
@@ -229,6 +321,13 @@ async def test_etcd_write_and_read(tmp_path: Path) -> None:
                 )
             )
             assert result.ops > 0
-            assert result.errors == {}
+            assert result.errors == {}  # cas: every connection writes only its own keys
+        # Two runs over the same 4 keys take each other's versions away: the refusals
+        # are counted, so an uncontended run that reports none has had none.
+        contended = LoadConfig(urls=cluster.client_urls, kind="etcd", workload="cas",
+                               connections=4, duration=1.0, warmup=0.2, keyspace=4)
+        results = await asyncio.gather(run_load(contended), run_load(contended))
+        assert sum(r.errors.get("412", 0) for r in results) > 0
+        assert all(set(r.errors) <= {"412"} for r in results)
     finally:
         cluster.stop()

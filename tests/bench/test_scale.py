@@ -8,28 +8,12 @@ started outlives it.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from harness import processes_mentioning
 
 from ringkv.bench.loadgen import LoadConfig, LoadResult
 from ringkv.bench.scale import Slice, _phase, main
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    """PIDs whose command line or environment contains ``text`` (our data directories)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        for part in ("cmdline", "environ"):
-            try:
-                raw = Path(f"/proc/{entry}/{part}").read_bytes()
-            except OSError:
-                continue
-            if text.encode() in raw:
-                found.append(int(entry))
-                break
-    return found
 
 
 def test_rereplication_smoke_writes_a_report(tmp_path: Path) -> None:
@@ -61,7 +45,7 @@ def test_rereplication_smoke_writes_a_report(tmp_path: Path) -> None:
     assert sorted(rss["nodes"]) == ["node-0", "node-1", "node-2"]
     assert all(n["records"] > 0 and n["rss_after_mb"] > 0 for n in rss["nodes"].values())
     # Every process the run started is gone, and so is its work directory.
-    assert _processes_mentioning(str(tmp_path)) == []
+    assert processes_mentioning(str(tmp_path)) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
@@ -100,4 +84,24 @@ def test_throughput_smoke_writes_a_report(tmp_path: Path) -> None:
     assert [(r["nodes"], r["workload"]) for r in rows] == [(3, "write"), (3, "read")]
     assert all(r["ops_per_s"] > 0 and r["errors"] == {} for r in rows)
     assert "## Throughput" in (out / "tp.md").read_text()
-    assert _processes_mentioning(str(tmp_path)) == []
+    assert processes_mentioning(str(tmp_path)) == []
+
+
+def test_backup_smoke_writes_a_report(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = [
+        "--scenarios", "backup", "--nodes", "3", "--rf", "3", "--keys", "2000",
+        "--load-connections", "16", "--connections", "8", "--warmup", "0.3", "--baseline", "1.5",
+        "--tail", "0.5", "--slice", "0.5", "--backup-parallel", "2",
+        "--out-dir", str(out), "--work-dir", str(tmp_path), "--name", "bk",
+    ]
+    assert main(argv) == 0
+    report = json.loads((out / "bk.json").read_text())
+    assert report["notes"] == []
+    r = report["scenarios"]["backup"]
+    assert r["backup"]["records"] == r["restore"]["records"] == 2000
+    assert r["backup"]["mb_per_s"] > 0 and r["restore"]["keys_per_s"] > 0
+    assert r["client"]["baseline"]["ops"] > 0 and r["client"]["during"]["ops"] > 0
+    assert "## Backup and restore" in (out / "bk.md").read_text()
+    assert processes_mentioning(str(tmp_path)) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ringkv.bench.suite import _find_storage_sync, main, tree_cpu_seconds
+from ringkv.local import system_tools
 
 
 def test_tree_cpu_counts_descendants() -> None:
@@ -61,3 +64,31 @@ def test_suite_against_the_dict_server_writes_a_report(tmp_path: Path) -> None:
     assert sorted(p.suffix for p in tmp_path.iterdir()) == sorted(
         [".md", ".json", *([".png"] if has_plot else [])]
     )
+
+
+@pytest.mark.skipif(system_tools.find("etcd") is None,
+                    reason="etcd not installed (Debian etcd-server; `make tools` installs it as root)")
+def test_suite_sets_uncontended_cas_beside_plain_writes(tmp_path: Path) -> None:
+    argv = [
+        "--systems", "ringkv,etcd,dict", "--workloads", "write,cas", "-d", "1", "--warmup", "0.2",
+        "-c", "4", "--keyspace", "40", "--out-dir", str(tmp_path), "--work-dir", str(tmp_path),
+        "--name", "cas",
+    ]
+    assert main(argv) == 0  # a refused compare-and-set fails the run
+    raw = json.loads((tmp_path / "cas.json").read_text())
+    assert [(r["system"], r["config"]["workload"]) for r in raw] == [
+        ("ringkv", "write"), ("ringkv", "cas"), ("etcd", "write"), ("etcd", "cas"),
+        ("dict", "write")]  # the dict server has no compare-and-set
+    for row in raw:
+        assert row["ops"] > 0, row
+        # Each connection writes only keys it owns: any 412 (etcd: a Txn that did not
+        # succeed) is a compare-and-set refused without cause, i.e. a bug.
+        assert row["errors"] == {}, row
+    assert [sorted(r["by_op"]) for r in raw if r["config"]["workload"] == "cas"] == [["cas"]] * 2
+    text = (tmp_path / "cas.md").read_text()
+    assert "| ringkv | cas |" in text
+    assert "| etcd | cas |" in text
+    assert "## Compare-and-set against plain writes (same run)" in text
+    assert "Issue 13's targets: ringkv's CAS at >= 0.33x of its plain quorum writes: **" in text
+    protocol = text.split("protocol: **", 1)[1].split("**", 1)[0]
+    assert protocol in ("Paxos round per key", "quorum read, then a plain write (before Paxos)")

@@ -64,9 +64,11 @@ class Load:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """Four nodes, rf=3. Handoff is capped at 0.1 MB/s, so re-replicating a few MB takes
-    long enough to watch; a killed node is not restarted during the module."""
+    long enough to watch; a killed node is not restarted during the module, and is removed
+    at once (no grace period) so its copies are restored while the page watches."""
     local = LocalCluster(tmp_path_factory.mktemp("console"), nodes=NODES, rf=3,
-                         restart_delay=3600, extra_env={"RINGKV_HANDOFF_MAX_MB_PER_S": "0.1"})
+                         restart_delay=3600, down_grace=0,
+                         extra_env={"RINGKV_HANDOFF_MAX_MB_PER_S": "0.1"})
     try:
         yield local.start()
     finally:

@@ -305,9 +305,12 @@ def test_role_is_namespaced_and_names_the_membership_configmap() -> None:
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
     operator = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     membership = env_of(operator)["RINGKV_CONFIGMAP"]["value"]
+    statefulset = find(docs, "StatefulSet")["metadata"]["name"]
     for rule in rules:
         if "configmaps" in rule["resources"] and {"get", "patch", "update"} & set(rule["verbs"]):
             assert rule.get("resourceNames") == [membership], rule
+        if "statefulsets" in rule["resources"]:
+            assert rule.get("resourceNames") == [statefulset] and rule["verbs"] == ["get"], rule
         if "resourceNames" not in rule:
             # Only a create may not be narrowed by name (its name is in the body).
             assert rule["verbs"] == ["create"] or "pods" in rule["resources"], rule

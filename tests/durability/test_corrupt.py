@@ -124,7 +124,9 @@ def test_lost_file_is_rebuilt_and_never_served_as_an_empty_store(tmp_path: Path,
             return node.ready()
 
         wait_for(ready, 90, f"{node.name} to rebuild and be ready")
-        assert "rebuilding it from its replicas" in node.log_tail(200), node.log_tail()
+        log = node.log_tail(200)
+        assert "serves no replica reads until it has rebuilt it" in log, log
+        assert "rebuilt its data from its replicas" in log, log
         for key, version in versions.items():  # ready means it holds its data again
             reps = http("GET", f"{node.url}/v1/replicas/{key}").json()["replicas"]
             mine = next(r for r in reps if r["node"] == node.name)
@@ -133,6 +135,7 @@ def test_lost_file_is_rebuilt_and_never_served_as_an_empty_store(tmp_path: Path,
         cluster.stop()
 
 
+@pytest.mark.parametrize("local5", [{"down_grace": 0}], indirect=True)
 def test_corrupt_node_is_rebuilt_from_its_replicas(local5: LocalCluster) -> None:
     versions = write_keys(local5.urls(), "rebuild", 150)
     node = local5.control.node("node-3")

@@ -5,7 +5,8 @@ release per test module, in its own namespace, removed afterwards.
 RINGKV_E2E_IMAGE / RINGKV_E2E_TAG naming it. Run by hand against any cluster that already
 has the image: `RINGKV_E2E_TAG=dev .venv/bin/pytest tests/e2e -m e2e -s`.
 Other knobs: RINGKV_E2E_SKIP_REASON (set by scripts/e2e.py when it found no cluster),
-RINGKV_E2E_KEEP=1 (leave the release and namespace behind for debugging).
+RINGKV_E2E_KEEP=1 (leave the release and namespace behind for debugging), RINGKV_E2E_KEYS
+(keys loaded before the churn steps of test_kubernetes.py; 20,000).
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""What the e2e tests need around a real cluster: kubectl/helm, port-forwards, polling, traffic.
+"""What the e2e tests need around a real cluster: kubectl/helm, port-forwards, polling, and
+a workload pod for traffic.
 
 Everything talks to the cluster the way a user does: `kubectl` and `helm` from `.tools/bin`
-(installed by `make tools`) or PATH, and the ringkv API only through `kubectl port-forward`
-on 127.0.0.1, which works the same on the shared/k8s cluster, kind and minikube.
+(installed by `make tools`) or PATH; the ringkv API through `kubectl port-forward` on
+127.0.0.1, or from a pod in the cluster (`Workload`, running workload.py) as an
+application would, which works the same on the shared/k8s cluster, kind and minikube.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import contextlib
 import datetime
 import json
 import os
-import random
 import secrets
 import shutil
 import socket
@@ -30,7 +31,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from ringkv.client import Client, NotFound, RingkvError
+from ringkv.client import Client
 
 try:  # a dev dependency; only the TLS tests need it
     from cryptography import x509
@@ -144,12 +145,6 @@ def make_pki(common_name: str, dns_names: list[str], days: int = 2) -> Pki:
                                  serialization.NoEncryption()))
 
 
-def parse_version(version: str) -> tuple[int, str]:
-    """`<hlc>.<node>` -> (hlc, node), the order DESIGN.md gives versions."""
-    hlc, _, node = version.partition(".")
-    return int(hlc), node
-
-
 class CommandFailed(AssertionError):
     """A kubectl or helm command exited non-zero; the message carries its output."""
 
@@ -162,14 +157,22 @@ class Kube:
     helm_bin: str
     namespace: str
 
-    def _run(self, argv: list[str], timeout: float, check: bool) -> Completed:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    def _run(self, argv: list[str], timeout: float, check: bool, stdin: str | None = None) -> Completed:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
+                              input=stdin)
         if check and proc.returncode != 0:
             raise CommandFailed(f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}")
         return proc
 
-    def kubectl(self, *args: str, timeout: float = 120, check: bool = True) -> Completed:
-        return self._run([self.kubectl_bin, "--namespace", self.namespace, *args], timeout, check)
+    def kubectl(self, *args: str, timeout: float = 120, check: bool = True,
+                stdin: str | None = None) -> Completed:
+        return self._run([self.kubectl_bin, "--namespace", self.namespace, *args], timeout, check,
+                         stdin)
+
+    def apply(self, *objects: dict[str, Any]) -> None:
+        """`kubectl apply` of these objects (as JSON on stdin)."""
+        self.kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                           "items": list(objects)}))
 
     def helm(self, *args: str, timeout: float = 900, check: bool = True) -> Completed:
         return self._run([self.helm_bin, "--namespace", self.namespace, *args], timeout, check)
@@ -275,174 +278,132 @@ class PortForward:
             self._log = None
 
 
-class ForwardPool:
-    """One self-healing port-forward per node pod, so traffic can go through every node and
-    keep going while any one of them is deleted and recreated."""
+WORKLOAD = Path(__file__).with_name("workload.py")
 
-    def __init__(self, kube: Kube, pod_names: list[str], log_dir: Path) -> None:
-        self.forwards = [PortForward(kube, f"pod/{name}", log_dir=log_dir) for name in pod_names]
+
+class Background:
+    """A workload.py command running in the workload pod until `stop`."""
+
+    def __init__(self, workload: Workload, command: str, args: Sequence[str]) -> None:
+        self.workload = workload
+        self.command = command
+        self.until = f"/tmp/stop-{command}-{secrets.token_hex(4)}"
+        log = workload.release.log_dir / f"workload-{command}.log"
+        self._stderr = log.open("ab")
+        self._proc = subprocess.Popen(workload.argv(command, *args, "--until", self.until),
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=self._stderr, text=True)
+
+    def stop(self, timeout: float = 300) -> dict[str, Any]:
+        """Make it stop (it finishes what it is doing) and return its report."""
+        self.workload.exec("touch", self.until)
+        try:
+            out, _ = self._proc.communicate(timeout=timeout)
+        finally:
+            self._stderr.close()
+        if self._proc.returncode != 0:
+            raise CommandFailed(f"workload {self.command} exited {self._proc.returncode}; "
+                                f"see {self._stderr.name}")
+        return dict(json.loads(out))
+
+    def kill(self) -> None:
+        """Teardown after a failure: stop the remote command too, without its report."""
+        if self._proc.poll() is None:
+            with contextlib.suppress(CommandFailed, subprocess.TimeoutExpired):
+                self.workload.exec("touch", self.until)
+                self._proc.wait(60)
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._stderr.close()
+
+
+class Workload:
+    """A pod of the release's image, beside the release but not part of it, that runs
+    `workload.py` (mounted from a ConfigMap) with the API token in RINGKV_TOKEN: the bulk
+    loads, read-backs, traffic and metrics sampling of the e2e tests happen inside the
+    cluster, through the client Service or the node pods' own names. It outlives every
+    node pod, the operator and `helm uninstall`."""
+
+    def __init__(self, release: Release) -> None:
+        self.release = release
+        self.pod = f"{release.name}-workload"
+
+    def create(self) -> Workload:
+        rel, kube = self.release, self.release.kube
+        labels = {"app.kubernetes.io/name": "ringkv-e2e-workload"}
+        configmap = {"apiVersion": "v1", "kind": "ConfigMap",
+                     "metadata": {"name": self.pod, "labels": labels},
+                     "data": {"workload.py": WORKLOAD.read_text()}}
+        token = {"secretKeyRef": {"name": f"{rel.name}-tokens", "key": "api-token"}}
+        pod = {
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": self.pod, "labels": labels},
+            "spec": {
+                "automountServiceAccountToken": False,
+                "terminationGracePeriodSeconds": 1,
+                "securityContext": {"runAsUser": 10001, "runAsGroup": 10001, "runAsNonRoot": True},
+                "containers": [{
+                    "name": "workload", "image": rel.image,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["sleep", "infinity"],
+                    "env": [{"name": "RINGKV_TOKEN", "valueFrom": token}],
+                    "securityContext": {"readOnlyRootFilesystem": True,
+                                        "allowPrivilegeEscalation": False},
+                    "volumeMounts": [{"name": "script", "mountPath": "/workload"},
+                                     {"name": "tmp", "mountPath": "/tmp"}],
+                }],
+                "volumes": [{"name": "script", "configMap": {"name": self.pod}},
+                            {"name": "tmp", "emptyDir": {}}],
+            },
+        }
+        kube.apply(configmap, pod)
+        kube.kubectl("wait", "--for=condition=Ready", f"pod/{self.pod}", "--timeout=180s",
+                     timeout=200)
+        return self
+
+    def argv(self, command: str, *args: str) -> list[str]:
+        kube = self.release.kube
+        return [kube.kubectl_bin, "--namespace", kube.namespace, "exec", self.pod, "--",
+                "python", "/workload/workload.py", command, *args]
+
+    def exec(self, *argv: str, timeout: float = 60) -> Completed:
+        return self.release.kube.kubectl("exec", self.pod, "--", *argv, timeout=timeout)
+
+    def run(self, command: str, *args: str, timeout: float = 900) -> dict[str, Any]:
+        """Run a workload.py command to its end; its JSON report."""
+        proc = self.release.kube._run(self.argv(command, *args), timeout, check=True)
+        return dict(json.loads(proc.stdout))
+
+    def start(self, command: str, *args: str) -> Background:
+        """Start a workload.py command that runs until its `stop`."""
+        return Background(self, command, args)
+
+
+class ReadyEndpoints:
+    """Polls the client Service's ready endpoints each second in a thread: how few there
+    were while something happened (a Service with none refuses every connection)."""
+
+    def __init__(self, release: Release) -> None:
+        self.release = release
+        self.counts: list[int] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._supervise, name="port-forward supervisor", daemon=True)
+        self._thread = threading.Thread(target=self._poll, name="endpoints", daemon=True)
 
-    @property
-    def urls(self) -> list[str]:
-        return [f.url for f in self.forwards]
-
-    def __enter__(self) -> ForwardPool:
-        for f in self.forwards:
-            f.start()
+    def __enter__(self) -> ReadyEndpoints:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(30)
-        for f in self.forwards:
-            f.close()
+        self._thread.join(30)
 
-    def _supervise(self) -> None:
-        """Respawn a forward whose kubectl exited (it does when its pod goes away); a pod that
-        is not back yet makes kubectl exit again at once, so this simply retries each second."""
+    def _poll(self) -> None:
         while not self._stop.wait(1.0):
-            for f in self.forwards:
-                if not f.running():
-                    f.restarts += 1
-                    f.spawn()
-
-
-@dataclass
-class TrafficReport:
-    """What the background traffic saw; `violations` must stay empty."""
-
-    writes_ok: int = 0
-    writes_failed: int = 0
-    reads_ok: int = 0
-    reads_failed: int = 0
-    violations: list[str] = field(default_factory=list)
-    errors: dict[str, int] = field(default_factory=dict)
-
-    def summary(self) -> str:
-        return (f"writes {self.writes_ok} ok / {self.writes_failed} failed, reads {self.reads_ok} ok / "
-                f"{self.reads_failed} failed, errors {self.errors}, violations {len(self.violations)}")
-
-
-class Traffic:
-    """Quorum writes and reads in two background threads, checked as they go.
-
-    The writer overwrites the keys of `acked` and records there the newest version each
-    write was acknowledged with; `static` keys are only read. A read may return the
-    acknowledged version or a newer one (a later write, or one whose outcome the client
-    never learned), but never an older one and never "not found": DESIGN.md rule 1. The
-    floor a read is checked against is the acknowledged version when the read *started*.
-    """
-
-    def __init__(self, urls: list[str], token: str, acked: dict[str, str], static: dict[str, str]) -> None:
-        self.urls = urls
-        self.token = token
-        self.acked = acked
-        self.static = static
-        self.live_keys = sorted(acked)
-        self.static_keys = sorted(static)
-        self.report = TrafficReport()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._writer, name="e2e writer", daemon=True),
-                         threading.Thread(target=self._reader, name="e2e reader", daemon=True)]
-        self._seq = 0
-
-    def __enter__(self) -> Traffic:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> TrafficReport:
-        self._stop.set()
-        for t in self._threads:
-            if t.is_alive():
-                t.join(60)
-        return self.report
-
-    def counts(self) -> tuple[int, int]:
-        """(acknowledged writes, successful reads) so far."""
-        with self._lock:
-            return self.report.writes_ok, self.report.reads_ok
-
-    def _error(self, exc: RingkvError) -> None:
-        with self._lock:
-            self.report.errors[exc.code] = self.report.errors.get(exc.code, 0) + 1
-
-    def _violation(self, text: str) -> None:
-        with self._lock:
-            if len(self.report.violations) < 50:
-                self.report.violations.append(text)
-
-    def _clients(self) -> list[Client]:
-        """One client per node, each trying its own node first and the others after it, so
-        requests are coordinated by every node in turn and still fail over."""
-        n = len(self.urls)
-        return [Client(self.urls[i:] + self.urls[:i], token=self.token, timeout=5) for i in range(n)]
-
-    def _writer(self) -> None:
-        rng = random.Random(1)
-        clients = self._clients()
-        try:
-            while not self._stop.is_set():
-                client = rng.choice(clients)
-                key = rng.choice(self.live_keys)
-                self._seq += 1
-                try:
-                    version = client.put(key, f"{key}={self._seq}".encode())
-                except RingkvError as exc:
-                    # Outcome unknown (it may have landed): it only raises no floor.
-                    self._error(exc)
-                    with self._lock:
-                        self.report.writes_failed += 1
-                    continue
-                with self._lock:
-                    self.report.writes_ok += 1
-                    old = self.acked.get(key)
-                    if old is None or parse_version(version) > parse_version(old):
-                        self.acked[key] = version
-        finally:
-            for c in clients:
-                c.close()
-
-    def _reader(self) -> None:
-        rng = random.Random(2)
-        clients = self._clients()
-        try:
-            while not self._stop.is_set():
-                client = rng.choice(clients)
-                pool = self.live_keys if rng.random() < 0.7 else self.static_keys
-                key = rng.choice(pool)
-                with self._lock:
-                    floor = self.acked.get(key) or self.static.get(key)
-                try:
-                    entry = client.get(key)
-                except NotFound:
-                    if floor is not None:
-                        self._violation(f"GET {key}: not found, but {floor} was acknowledged")
-                    with self._lock:
-                        self.report.reads_ok += 1
-                    continue
-                except RingkvError as exc:
-                    self._error(exc)
-                    with self._lock:
-                        self.report.reads_failed += 1
-                    continue
-                with self._lock:
-                    self.report.reads_ok += 1
-                if floor is not None and parse_version(entry.version) < parse_version(floor):
-                    self._violation(f"GET {key}: {entry.version} is older than acknowledged {floor}")
-                if not entry.value.startswith(key.encode()):
-                    self._violation(f"GET {key}: value {entry.value[:60]!r} was never written to it")
-        finally:
-            for c in clients:
-                c.close()
+            proc = self.release.kube.kubectl("get", "endpoints", self.release.name, "-o", "json",
+                                             check=False, timeout=30)
+            if proc.returncode == 0:
+                subsets = json.loads(proc.stdout).get("subsets") or []
+                self.counts.append(sum(len(s.get("addresses") or []) for s in subsets))
 
 
 @dataclass
@@ -461,9 +422,6 @@ class Release:
     log_dir: Path
     values: Sequence[str] = ()  # `--set` arguments of the install
     token: str = ""
-    # key -> newest acknowledged version, filled in by the tests as they write
-    static: dict[str, str] = field(default_factory=dict)
-    acked: dict[str, str] = field(default_factory=dict)
     progress: set[str] = field(default_factory=set)  # steps done, for the tests that follow
 
     @property
@@ -471,20 +429,34 @@ class Release:
         return [f"{self.name}-{i}" for i in range(self.replicas)]
 
     @property
+    def image(self) -> str:
+        return f"{os.environ.get('RINGKV_E2E_IMAGE', 'ringkv')}:{os.environ['RINGKV_E2E_TAG']}"
+
+    @property
+    def service_url(self) -> str:
+        """The client Service as a pod in the cluster reaches it."""
+        return f"http://{self.name}.{self.kube.namespace}.svc.cluster.local:8080"
+
+    def pod_urls(self, count: int | None = None) -> str:
+        """Node pods 0..count-1 by their own names (the headless Service publishes them
+        ready or not), comma-separated: traffic coordinated by every node in turn."""
+        return ",".join(f"http://{self.name}-{i}.{self.name}-peers.{self.kube.namespace}"
+                        f".svc.cluster.local:8080" for i in range(count or self.replicas))
+
+    @property
     def configmap(self) -> str:
         return f"{self.name}-membership"
 
-    def install(self) -> None:
-        """`helm install` with the freshly built image and `values`, waited for."""
-        image = os.environ.get("RINGKV_E2E_IMAGE", "ringkv")
-        tag = os.environ["RINGKV_E2E_TAG"]
+    def install(self, wait: bool = True) -> None:
+        """`helm install` with the freshly built image and `values`, waited for (`wait`)."""
+        image, _, tag = self.image.rpartition(":")
         started = time.monotonic()
-        say(f"helm install {self.name} (image {image}:{tag}) in namespace {self.kube.namespace}")
+        say(f"helm install {self.name} (image {self.image}) in namespace {self.kube.namespace}")
         self.kube.helm("install", self.name, str(CHART),
                        "--set", f"image.repository={image}", "--set", f"image.tag={tag}",
                        "--set", "image.pullPolicy=IfNotPresent",
                        "--set", f"replicaCount={self.replicas}", "--set", f"replication.rf={self.rf}",
-                       *self.values, "--wait", "--timeout", "8m")
+                       *self.values, *(("--wait", "--timeout", "8m") if wait else ()))
         say(f"installed in {time.monotonic() - started:.0f}s")
 
     def selector(self, component: str) -> str:
@@ -537,6 +509,15 @@ class Release:
                 or sorted(m["name"] for m in members) != sorted(m["name"] for m in doc["members"])
                 or not all(m["state"] == "normal" and m.get("reachable") and m.get("ready")
                            for m in members)):
+            return None
+        return info
+
+    def quiet(self, client: Client, doc: dict[str, Any]) -> dict[str, Any] | None:
+        """`cluster_agrees`, and nothing is moving any more: every member caught up, no
+        pull active, no hint waiting for delivery; else None."""
+        info = self.cluster_agrees(client, doc)
+        if info is None or info["rebalance"]["active"] or not all(
+                m.get("caught_up") and not m.get("hints_pending") for m in info["members"]):
             return None
         return info
 

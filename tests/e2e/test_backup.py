@@ -26,6 +26,18 @@ SMALL = ["--set", "persistence.enabled=false", "--set", "podDisruptionBudget.ena
 
 
 @pytest.fixture(scope="module")
+def written() -> dict[str, str]:
+    """key -> the version the backed-up keys were written with (shared by the two tests)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def deleted() -> dict[str, str]:
+    """key -> the version of its deletion (a tombstone the restore must keep)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
 def source(tools: tuple[str, str], request: pytest.FixtureRequest) -> Iterator[Release]:
     with installed(tools, request, "ringkv-bk", 3, 3, values=[
             *SMALL, "--set", "backup.enabled=true", "--set", "backup.suspend=true",
@@ -61,7 +73,8 @@ def last_json(logs: str) -> dict[str, object]:
     return json.loads(logs.strip().splitlines()[-1])
 
 
-def test_a_job_from_the_cronjob_writes_a_backup_to_the_claim(source: Release, tmp_path: Path) -> None:
+def test_a_job_from_the_cronjob_writes_a_backup_to_the_claim(
+        source: Release, written: dict[str, str], deleted: dict[str, str], tmp_path: Path) -> None:
     forward = forwarded(source)
     try:
         with Client(forward.url, token=source.token, timeout=10) as client:
@@ -69,10 +82,10 @@ def test_a_job_from_the_cronjob_writes_a_backup_to_the_claim(source: Release, tm
             assert client.cluster()["cluster"] == source.name  # backups are named after it
             for i in range(KEYS):
                 key = f"k/{i:03d}"
-                source.static[key] = client.put(key, f"value {i}".encode(),
+                written[key] = client.put(key, f"value {i}".encode(),
                                                 content_type="text/plain")
             for i in range(0, KEYS, 10):
-                source.acked[f"k/{i:03d}"] = client.delete(f"k/{i:03d}")  # deleted: tombstones
+                deleted[f"k/{i:03d}"] = client.delete(f"k/{i:03d}")  # deleted: tombstones
             client.put("ttl", b"later", ttl=3600)
         job = f"{source.name}-backup-e2e"
         trigger(source, f"{source.name}-backup", job, tmp_path)
@@ -94,7 +107,8 @@ def test_a_job_from_the_cronjob_writes_a_backup_to_the_claim(source: Release, tm
 
 
 def test_a_second_release_restores_it_and_reads_every_key_back(
-        tools: tuple[str, str], request: pytest.FixtureRequest, source: Release) -> None:
+        tools: tuple[str, str], request: pytest.FixtureRequest, source: Release,
+        written: dict[str, str], deleted: dict[str, str]) -> None:
     if not source.progress:
         pytest.skip("the backup test did not get as far as a backup")
     with installed(tools, request, "ringkv-rs", 4, 3, namespace=source.kube.namespace, values=[
@@ -107,12 +121,12 @@ def test_a_second_release_restores_it_and_reads_every_key_back(
         forward = forwarded(target)
         try:
             with Client(forward.url, token=target.token, timeout=10) as client:
-                for key, version in source.static.items():
-                    if key in source.acked:
+                for key, version in written.items():
+                    if key in deleted:
                         with pytest.raises(NotFound):
                             client.get(key)
                         replicas = client.replicas(key)["replicas"]
-                        assert {r["version"] for r in replicas} == {source.acked[key]}  # type: ignore[index]
+                        assert {r["version"] for r in replicas} == {deleted[key]}  # type: ignore[index]
                     else:
                         entry = client.get(key)
                         assert (entry.version, entry.content_type) == (version, "text/plain")

@@ -12,7 +12,7 @@ import pytest
 from harness import API_TOKEN, StaticCluster, http, wait_for
 
 from ringkv.client import Client, NotFound, PreconditionFailed
-from ringkv.node.rebalance import KV_ROUTES
+from ringkv.node.pacer import KV_ROUTES
 
 
 def kv(cluster: StaticCluster, key: str, i: int = 0, query: str = "") -> str:
@@ -279,7 +279,8 @@ BAD_REQUESTS = [
     ("DELETE", "/v1/kv/", {}, 400, "bad_request"),
     ("GET", "/v1/replicas/", {}, 400, "bad_request"),
     ("GET", "/v1/nothing-here", {}, 404, "not_found"),
-    ("POST", "/v1/kv/k", {}, 405, "method_not_allowed"),
+    ("POST", "/v1/kv/k", {}, 400, "bad_request"),  # POST takes op=incr
+    ("PATCH", "/v1/kv/k", {}, 405, "method_not_allowed"),
     ("PATCH", "/v1/cluster", {}, 405, "method_not_allowed"),
 ]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
 import subprocess
 import sys
 import threading
@@ -117,6 +118,26 @@ def put_many(cluster: StaticCluster, count: int, prefix: str = "k", size: int = 
     return asyncio.run(run())
 
 
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def put_ttl(cluster: StaticCluster, key: str, ttl: int) -> tuple[str, int]:
+    """Write with a TTL: (version, the expiry every replica holds). The expiry is absolute,
+    the coordinator's wall clock (this machine's) + ttl, read while the write was in
+    flight. Not the version's time: the wall clock may tick between the two readings, and
+    a version can run ahead of the wall clock."""
+    before = wall_ms()
+    version = put(cluster, key, b"soon gone", query=f"?ttl={ttl}")
+    after = wall_ms()
+    reps = http("GET", f"{cluster.url(0)}/v1/replicas/{quote(key)}").json()["replicas"]
+    held = {r["expires_ms"] for r in reps if r.get("version") == version}
+    assert len(held) == 1, reps
+    (expires_ms,) = held
+    assert before + ttl * 1000 <= expires_ms <= after + ttl * 1000
+    return version, expires_ms
+
+
 def delete(cluster: StaticCluster, key: str, i: int = 0) -> str:
     r = http("DELETE", kv(cluster, key, i))
     assert r.status == 204, r.body
@@ -134,11 +155,15 @@ def read(cluster: StaticCluster, key: str, i: int = 0) -> tuple[int, bytes, str]
     return r.status, r.body, r.headers.get("etag", "").strip('"')
 
 
-def tombstone_versions(cluster: StaticCluster, key: str) -> set[str]:
-    """The versions the key's replicas hold, all of them tombstones (else AssertionError)."""
-    reps = http("GET", f"{cluster.url(0)}/v1/replicas/{quote(key)}").json()["replicas"]
-    assert all(r["status"] == "ok" and r["live"] is False for r in reps), reps
-    return {r["version"] for r in reps}
+def holds_tombstone(cluster: StaticCluster, key: str, version: str) -> None:
+    """Every replica of the key comes to hold the tombstone `version`, and nothing else. A
+    quorum acknowledged it; the last copy may still be on its way (or in a hint)."""
+    def held() -> bool:
+        reps = http("GET", f"{cluster.url(0)}/v1/replicas/{quote(key)}").json()["replicas"]
+        return all(r["status"] == "ok" and r["version"] == version and r["live"] is False
+                   for r in reps)
+
+    wait_for(held, 120, f"every replica of {key} to hold the tombstone {version}")
 
 
 class Writer(threading.Thread):
@@ -171,14 +196,15 @@ class Writer(threading.Thread):
 
 def test_backup_under_load_restores_into_a_bigger_cluster(tmp_path: Path,
                                                           clusters: list[StaticCluster]) -> None:
-    """3 nodes -> 5 nodes: every key acknowledged before the backup began reads back with
-    its version; deletions stay deleted (as tombstones); TTL keys keep their expiry."""
+    """3 nodes, rf=3 -> 5 nodes, rf=2: every key acknowledged before the backup began reads
+    back with its version; deletions stay deleted (as tombstones); TTL keys keep their
+    expiry."""
     a = start(tmp_path / "a", 3)
     clusters.append(a)
     written = put_many(a, 400, "fixed/")
     written["big"] = put(a, "big", os.urandom(300_000), ctype="application/octet-stream")
     deleted = {f"fixed/{i}": delete(a, f"fixed/{i}", i % 3) for i in range(0, 400, 10)}
-    ttl = {f"ttl/{i}": put(a, f"ttl/{i}", b"soon gone", query="?ttl=3600") for i in range(20)}
+    ttl = {f"ttl/{i}": put_ttl(a, f"ttl/{i}", 3600) for i in range(20)}
     load = Writer(a, 200)
     load.start()
     wait_for(lambda: len(load.acks) > 300, 60, "the write load to cover every key")
@@ -196,9 +222,9 @@ def test_backup_under_load_restores_into_a_bigger_cluster(tmp_path: Path,
         rec = records[key.encode()]
         assert rec[3] == deleted.get(key, version) and rec[4] is (key in deleted)
     assert records[b"fixed/1"][1:3] == [b"0000000001", "application/octet-stream"]
-    for key, version in ttl.items():  # the expiry is absolute: the coordinator's ms + ttl
+    for key, (version, expires_ms) in ttl.items():
         rec = records[key.encode()]
-        assert rec[3] == version and rec[5] == (order(version)[0] >> 16) + 3_600_000
+        assert rec[3] == version and rec[5] == expires_ms
     for key, version in before.items():
         assert order(records[key.encode()][3]) >= order(version)
 
@@ -212,14 +238,15 @@ def test_backup_under_load_restores_into_a_bigger_cluster(tmp_path: Path,
     last = http("GET", a.url(2) + "/v1/backup/last").json()["last"]
     assert last["name"] == path.name and last["records"] == len(records)
 
-    b = start(tmp_path / "b", 5)
+    b = start(tmp_path / "b", 5, rf=2)
     clusters.append(b)
     done = restore(b, path)
     assert done.returncode == 0, done.stderr
     for i, (key, version) in enumerate(written.items()):
         status, _, got = read(b, key, i % 5)
         if key in deleted:
-            assert status == 404 and tombstone_versions(b, key) == {deleted[key]}
+            assert status == 404
+            holds_tombstone(b, key, deleted[key])
         else:
             assert status == 200 and got == version
     assert read(b, "fixed/7", 4)[1] == b"0000000007"
@@ -300,7 +327,8 @@ def test_restore_into_a_running_cluster_keeps_newer_writes_and_twice_is_once(
         if key in newer:
             assert (status, value, version) == (200, b"new", newer[key])
         elif key in gone:
-            assert status == 404 and tombstone_versions(a, key) == {gone[key]}
+            assert status == 404
+            holds_tombstone(a, key, gone[key])
         else:
             assert (status, version) == (200, before)
     assert read(a, "written-after")[2] == fresh
@@ -361,6 +389,48 @@ def test_damaged_archives_are_refused_before_anything_is_written(
     # Nothing reached the target cluster.
     assert http("GET", f"{b.url(0)}/v1/kv?limit=10").json()["keys"] == []
     assert archived(backup(b, tmp_path / "empty")) == {}
+
+
+def test_progress_is_a_bar_on_a_terminal_and_json_lines_in_a_log(tmp_path: Path,
+                                                                  shared3: StaticCluster) -> None:
+    """The tool decides by its own stderr: a terminal gets a bar redrawn in place, a pipe
+    (a CronJob's log) one JSON object a line."""
+    put_many(shared3, 300, "progress/")
+    terminal, tool_side = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ringkv.client.cli", "backup", "--url", urls(shared3), "--to",
+         str(tmp_path / "backups")], env={**os.environ, "RINGKV_TOKEN": API_TOKEN},
+        stdout=subprocess.PIPE, stderr=tool_side, text=True)
+    os.close(tool_side)
+    screen: list[bytes] = []
+
+    def watch() -> None:
+        while True:
+            try:
+                chunk = os.read(terminal, 4096)
+            except OSError:  # EIO: the tool closed the terminal
+                return
+            if not chunk:
+                return
+            screen.append(chunk)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+        watcher.join(10)
+        os.close(terminal)
+    assert proc.returncode == 0
+    drawn = b"".join(screen).decode()
+    assert drawn.startswith("\rbackup  [") and "] 100.0%  " in drawn and "{" not in drawn, drawn
+
+    logged = restore(shared3, Path(json.loads(out)["backup"]), "--dry-run")
+    assert logged.returncode == 0, logged.stderr
+    lines = [json.loads(line) for line in logged.stderr.splitlines()]
+    assert lines[-1]["event"] == "done" and lines[-1]["phase"] == "verify"
+    assert lines[-1]["records"] >= 300 and "\r" not in logged.stderr
 
 
 def test_backup_endpoints_answer_bad_input_with_a_4xx(shared3: StaticCluster) -> None:

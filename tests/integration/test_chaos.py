@@ -13,7 +13,7 @@ import pytest
 from harness import API_TOKEN, LocalCluster, http, wait_for
 
 from ringkv.client.history import Op, check
-from ringkv.local.check import Workload, final_reads, run_worker
+from ringkv.local.workloads import Workload, final_reads, run_worker
 
 
 def exact_copies(cluster: LocalCluster, keys: list[str], copies: int, members: int) -> None:
@@ -33,9 +33,13 @@ def exact_copies(cluster: LocalCluster, keys: list[str], copies: int, members: i
     wait_for(ok, 90, f"{copies} copies of every key")
 
 
-@pytest.mark.parametrize("rounds", [3])
-def test_sigkill_one_at_a_time_under_load(tmp_path: Path, rounds: int) -> None:
-    cluster = LocalCluster(tmp_path, nodes=5, rf=3, restart_delay=1.0).start()
+@pytest.mark.parametrize("down_grace", [0.0, None], ids=["replaced", "within-grace"])
+def test_sigkill_one_at_a_time_under_load(tmp_path: Path, down_grace: float | None) -> None:
+    """Replaced: a killed node is dropped at once, its copies restored, and it rejoins.
+    Within the grace period (the default): it is restarted and nothing moves."""
+    rounds = 3
+    cluster = LocalCluster(tmp_path, nodes=5, rf=3, restart_delay=1.0,
+                           down_grace=down_grace).start()
     keys = [f"chaos/{i}" for i in range(12)]
     ops: list[Op] = []
     work = Workload(urls=[cluster.url(i) for i in range(5)], token=API_TOKEN, timeout=5.0,
@@ -50,14 +54,25 @@ def test_sigkill_one_at_a_time_under_load(tmp_path: Path, rounds: int) -> None:
         epoch = cluster.cluster_info()["epoch"]
         for _ in range(rounds):
             victim = f"node-{rng.randrange(5)}"
+            old_pid = cluster.control.node(victim)["pid"]
             cluster.control.kill(victim)
-            # Removed, re-replicated, restarted on its data, rejoined, caught up, settled.
-            info = cluster.wait_settled(5, epoch + 2)
-            epoch = info["epoch"]
+            if down_grace == 0:
+                # Removed, re-replicated, restarted on its data, rejoined, caught up, settled.
+                info = cluster.wait_settled(5, epoch + 2)
+                epoch = info["epoch"]
+            else:
+                # Restarted on its data and serving again; the membership never changed.
+                wait_for(lambda v=victim, p=old_pid: cluster.control.node(v)["pid"] != p, 60,
+                         f"{victim} restarted")
+                cluster.wait_ready_url(cluster.url(int(victim[-1])))
+                assert cluster.wait_settled(5)["epoch"] == epoch
             exact_copies(cluster, keys, 3, 5)
             acked = sum(o.kind == "write" and o.outcome == "ok" for o in ops)
             wait_for(lambda acked=acked: sum(o.kind == "write" and o.outcome == "ok" for o in ops)
                      > acked + 20, 60, "writes to go on after the node returned")
+    except BaseException:
+        cluster.stop()  # every process a test starts is stopped, also when it fails here
+        raise
     finally:
         work.stop.set()
         for t in workers:

@@ -18,11 +18,18 @@ import pytest
 from harness import free_ports, run_to_end
 
 from ringkv.client import QuorumUnavailable, Unavailable
-from ringkv.client.errors import BadRequest, ConflictRetryExhausted, InternalError
+from ringkv.client.errors import (
+    BadRequest,
+    ConflictRetryExhausted,
+    InternalError,
+    OutcomeUnknown,
+    PreconditionFailed,
+)
 from ringkv.client.history import Op, Outcome, availability
-from ringkv.local.check import classify, main
+from ringkv.local.check import main
 from ringkv.local.netns import unusable_reason
 from ringkv.local.spawn import UpProcess, spawn_up
+from ringkv.local.workloads import classify
 
 NODES = 3
 CLI = [sys.executable, "-m", "ringkv.client.cli"]
@@ -112,6 +119,37 @@ def test_every_nemesis_faults_the_cluster_and_the_history_stays_valid(
     assert 0 < during["attempted"] <= summary["operations"] and 0 <= during["ok"] <= during["attempted"]
 
 
+def test_cas_workload_under_kill_is_linearizable(local_up: UpProcess, tmp_path: Path) -> None:
+    """Serial reads and writes and compare-and-sets on 3 keys by 6 clients, nodes killed:
+    the history is linearizable per key, and contention really happened (412s and 2xx)."""
+    restarts_before = sum(n["restarts"] for n in local_up.control.nodes())
+    result, history, summary_file = run_check(
+        local_up, tmp_path, *SHORT.split(), "--workload", "cas", "--workers", "6", "--keys", "3",
+        "--nemesis", "kill")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{output}\n--- ringkv up log ---\n{local_up.log_tail()}"
+    assert "result: VALID" in output and "cas workload" in output
+    summary = json.loads(summary_file.read_text())
+    assert summary["workload"] == "cas" and summary["passed"] and summary["anomalies"] == []
+    assert summary["faults"] >= 1
+    assert sum(n["restarts"] for n in local_up.control.nodes()) - restarts_before >= summary["faults"]
+    cas = summary["counts"]["cas"]
+    assert cas["ok"] > 0 and summary["refused"] > 0 and cas["fail"] >= summary["refused"]
+    ops = [json.loads(line) for line in history.read_text().splitlines()]
+    ops = [d for d in ops if d["type"] == "op"]
+    assert {d["kind"] for d in ops} == {"read", "write", "cas"}
+    creates = [d for d in ops if d["kind"] == "cas" and d["expected"] is None and d["outcome"] == "ok"]
+    assert 0 < len(creates) <= 3  # If-None-Match: * won once per key at most
+    finals = [d for d in ops if d["final"]]
+    assert len(finals) == 3 and all(d["outcome"] == "ok" for d in finals)
+
+
+def test_cas_workload_reads_only_serially(local_up: UpProcess, tmp_path: Path) -> None:
+    result, history, _ = run_check(local_up, tmp_path, "--workload", "cas", "--consistency", "quorum")
+    assert result.returncode == 2 and "not linearizable" in result.stderr
+    assert not history.exists()
+
+
 def test_partition_nemesis_needs_a_netns_launcher(local_up: UpProcess, tmp_path: Path) -> None:
     result, history, _ = run_check(local_up, tmp_path, "--duration", "1", "--nemesis", "partition")
     assert result.returncode == 2, result.stdout + result.stderr
@@ -157,7 +195,9 @@ def test_outcomes_are_unknown_unless_the_write_surely_did_not_happen() -> None:
     assert classify("write", Unavailable("refused", maybe_applied=False)) == "fail"
     assert classify("write", Unavailable("timeout", timed_out=True, maybe_applied=True)) == "unknown"
     assert classify("write", QuorumUnavailable("quorum_unavailable", "1 of 2", 503)) == "unknown"
-    assert classify("write", ConflictRetryExhausted("conflict_retry_exhausted", "x", 503)) == "unknown"
+    assert classify("write", ConflictRetryExhausted("conflict_retry_exhausted", "x", 503)) == "fail"
+    assert classify("cas", PreconditionFailed("precondition_failed", "x", 412)) == "fail"
+    assert classify("cas", OutcomeUnknown("outcome_unknown", "x", 503)) == "unknown"
     assert classify("write", InternalError("internal", "x", 500)) == "unknown"
     assert classify("read", Unavailable("timeout", timed_out=True)) == "unknown"
     assert classify("read", Unavailable("refused")) == "fail"

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from http.client import HTTPConnection
+from typing import Any
 
 from harness import API_TOKEN, StaticCluster, http, wait_for
 
@@ -97,9 +98,19 @@ def test_history_and_ring_of_a_settled_cluster(shared3: StaticCluster) -> None:
 
 def test_replicas_report_each_records_size_type_and_expiry(shared3: StaticCluster) -> None:
     url = shared3.url(0)
-    r = http("PUT", f"{url}/v1/kv/inspected?ttl=600", b"<b>12345</b>", {"Content-Type": "text/html"})
+    # On a loaded machine a write can time out (503): the test is about what the replicas
+    # report once one is acknowledged, so it writes until one is.
+    r = wait_for(lambda: (w := http("PUT", f"{url}/v1/kv/inspected?ttl=600", b"<b>12345</b>",
+                                    {"Content-Type": "text/html"})).status == 200 and w,
+                 what="an acknowledged write")
     version = r.json()["version"]
-    replicas = http("GET", f"{url}/v1/replicas/inspected").json()["replicas"]
+
+    def every_replica_holds_it() -> list[dict[str, Any]] | None:
+        """A quorum acknowledged the write; the last copy may still be on its way."""
+        replicas: list[dict[str, Any]] = http("GET", f"{url}/v1/replicas/inspected").json()["replicas"]
+        return replicas if all(e["status"] == "ok" for e in replicas) else None
+
+    replicas = wait_for(every_replica_holds_it, 60, "the third copy of the write")
     assert len(replicas) == 3
     now_ms = time.time() * 1000
     for entry in replicas:
@@ -130,7 +141,9 @@ def test_status_watch_redraws_members_and_rates(shared3: StaticCluster) -> None:
             elif frames:
                 frames[-1] += line
                 members = rows(frames[-1])
-                if len(members) == 3 and float(members["node-0"][6]) > 0:
+                # A frame is whole once its re-replication line is drawn (after the rows).
+                if (len(members) == 3 and float(members["node-0"][6]) > 0
+                        and "re-replication:" in frames[-1]):
                     break
         frame = frames[-1]
         members = rows(frame)

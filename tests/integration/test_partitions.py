@@ -28,7 +28,6 @@ from harness import API_TOKEN, LocalCluster, Response, http, wait_for
 
 from ringkv.client.history import Op, check, parse_version
 from ringkv.local import system_tools
-from ringkv.local.check import Workload, final_reads, run_worker
 from ringkv.local.netns import (
     IFNAMSIZ,
     NetnsError,
@@ -47,6 +46,7 @@ from ringkv.local.netns import (
     used_subnets,
     veth_name,
 )
+from ringkv.local.workloads import Workload, final_reads, run_worker
 
 REASON = unusable_reason()
 needs_netns = pytest.mark.skipif(REASON is not None, reason=f"partition tests need namespaces: {REASON}")

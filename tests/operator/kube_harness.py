@@ -31,6 +31,7 @@ from harness import API_TOKEN, CLUSTER_TOKEN, NodeProcess, free_ports, http
 from helmchart import env_of, find, render
 
 from ringkv.node.membership import Document
+from ringkv.operator.controller import Policy
 from ringkv.operator.kube import Config, LabelSelector, Operator, Pod
 
 NAMESPACE = "ringkv-test"
@@ -48,6 +49,7 @@ RESOURCES: dict[str, dict[str, Any]] = {
     "v1/pods": {"kind": "Pod", "namespaced": True, "subresources": {"status"}},
     "v1/configmaps": {"kind": "ConfigMap", "namespaced": True},
     "v1/events": {"kind": "Event", "namespaced": True},
+    "apps/v1/statefulsets": {"kind": "StatefulSet", "namespaced": True},
 }
 VERBS = {"get", "list", "watch", "create", "patch", "delete"}
 OPERATOR_USER = f"system:serviceaccount:{NAMESPACE}:ringkv-operator"
@@ -281,6 +283,19 @@ class Cluster:
             assert resp.status < 300, (method, path, resp.status, payload)
             return payload
 
+    async def scale(self, replicas: int, name: str = "ringkv") -> None:
+        """The node StatefulSet wanting `replicas` pods (created on first use), as `helm
+        upgrade --set replicaCount=N` leaves it; its pods are created by the test."""
+        url = f"/apis/apps/v1/namespaces/{NAMESPACE}/statefulsets"
+        async with self.session.get(f"{url}/{name}") as resp:
+            exists = resp.status == 200
+        if exists:
+            await self.call("PATCH", f"{url}/{name}", {"spec": {"replicas": replicas}})
+        else:
+            await self.call("POST", url, {"apiVersion": "apps/v1", "kind": "StatefulSet",
+                                          "metadata": {"name": name},
+                                          "spec": {"replicas": replicas}})
+
     async def create_pod(self, name: str, phase: str = "Running", ip: str = "127.0.0.1",
                          labels: dict[str, str] | None = None,
                          finalizers: list[str] | None = None) -> None:
@@ -331,7 +346,8 @@ class Cluster:
         for r in self.emulator:
             if (r.method in ("POST", "PATCH") and r.resource is not None
                     and r.resource.plural == "configmaps"
-                    and r.headers.get("User-Agent", "").startswith("ringkv-operator")):
+                    and r.headers.get("User-Agent", "").startswith("ringkv-operator")
+                    and "membership.json" in r.data["data"]):  # not the status beside it
                 out.append(Document.from_json(json.loads(r.data["data"]["membership.json"])))
         return out
 
@@ -427,7 +443,8 @@ class OperatorThread:
 
 
 def make_config(addresses: dict[str, tuple[str, str]], interval: float = 0.5,
-                resync_interval: float = 60.0, rf: int = 3) -> Config:
+                resync_interval: float = 60.0, rf: int = 3, down_grace: float = 0.0,
+                statefulset: str = "ringkv") -> Config:
     """The operator's configuration, with nodes on 127.0.0.1 instead of the peer Service.
 
     A pod with no node process gets a closed port: pushes to it fail, as to a dead pod.
@@ -438,8 +455,10 @@ def make_config(addresses: dict[str, tuple[str, str]], interval: float = 0.5,
         return addresses.get(pod.name, (f"127.0.0.1:{closed}", f"http://127.0.0.1:{closed}"))
 
     return Config(namespace=NAMESPACE, selector=LabelSelector.parse(SELECTOR), configmap=CONFIGMAP,
-                  cluster_token=CLUSTER_TOKEN, address=address, rf=rf, interval=interval,
-                  resync_interval=resync_interval, metrics_port=metrics_port)
+                  cluster_token=CLUSTER_TOKEN, address=address,
+                  policy=Policy(rf=rf, down_grace=down_grace), interval=interval,
+                  resync_interval=resync_interval, statefulset=statefulset,
+                  metrics_port=metrics_port)
 
 
 # -- node processes ---------------------------------------------------------------------------

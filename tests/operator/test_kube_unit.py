@@ -10,6 +10,7 @@ import kopf
 import pytest
 
 from ringkv.node.membership import Document, Member
+from ringkv.operator.controller import Policy
 from ringkv.operator.kube import (
     Config,
     ConfigError,
@@ -64,8 +65,8 @@ def test_anything_but_key_value_labels_is_a_config_error(bad: str) -> None:
 
 def test_config_defaults_address_pods_through_the_headless_service() -> None:
     config = Config.from_env(ENV)
-    assert (config.namespace, config.configmap, config.rf, config.interval) == (
-        "db", "kv-membership", 3, 10.0)
+    assert (config.namespace, config.configmap, config.policy, config.interval) == (
+        "db", "kv-membership", Policy(rf=3, vnodes=64, down_grace=300.0), 10.0)
     assert config.address(pod("kv-2")) == (
         "kv-2.kv-peers.db.svc.cluster.local:9080", "http://kv-2.kv-peers.db.svc.cluster.local:8080")
 
@@ -73,8 +74,11 @@ def test_config_defaults_address_pods_through_the_headless_service() -> None:
 def test_config_overrides() -> None:
     config = Config.from_env({**ENV, "RINGKV_RF": "5", "RINGKV_RECONCILE_INTERVAL": "2.5",
                               "RINGKV_CLUSTER_DOMAIN": "example.internal",
-                              "RINGKV_INTERNAL_PORT": "19080", "RINGKV_API_PORT": "18080"})
-    assert (config.rf, config.interval) == (5, 2.5)
+                              "RINGKV_INTERNAL_PORT": "19080", "RINGKV_API_PORT": "18080",
+                              "RINGKV_DOWN_GRACE": "0", "RINGKV_VNODES": "16",
+                              "RINGKV_STATEFULSET": "kv"})
+    assert (config.policy, config.interval) == (Policy(rf=5, vnodes=16, down_grace=0.0), 2.5)
+    assert config.statefulset == "kv"
     assert config.address(pod("kv-0"))[0] == "kv-0.kv-peers.db.svc.example.internal:19080"
 
 

@@ -68,15 +68,15 @@ async def _has(k8s, reason: str) -> bool:
 
 
 async def test_a_terminating_pod_leaves_before_it_is_gone(k8s, operators) -> None:
-    for name in ("kv-0", "kv-1", "kv-2"):
+    for name in ("kv-0", "kv-1", "kv-2", "kv-3"):
         await k8s.create_pod(name)
     await operators(make_config({}))
     await membership(k8s, lambda d: d.epoch == 1, "epoch 1")
 
     await k8s.terminate_pod("kv-1")  # still listed, with a deletionTimestamp
     doc = await membership(k8s, lambda d: "kv-1" not in d.names, "kv-1 to be removed")
-    assert (doc.epoch, doc.names, doc.settled) == (2, ("kv-0", "kv-2"), False)
-    assert doc.base == ("kv-0", "kv-1", "kv-2")
+    assert (doc.epoch, doc.names, doc.settled) == (2, ("kv-0", "kv-2", "kv-3"), False)
+    assert doc.base == ("kv-0", "kv-1", "kv-2", "kv-3")
     assert await eventually(lambda: _has(k8s, "NodeRemoved"), 10, "a NodeRemoved Event")
 
     # The pod disappearing for good and coming back: it rejoins as a new member.
@@ -108,7 +108,7 @@ async def test_pods_deleted_before_kopf_lists_them_are_found_by_a_re_list(k8s, o
     """A pod deleted between the startup list and kopf's first list: the operator knows it
     from its own list, kopf never saw it, so no DELETED event ever comes. kopf's listing
     makes the operator list again, rather than waiting for the periodic re-list."""
-    for name in ("kv-0", "kv-1", "kv-2"):
+    for name in ("kv-0", "kv-1", "kv-2", "kv-3"):
         await k8s.create_pod(name)
     deleted: list[str] = []
 
@@ -122,12 +122,13 @@ async def test_pods_deleted_before_kopf_lists_them_are_found_by_a_re_list(k8s, o
     k8s.emulator.gate = delete_before_kopf_lists
     await operators(make_config({}, resync_interval=3600))
     doc = await membership(k8s, lambda d: d.epoch == 2, "kv-2 to be removed")
-    assert doc.names == ("kv-0", "kv-1") and deleted == ["kv-2"]
+    assert doc.names == ("kv-0", "kv-1", "kv-3") and deleted == ["kv-2"]
 
 
 async def test_pods_are_never_written_to(k8s, operators) -> None:
     """No finalizer, no annotation, no patch on any pod, across a full pod lifecycle."""
-    await k8s.create_pod("kv-0")
+    for name in ("kv-0", "kv-2", "kv-3"):
+        await k8s.create_pod(name)
     await k8s.create_pod("kv-1", phase="Pending")
     await operators(make_config({}))
     await membership(k8s, lambda d: d.epoch == 1, "epoch 1")
@@ -230,3 +231,25 @@ async def test_liveness_says_whether_reconcile_rounds_end(k8s, operators) -> Non
         k8s.emulator.gate = None
     await eventually(lambda: asyncio.to_thread(lambda: liveness(config.metrics_port) == 200), 60,
                      "liveness to recover once rounds end again")
+
+
+async def test_a_scaled_in_pod_leaves_by_handing_off_and_a_deleted_one_is_waited_for(
+        k8s, operators) -> None:
+    """The StatefulSet's replicas tell a scale-in from a restart: a terminating pod past
+    them becomes `leaving` (it hands off while it terminates); a deleted pod the StatefulSet
+    still wants stays a member through the grace period."""
+    names = [f"ringkv-{i}" for i in range(5)]
+    await k8s.scale(5)
+    for name in names:
+        await k8s.create_pod(name)
+    await operators(make_config({}, down_grace=3600))
+    await membership(k8s, lambda d: d.epoch == 1 and len(d.names) == 5, "epoch 1")
+
+    await k8s.delete_pod("ringkv-1")  # a restart: the StatefulSet wants it back
+    await k8s.scale(4)
+    await k8s.terminate_pod("ringkv-4")  # the scale-in
+    doc = await membership(k8s, lambda d: d.epoch > 1, "the scale-in")
+    assert doc.member("ringkv-4").state == "leaving"
+    assert doc.member("ringkv-1").state == "normal" and not doc.settled
+    assert await eventually(lambda: _has(k8s, "NodeLeaving"), 10, "a NodeLeaving Event")
+    assert_pods_untouched(k8s)

@@ -105,19 +105,26 @@ async def test_a_pod_deleted_and_back_while_the_operator_is_down(k8s, nodes, ope
 
 
 async def test_two_deletions_in_quick_succession(k8s, nodes, operators) -> None:
-    """kv-3 and kv-4 deleted back to back: both leave, the survivors hold 3 copies of
-    everything; then the StatefulSet brings both back and they rejoin."""
+    """kv-3 and kv-4 deleted back to back, before their copies could be restored: some
+    ranges have only one live copy left, which may lack writes only the two held, so the
+    operator never drops both (it says why, in an Event); the StatefulSet brings both
+    back and nothing is lost."""
     names = ["kv-0", "kv-1", "kv-2", "kv-3", "kv-4"]
     _, before, written = await start_cluster(k8s, nodes, operators, names)
 
     await lose(k8s, nodes, "kv-3")
     await lose(k8s, nodes, "kv-4")
-    gone = await settled(k8s, nodes, set(STEADY), above=before.epoch)
-    await intact(nodes.procs["kv-0"], written, exclude=frozenset({"kv-3", "kv-4"}))
-    written |= await write(nodes.procs["kv-1"], "b", 20)
+
+    async def waits() -> bool:
+        return any(e["reason"] == "EpochWaiting" and "is gone, but dropping it" in e["message"]
+                   for e in await k8s.events())
+
+    await eventually(waits, 60, "an EpochWaiting Event")
+    await rounds_pass(k8s)
+    assert all({"kv-3", "kv-4"} & set(d.names) for d in k8s.operator_documents())
 
     await come_back(k8s, nodes, "kv-3", "kv-4")
-    await settled(k8s, nodes, set(names), above=gone.epoch)
+    await settled(k8s, nodes, set(names), above=before.epoch - 1)
     await intact(nodes.procs["kv-3"], written)
     assert_never_dropped(k8s)
 

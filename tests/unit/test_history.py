@@ -240,8 +240,9 @@ def test_summary_lists_counts_and_the_first_ten_violations() -> None:
 def test_op_json_round_trip() -> None:
     for op in (w("x", "5.a", 0.25, None, "unknown"), r(None, None, 1.0, 2.0, final=True)):
         assert Op.from_json(json.loads(json.dumps(op.to_json()))) == op
-    with pytest.raises(ValueError):
-        Op.from_json({"kind": "cas", "outcome": "ok"})
+    for bad in ({"kind": "merge", "outcome": "ok"}, {"kind": "cas", "outcome": "ok"}):
+        with pytest.raises(ValueError):
+            Op.from_json(bad)
 
 
 # ------------------------------------------------------------------- generated histories

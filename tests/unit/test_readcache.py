@@ -29,7 +29,7 @@ def write(cache: ReadCache, *records: Record) -> None:
     """A whole write transaction that stores every record and commits."""
     txn = cache.begin()
     for r in records:
-        txn.store(r)
+        txn.store(r.key, r)
     txn.end(committed=True)
 
 
@@ -61,7 +61,7 @@ def test_a_read_beside_a_running_write_is_replaced_when_the_write_ends() -> None
     cache = ReadCache()
     txn = cache.begin()
     assert cache.load(b"k", lambda key: rec(key, 1)) == rec(b"k", 1)
-    txn.store(rec(b"k", 2))
+    txn.store(b"k", rec(b"k", 2))
     txn.end(committed=True)
     assert cache.get(b"k") == rec(b"k", 2)
 
@@ -72,8 +72,8 @@ def test_overlapping_writes_drop_their_keys() -> None:
     record over the other's, and neither may keep a record once the other moved on."""
     cache = ReadCache()
     first, second = cache.begin(), cache.begin()
-    first.store(rec(b"k", 1))  # commits first
-    second.store(rec(b"k", 2))  # commits second, reaches the cache first
+    first.store(b"k", rec(b"k", 1))  # commits first
+    second.store(b"k", rec(b"k", 2))  # commits second, reaches the cache first
     second.end(committed=True)
     assert cache.get(b"k") in (None, rec(b"k", 2))
     first.end(committed=True)
@@ -86,7 +86,7 @@ def test_a_key_a_write_did_not_store_leaves_the_cache() -> None:
     write(cache, rec(b"k", 5), rec(b"j", 1))
     txn = cache.begin()
     txn.touch(b"k")
-    txn.store(rec(b"j", 2))
+    txn.store(b"j", rec(b"j", 2))
     txn.end(committed=True)
     assert cache.get(b"k") is None
     assert cache.get(b"j") == rec(b"j", 2)
@@ -96,7 +96,7 @@ def test_a_rolled_back_write_drops_what_it_meant_to_store() -> None:
     cache = ReadCache()
     write(cache, rec(b"k", 1))
     txn = cache.begin()
-    txn.store(rec(b"k", 2))
+    txn.store(b"k", rec(b"k", 2))
     txn.end(committed=False)
     assert cache.get(b"k") is None
 
@@ -195,7 +195,7 @@ class CacheMachine(RuleBasedStateMachine):
             for r in o.records:  # the upsert: keep the newer version
                 stored = self.db.get(r.key)
                 if stored is None or r.version > stored.version:
-                    o.txn.store(r)
+                    o.txn.store(r.key, r)
                     if not rollback:
                         self.db[r.key] = r
                         o.changed.add(r.key)

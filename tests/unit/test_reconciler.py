@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import pytest
 
 from ringkv.node.membership import Document, Member
-from ringkv.operator.controller import Observed, Report
+from ringkv.operator.controller import Observed, Policy, Report
 from ringkv.operator.reconciler import Reconciler
 
 
@@ -28,6 +28,7 @@ class FakeStore:
     journal: Journal
     doc: Document | None = None
     fail_loads: int = 0
+    status: dict[str, object] = field(default_factory=dict)
 
     async def load(self) -> Document | None:
         if self.fail_loads:
@@ -39,12 +40,15 @@ class FakeStore:
         self.journal.append(("save", str(doc.epoch)))
         self.doc = doc
 
+    async def save_status(self, status: dict[str, object]) -> None:
+        self.status = status
+
 
 @dataclass
 class FakeSource:
     alive: dict[str, bool]
 
-    async def observe(self) -> list[Observed]:
+    async def observe(self, members: Sequence[str]) -> list[Observed]:
         return [Observed(n, f"{n}:9080", f"http://{n}:8080", up) for n, up in self.alive.items()]
 
 
@@ -70,7 +74,7 @@ class FakeNodes:
         if member.name in self.unreachable:
             raise ConnectionRefusedError(member.name)
         n = self.nodes[member.name]
-        return Report(member.name, n.epoch, n.pulls, n.pulls)
+        return Report(member.name, n.epoch, n.pulls, data_id=f"d-{member.name}")
 
     async def push(self, member: Member, doc: Document) -> None:
         self.journal.append(("push", str(doc.epoch), member.name))
@@ -113,7 +117,7 @@ class World:
 
 
 def member(name: str) -> Member:
-    return Member(name, f"{name}:9080", f"http://{name}:8080")
+    return Member(name, f"{name}:9080", f"http://{name}:8080", data_id=f"d-{name}")
 
 
 def make_world(names: list[str], doc: Document | None = None, rf: int = 3,
@@ -125,7 +129,7 @@ def make_world(names: list[str], doc: Document | None = None, rf: int = 3,
     store = FakeStore(journal, doc)
     source = FakeSource(dict.fromkeys(names, True))
     fake_nodes = FakeNodes(journal, nodes)
-    rec = Reconciler(store, source, fake_nodes, rf,
+    rec = Reconciler(store, source, fake_nodes, Policy(rf=rf, vnodes=16, down_grace=0.0),
                      on_change=lambda old, new, text: changes.append(text),
                      status_timeout=0.2, push_timeout=1.0)
     return World(journal, store, source, fake_nodes, changes, rec)
@@ -189,7 +193,7 @@ async def test_joining_node_waits_until_it_reports_caught_up() -> None:
         doc = await w.rec.reconcile_once()
     assert doc is not None and doc.epoch == 2
     assert doc.member("node-3") == Member("node-3", "node-3:9080", "http://node-3:8080",
-                                          "joining")
+                                          "joining", "d-node-3")
     w.nodes.nodes["node-3"].pulls = True
     final = await w.settle()
     assert final.epoch == 4 and {m.state for m in final.members} == {"normal"}
@@ -304,19 +308,19 @@ async def test_async_on_change_and_failing_callback_do_not_break_the_round(
     async def record(old: Document | None, new: Document, text: str) -> None:
         seen.append(text)
 
-    w = make_world(NAMES[:3])
+    w = make_world(NAMES)
     w.rec.on_change = record
     await w.rec.reconcile_once()
-    assert seen == ["epoch 1: cluster formed with node-0, node-1, node-2 (rf=3)"]
+    assert seen == ["epoch 1: cluster formed with node-0, node-1, node-2, node-3 (rf=3)"]
 
     def broken(old: Document | None, new: Document, text: str) -> None:
         raise RuntimeError("events api down")
 
     w.rec.on_change = broken
-    w.source.alive["node-2"] = False
+    w.source.alive["node-3"] = False
     with caplog.at_level(logging.ERROR, logger="ringkv.operator"):
         doc = await w.rec.reconcile_once()
-    assert doc is not None and doc.epoch == 2 and w.pushes(2) == {"node-0", "node-1"}
+    assert doc is not None and doc.epoch == 2 and w.pushes(2) == {"node-0", "node-1", "node-2"}
     assert "on_change callback failed" in caplog.text
 
 
@@ -332,7 +336,7 @@ async def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
 async def test_run_wakes_on_events_survives_errors_and_cancels(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    w = make_world(NAMES[:3])
+    w = make_world(NAMES)
     w.store.fail_loads = 1
     wake = asyncio.Event()
     with caplog.at_level(logging.ERROR, logger="ringkv.operator"):
@@ -342,7 +346,7 @@ async def test_run_wakes_on_events_survives_errors_and_cancels(
         await wait_for(lambda: w.store.doc is not None)
         assert w.store.doc is not None and w.store.doc.epoch == 1
 
-        w.source.alive["node-1"] = False
+        w.source.alive["node-3"] = False
         wake.set()
         await wait_for(lambda: w.store.doc is not None and w.store.doc.epoch == 2)
     task.cancel()
@@ -351,14 +355,68 @@ async def test_run_wakes_on_events_survives_errors_and_cancels(
 
 
 async def test_run_without_wake_reconciles_every_interval() -> None:
-    w = make_world(NAMES[:3])
+    w = make_world(NAMES)
     task = asyncio.create_task(w.rec.run(interval=0.01))
     try:
         await wait_for(lambda: w.store.doc is not None)
-        w.source.alive["node-1"] = False
+        w.source.alive["node-3"] = False
         await wait_for(lambda: w.store.doc is not None and w.store.doc.settled
-                       and w.store.doc.names == ("node-0", "node-2"))
+                       and w.store.doc.names == ("node-0", "node-1", "node-2"))
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_absent_member_is_dropped_only_after_the_grace_period() -> None:
+    now = [1000.0]
+    w = make_world(NAMES, settled4())
+    w.rec.policy = Policy(rf=3, vnodes=16, down_grace=30.0)
+    w.rec._clock = lambda: now[0]
+    w.source.alive["node-3"] = False
+    doc = await w.rec.reconcile_once()
+    assert doc == settled4() and "node-3" in w.store.status["absent_since"]  # type: ignore[operator]
+    now[0] += 29.0
+    assert await w.rec.reconcile_once() == settled4()
+    w.source.alive["node-3"] = True  # back within the grace: nothing moved, the timer resets
+    assert await w.rec.reconcile_once() == settled4()
+    assert w.store.status["absent_since"] == {}
+    w.source.alive["node-3"] = False
+    await w.rec.reconcile_once()
+    now[0] += 30.0
+    doc = await w.rec.reconcile_once()
+    assert doc is not None and doc.names == tuple(NAMES[:3])
+    assert w.changes == ["epoch 4: node-3 removed"]
+
+
+async def test_a_member_that_cannot_be_dropped_is_said_to_wait_once() -> None:
+    said: list[list[str]] = []
+    w = make_world(NAMES, settled4())
+    w.rec.on_waiting = said.append
+    w.source.alive["node-2"] = w.source.alive["node-3"] = False
+    for _ in range(3):
+        assert await w.rec.reconcile_once() == settled4()
+    assert len(said) == 1 and all("is gone, but dropping it" in line for line in said[0])
+    assert w.store.status["waiting"] == said[0]
+
+
+async def test_a_member_that_left_hears_the_settle_and_absent_members_get_no_cleanup() -> None:
+    @dataclass
+    class Scaling(FakeSource):
+        unwanted: set[str] = field(default_factory=set)
+
+        async def observe(self, members: Sequence[str]) -> list[Observed]:
+            return [Observed(n, f"{n}:9080", f"http://{n}:8080", up, n not in self.unwanted)
+                    for n, up in self.alive.items()]
+
+    w = make_world(NAMES, settled4())
+    w.source = w.rec.source = Scaling(w.source.alive, {"node-3"})  # type: ignore[assignment]
+    final = await w.settle()
+    assert final.names == tuple(NAMES[:3])
+    assert w.changes[0] == "epoch 4: node-3 leaving (handing off its ranges)"
+    assert "node-3" in w.pushes(final.epoch)  # it learns it may stop
+    w.source.alive["node-2"] = False
+    w.journal.clear()
+    w.rec._cleanup_epoch = 0
+    await w.rec.reconcile_once()
+    assert {e[2] for e in w.cleanups()} == {"node-0", "node-1"}

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ringkv.node.paxos import EMPTY, Decision, PaxosState, Proposal
 from ringkv.node.records import Record
 from ringkv.node.ring import MAX_TOKEN, MIN_LO, TokenRange, key_token
 from ringkv.node.storage import (
@@ -32,7 +33,7 @@ from ringkv.node.storage import (
     bucket_range,
     prefix_upper_bound,
 )
-from ringkv.node.versions import Version
+from ringkv.node.versions import ZERO, Version
 
 ENGINES = ["memory", "sqlite"]
 FULL = TokenRange(MIN_LO, MAX_TOKEN)
@@ -76,6 +77,58 @@ def scan_all(store: Storage, rng: TokenRange = FULL, page: int = 1000) -> list[R
         if len(batch) < page:
             return out
         after = (batch[-1].token, batch[-1].key)
+
+
+# --- Paxos states ---------------------------------------------------------------------------
+
+
+def test_a_paxos_state_is_replaced_whole_and_still_found_by_token(store: Storage) -> None:
+    first = PaxosState(
+        promised=Version(9, "n1"), accepted=Version(9, "n1"),
+        proposal=Proposal(rec(b"k", 9), Version(5, "n2")), committed=Version(5, "n2"),
+        decision=Proposal(rec(b"k", 5), ZERO),
+        recent=(Decision(ZERO, Version(5, "n2"), Version(5, "n2")),),
+    )
+    # Every field differs, the proposal and decision going back to none.
+    second = PaxosState(promised=Version(12, "n3"), committed=Version(11, "n3"),
+                        recent=(Decision(Version(5, "n2"), Version(11, "n3"), Version(11, "n3")),))
+    store.apply([], [(b"k", first)])
+    assert store.get_paxos(b"k") == first
+    store.apply([rec(b"k", 11, "n3")], [(b"k", second), (b"other", first)])
+    assert store.get_paxos(b"k") == second
+    assert store.get_paxos(b"missing") == EMPTY
+    token = key_token(b"k")
+    assert store.scan_paxos(TokenRange(token - 1, token), None, 10) == [(b"k", second)]
+    assert sorted(store.scan_paxos(FULL, None, 10)) == sorted([(b"k", second), (b"other", first)])
+
+
+def test_paxos_states_read_after_every_change_are_the_changed_ones(store: Storage) -> None:
+    """The SQLite engine caches Paxos states: a state written (from the loop or another
+    thread) is what the next read sees, a rolled-back write leaves the one before, and a
+    range drop or a purge of settled states forgets them."""
+    def state(hlc: int) -> PaxosState:
+        return PaxosState(promised=Version(hlc, "n1"), accepted=Version(hlc, "n1"),
+                          proposal=Proposal(rec(b"k", hlc), ZERO))
+
+    assert store.get_paxos(b"k") == EMPTY  # "none", cached if any
+    store.apply([rec(b"k", 1)], [(b"k", state(1)), (b"old", state(1))])
+    assert store.get_paxos(b"k") == state(1)
+    assert store.get_paxos(b"k") == state(1)  # from the cache, if any
+    writer = threading.Thread(target=store.apply, args=([], [(b"k", state(2))]))
+    writer.start()
+    writer.join()
+    assert store.get_paxos(b"k") == state(2)
+    bad = Record(b"k", b"x", "text/plain", Version("not-an-int", "n1"), False, 0)  # type: ignore[arg-type]
+    with pytest.raises((TypeError, sqlite3.Error)):
+        store.apply([bad], [(b"k", state(3))])
+    assert store.get_paxos(b"k") == state(2)
+    assert store.get_paxos(b"old") == state(1)
+    store.purge(tombstone_before_hlc=2, expired_before_ms=0)  # settled: promised before 2
+    assert store.get_paxos(b"old") == EMPTY
+    assert store.get_paxos(b"k") == state(2)
+    token = key_token(b"k")
+    store.delete_range(TokenRange(token - 1, token))
+    assert store.get_paxos(b"k") == EMPTY
 
 
 # --- apply: last-write-wins --------------------------------------------------------------

@@ -15,6 +15,14 @@ Two modes:
 
 Every run has a warm-up, then a measured window of fixed length; only operations that
 complete inside the window count.
+
+The ``cas`` workload measures uncontended compare-and-set: the preload writes every key
+once and keeps the version each answer names; then every connection replaces the keys whose
+number is its own modulo the connection count, each on condition that it is still the
+version of the key's last write, and keeps the next one (ringkv: ``PUT`` with ``If-Match``;
+etcd: a ``Txn`` comparing ``mod_revision``).
+Nobody else writes those keys, so every condition must hold: a refusal is a bug and is
+counted as error ``412``.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import math
 import os
@@ -31,17 +40,30 @@ import ssl
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 KINDS = ("ringkv", "dict", "etcd")
-WORKLOADS = ("write", "read", "mixed")
+WORKLOADS = ("write", "read", "mixed", "cas")
 MODES = ("closed", "open")
 CONSISTENCY = ("one", "quorum", "all")
 
 T = TypeVar("T")
+PRELOAD_ATTEMPTS = 3
+ALPHABET = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+def key_name(i: int, key_size: int) -> bytes:
+    """Key number ``i`` of a keyspace: ``k`` and ``i`` zero-padded to ``key_size`` bytes."""
+    return b"k%0*d" % (key_size - 1, i)
+
+
+def payload(size: int, seed: int | None) -> bytes:
+    """The value every write of a run sends (printable, from the run's seed)."""
+    rng = random.Random(seed)
+    return bytes(rng.choice(ALPHABET) for _ in range(size))
 
 
 # --------------------------------------------------------------------------- histogram
@@ -325,13 +347,12 @@ class Target:
         self.common = b" HTTP/1.1\r\nHost: %s\r\n%s" % (host_header, auth)
         self.query = b"?consistency=%s" % consistency.encode() if consistency else b""
         self.value = value
-        self._write_tail = (
-            self.query
-            + self.common
-            + b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n"
-            % len(value)
-            + value
+        head = self.query + self.common + (
+            b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n" % len(value)
         )
+        self._write_tail = head + b"\r\n" + value
+        self._cas_head = head + b"If-Match: "
+        self._cas_rest = b"\r\n\r\n" + value
         self._read_tail = self.query + self.common + b"\r\n"
 
     def write(self, key: bytes) -> bytes:
@@ -343,6 +364,22 @@ class Target:
     def read_status(self, status: int, body: bytes) -> int:
         """Status to record for a read (a kind may map an empty answer to 404)."""
         return status
+
+    def cas(self, key: bytes, etag: bytes) -> bytes:
+        """A write of ``key`` that only applies while its version is still ``etag``."""
+        return b"PUT /v1/kv/" + key + self._cas_head + etag + self._cas_rest
+
+    def written(self, status: int, body: bytes) -> bytes | None:
+        """The tag of the version a write created, for the next `cas`; None if it failed.
+
+        ringkv answers ``{"key": .., "version": "v"}`` and takes it back as ``"v"``.
+        """
+        version = _json_string(body, b"version") if 200 <= status < 300 else None
+        return b'"%s"' % version if version is not None else None
+
+    def swapped(self, status: int, body: bytes) -> tuple[int, bytes | None]:
+        """(status to record, the new tag) of a `cas`; the tag is None if it did not apply."""
+        return status, self.written(status, body)
 
 
 class EtcdTarget(Target):
@@ -367,6 +404,7 @@ class EtcdTarget(Target):
         ctype = b"Content-Type: application/json\r\n"
         self._put_head = b"POST " + prefix + b"/kv/put" + self.common + ctype
         self._range_head = b"POST " + prefix + b"/kv/range" + self.common + ctype
+        self._txn_head = b"POST " + prefix + b"/kv/txn" + self.common + ctype
 
     def write(self, key: bytes) -> bytes:
         body = (
@@ -387,6 +425,37 @@ class EtcdTarget(Target):
         if status == 200 and b'"kvs"' not in body:
             return 404
         return status
+
+    def cas(self, key: bytes, etag: bytes) -> bytes:
+        """A Txn: if the key's mod_revision is still ``etag``, put the value."""
+        key64 = base64.b64encode(key)
+        body = (
+            b'{"compare":[{"key":"' + key64 + b'","target":"MOD","result":"EQUAL",'
+            b'"mod_revision":"' + etag + b'"}],"success":[{"request_put":{"key":"' + key64
+            + b'","value":"' + self._value_b64 + b'"}}]}'
+        )
+        return self._txn_head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+    def written(self, status: int, body: bytes) -> bytes | None:
+        # Every answer starts with its header, whose revision is the one a write created.
+        return _json_string(body, b"revision") if status == 200 else None
+
+    def swapped(self, status: int, body: bytes) -> tuple[int, bytes | None]:
+        # A Txn whose compare failed answers 200 without "succeeded" (false is left out).
+        if status == 200 and b'"succeeded":true' not in body:
+            return 412, None
+        return status, self.written(status, body)
+
+
+def _json_string(body: bytes, name: bytes) -> bytes | None:
+    """The first string value of field ``name`` in a JSON body, found without parsing it
+    (the values read here, versions and revisions, hold no escapes)."""
+    at = body.find(b'"%s":' % name)
+    if at < 0:
+        return None
+    start = body.find(b'"', at + len(name) + 3)
+    end = body.find(b'"', start + 1) if start >= 0 else -1
+    return body[start + 1 : end] if end >= 0 else None
 
 
 async def detect_etcd_prefix(url: str) -> str:
@@ -450,6 +519,12 @@ class LoadConfig:
             (0.0 <= self.read_fraction <= 1.0, "read fraction must be in [0, 1]"),
             (self.value_size >= 0, "value size must be >= 0"),
             (self.keyspace >= 1, "keyspace must be >= 1"),
+            (self.workload != "cas" or self.kind != "dict",
+             "the dict server has no compare-and-set (cas: ringkv or etcd)"),
+            (self.workload != "cas" or self.keyspace >= self.connections,
+             "cas needs a key per connection: keyspace >= connections"),
+            (self.workload != "cas" or self.preload,
+             "cas learns each key's version by writing it first: it needs the preload"),
             (self.timeout > 0, "timeout must be > 0"),
             (
                 self.key_size >= len(str(self.keyspace - 1)) + 1,
@@ -477,6 +552,7 @@ class LoadResult:
     loadgen_cpu_sys_s: float
     preload_keys: int = 0
     preload_s: float = 0.0
+    preload_retried: int = 0  # writes sent again after a failure
     histogram: Histogram = field(default_factory=Histogram, repr=False, compare=False)
 
     @property
@@ -500,6 +576,7 @@ class LoadResult:
             "loadgen_cpu_sys_s": self.loadgen_cpu_sys_s,
             "preload_keys": self.preload_keys,
             "preload_s": self.preload_s,
+            "preload_retried": self.preload_retried,
         }
 
     def format_table(self) -> str:
@@ -551,8 +628,8 @@ class _Run:
         self.config = config
         self.targets = targets
         self.rng = random.Random(config.seed)
-        self.key_digits = config.key_size - 1
-        self.hist = {"read": Histogram(), "write": Histogram()}
+        self.hist = {"read": Histogram(), "write": Histogram(), "cas": Histogram()}
+        self.tags: dict[int, bytes] = {}  # the tag of each key's last write (for cas)
         self.errors: Counter[str] = Counter()
         self.clients: list[HttpClient] = []
         self.start = 0.0  # end of preload: warm-up begins
@@ -560,16 +637,25 @@ class _Run:
         self.t1 = math.inf
 
     def key(self, i: int) -> bytes:
-        return b"k%0*d" % (self.key_digits, i)
+        return key_name(i, self.config.key_size)
 
-    def next_request(self, target: Target) -> tuple[str, bytes]:
+    def owned(self, idx: int) -> range:
+        """The key numbers connection ``idx`` owns: its own number modulo the count."""
+        return range(idx, self.config.keyspace, self.config.connections)
+
+    def next_request(self, target: Target, idx: int) -> tuple[str, int, bytes]:
+        """(operation, key number, request bytes) of connection ``idx``'s next request."""
         c = self.config
-        key = self.key(self.rng.randrange(c.keyspace))
+        if c.workload == "cas":
+            owned = self.owned(idx)
+            i = owned[self.rng.randrange(len(owned))]
+            return "cas", i, target.cas(self.key(i), self.tags[i])
+        i = self.rng.randrange(c.keyspace)
         if c.workload == "write" or (
             c.workload == "mixed" and self.rng.random() >= c.read_fraction
         ):
-            return "write", target.write(key)
-        return "read", target.read(key)
+            return "write", i, target.write(self.key(i))
+        return "read", i, target.read(self.key(i))
 
     async def connect_all(self) -> None:
         urls = self.config.urls
@@ -593,28 +679,62 @@ class _Run:
                 if now - proto.sent_at > timeout:
                     proto.abort(TimeoutError(f"no answer within {timeout:g} s"))
 
-    async def preload(self) -> int:
-        """Write every key of the keyspace once, so reads find them."""
-        counter = iter(range(self.config.keyspace))
-        failures: Counter[str] = Counter()
+    async def preload(self) -> tuple[int, int]:
+        """Write every key of the keyspace, so reads find them and compare-and-set knows
+        each key's version: the keys written and how many writes were sent again after a
+        failure (at most PRELOAD_ATTEMPTS per key)."""
+        keys: list[int] | range = range(self.config.keyspace)
+        retried = 0
+        for attempt in range(PRELOAD_ATTEMPTS):
+            answers, keys = await self.each_key("write", keys)
+            if not keys:
+                if self.config.workload == "cas" and len(self.tags) < self.config.keyspace:
+                    raise RuntimeError("cas: the preload's answers named no version for "
+                                       f"{self.config.keyspace - len(self.tags)} keys")
+                return self.config.keyspace, retried
+            retried += len(keys) if attempt + 1 < PRELOAD_ATTEMPTS else 0
+        failures = {k: n for k, n in answers.items() if not k.startswith("2")}
+        raise RuntimeError(f"preload failed after {PRELOAD_ATTEMPTS} attempts: {failures}")
+
+    async def each_key(self, op: str, keys: Iterable[int] | None = None
+                       ) -> tuple[Counter[str], list[int]]:
+        """One ``write`` or ``read`` of every key of the keyspace (or of ``keys``), spread
+        over every connection: the answers by status (or error name), and the keys that
+        got no answer or a non-2xx one."""
+        counter = iter(range(self.config.keyspace) if keys is None else keys)
+        answers: Counter[str] = Counter()
+        failed: list[int] = []
 
         async def worker(client: HttpClient) -> None:
             target = self.targets[client.url]
+            request = target.write if op == "write" else target.read
             for i in counter:
                 try:
-                    status, _ = await client.request(target.write(self.key(i)))
+                    status, body = await client.request(request(self.key(i)))
                 except (OSError, ConnectFailed) as exc:
-                    failures[_error_name(exc)] += 1
+                    answers[_error_name(exc)] += 1
+                    failed.append(i)
                     if isinstance(exc, ConnectFailed):
                         return
                     continue
+                status = status if op == "write" else target.read_status(status, body)
+                answers[str(status)] += 1
                 if not 200 <= status < 300:
-                    failures[str(status)] += 1
+                    failed.append(i)
+                elif op == "write" and (tag := target.written(status, body)) is not None:
+                    self.tags[i] = tag
 
         await asyncio.gather(*(worker(c) for c in self.clients))
-        if failures:
-            raise RuntimeError(f"preload failed: {dict(failures)}")
-        return self.config.keyspace
+        return answers, failed
+
+    async def retag(self, client: HttpClient, target: Target, i: int) -> None:
+        """After a compare-and-set that did not apply or got no answer, write key ``i``
+        again for a tag that holds (a real client would re-read it); not measured."""
+        with contextlib.suppress(OSError, ConnectFailed):
+            status, body = await client.request(target.write(self.key(i)))
+            tag = target.written(status, body)
+            if tag is not None:
+                self.tags[i] = tag
 
     async def worker(self, idx: int) -> None:
         client = self.clients[idx]
@@ -639,7 +759,7 @@ class _Run:
                         return
                 intended = due
                 due += interval
-            op, request = self.next_request(target)
+            op, i, request = self.next_request(target, idx)
             sent = perf()
             try:
                 status, body = await client.request(request)
@@ -649,18 +769,26 @@ class _Run:
                     errors[_error_name(exc)] += 1
                 if isinstance(exc, ConnectFailed):
                     await asyncio.sleep(0.1)  # target down: do not spin
+                elif op == "cas":
+                    await self.retag(client, target, i)
                 continue
             done = perf()
-            if not self.t0 <= done < self.t1:
-                continue
-            if op == "read":
+            tag = None
+            if op == "cas":
+                status, tag = target.swapped(status, body)
+                if tag is not None:
+                    self.tags[i] = tag
+            elif op == "read":
                 status = target.read_status(status, body)
-            if 200 <= status < 300:
-                # Open loop: charge the wait from the due time (coordinated omission).
-                start = min(intended, sent) if open_loop else sent
-                hist[op].record(int((done - start) * 1_000_000))
-            else:
-                errors[str(status)] += 1
+            if self.t0 <= done < self.t1:
+                if 200 <= status < 300:
+                    # Open loop: charge the wait from the due time (coordinated omission).
+                    start = min(intended, sent) if open_loop else sent
+                    hist[op].record(int((done - start) * 1_000_000))
+                else:
+                    errors[str(status)] += 1
+            if op == "cas" and tag is None:
+                await self.retag(client, target, i)
 
 
 def _error_name(exc: BaseException) -> str:
@@ -688,26 +816,14 @@ async def run_load(
     window, so a caller can sample server-side counters over exactly the same interval.
     """
     config.validate()
-    value_rng = random.Random(config.seed)
-    alphabet = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-    value = bytes(value_rng.choice(alphabet) for _ in range(config.value_size))
-    targets: dict[str, Target] = {}
-    for url in dict.fromkeys(config.urls):
-        host = HttpClient(url).host_header
-        if config.kind == "etcd":
-            prefix = await detect_etcd_prefix(url)
-            targets[url] = EtcdTarget(host, value, config.consistency, config.token, prefix)
-        else:
-            targets[url] = Target(host, value, config.consistency, config.token)
-
-    run = _Run(config, targets)
+    run = _Run(config, await _targets(config))
     await run.connect_all()
     watchdog = asyncio.create_task(run.watchdog())
     try:
-        preload_keys, preload_s = 0, 0.0
-        if config.preload and config.workload in ("read", "mixed"):
+        preload_keys, preload_s, preload_retried = 0, 0.0, 0
+        if config.preload and config.workload in ("read", "mixed", "cas"):
             t = time.perf_counter()
-            preload_keys = await run.preload()
+            preload_keys, preload_retried = await run.preload()
             preload_s = time.perf_counter() - t
 
         run.start = time.perf_counter()
@@ -752,8 +868,38 @@ async def run_load(
         loadgen_cpu_sys_s=system,
         preload_keys=preload_keys,
         preload_s=preload_s,
+        preload_retried=preload_retried,
         histogram=total,
     )
+
+
+async def _targets(config: LoadConfig) -> dict[str, Target]:
+    value = payload(config.value_size, config.seed)
+    targets: dict[str, Target] = {}
+    for url in dict.fromkeys(config.urls):
+        host = HttpClient(url).host_header
+        if config.kind == "etcd":
+            prefix = await detect_etcd_prefix(url)
+            targets[url] = EtcdTarget(host, value, config.consistency, config.token, prefix)
+        else:
+            targets[url] = Target(host, value, config.consistency, config.token)
+    return targets
+
+
+async def read_every_key(config: LoadConfig) -> dict[str, int]:
+    """Read each key of the keyspace once (``config.connections`` at a time): how many
+    answers came back with each status (or error name). A read of a key that a preload
+    wrote must not be a 404."""
+    config.validate()
+    run = _Run(config, await _targets(config))
+    await run.connect_all()
+    watchdog = asyncio.create_task(run.watchdog())
+    try:
+        answers, _ = await run.each_key("read")
+        return dict(answers)
+    finally:
+        watchdog.cancel()
+        run.close_all()
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
@@ -780,7 +926,9 @@ def build_parser() -> argparse.ArgumentParser:
         "round-robin over several nodes (default http://127.0.0.1:8080)",
     )
     p.add_argument("--kind", choices=KINDS, default="ringkv", help="target kind")
-    p.add_argument("--workload", choices=WORKLOADS, default="write")
+    p.add_argument("--workload", choices=WORKLOADS, default="write",
+                   help="cas: uncontended compare-and-set (If-Match; etcd: Txn) on keys each "
+                   "connection owns")
     p.add_argument("--read-fraction", type=float, default=0.5,
                    help="share of reads in the mixed workload")
     p.add_argument("--mode", choices=MODES, default="closed",
@@ -793,7 +941,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-size", type=int, default=16, help="key length in bytes")
     p.add_argument("--value-size", type=int, default=100, help="value length in bytes")
     p.add_argument("--keyspace", type=int, default=10_000,
-                   help="number of distinct keys (read workloads preload all of them)")
+                   help="number of distinct keys (read and cas workloads preload all of them)")
     p.add_argument("--consistency", choices=CONSISTENCY,
                    help="?consistency= on every request (etcd: one = serializable reads)")
     p.add_argument("--token", default=os.environ.get("RINGKV_TOKEN"),

@@ -1,6 +1,7 @@
-"""Scale benchmarks: re-replication after a node loss, memory per key, data moved, n nodes.
+"""Scale benchmarks: re-replication after a node loss, memory per key, data moved, n nodes,
+backup and restore.
 
-Four scenarios, each on its own local cluster (`ringkv up`), selectable with --scenarios:
+Six scenarios, each on its own local cluster (`ringkv up`), selectable with --scenarios:
 
 - ``rereplication``: bulk-load N keys into 5 nodes (rf=3), run a 90/10 read/write client
   load on the nodes that will stay, then stop (or kill) one node while the load keeps
@@ -12,6 +13,12 @@ Four scenarios, each on its own local cluster (`ringkv up`), selectable with --s
 - ``moved``: for n in 3, 5, 7 on a quiet cluster: records copied when one node leaves, as
   a share of all stored copies, vs the ideal 1/n.
 - ``throughput``: write and read throughput of 3, 5 and 7 local nodes with server CPU.
+- ``backup``: bulk-load N keys, run the same client load on every node, take a backup
+  (`ringkv backup`, a process of its own) while it runs: MB/s and keys/s of the backup and
+  client ops/s during it vs before; then restore the backup into a fresh cluster of the
+  same size (quiet): MB/s and keys/s of the restore, verification included.
+- ``churn`` (not in the default set): restarts, kills, whole-cluster restarts and
+  membership changes on one loaded cluster under a checked client (:mod:`ringkv.bench.churn`).
 
 Client load runs as back-to-back windows of the load generator (``run_load``), so the
 throughput before, during and after the handoff comes from the same client and the same
@@ -21,8 +28,8 @@ records (a full table scan on its event loop), so polling it at 10 Hz would itse
 cluster. Everything started is stopped by PID. The nodes inherit this environment, so
 `RINGKV_HANDOFF_*` variables set the handoff budget under test; the report records it.
 
-    python -m ringkv.bench.scale [--scenarios rereplication,rss,moved,throughput]
-                                 [--keys 100000] [--loss stop|kill]
+    python -m ringkv.bench.scale [--scenarios rereplication,rss,moved,throughput,backup,churn]
+                                 [--keys 100000] [--loss stop|kill] [--churn-keys 200000]
 """
 
 from __future__ import annotations
@@ -38,7 +45,9 @@ import platform
 import resource
 import secrets
 import shutil
+import signal
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +56,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ringkv.bench.loadgen import Histogram, LoadConfig, LoadResult, run_async, run_load
+from ringkv.bench import churn
+from ringkv.bench.loadgen import Histogram, LoadConfig, LoadResult, payload, run_async, run_load
 from ringkv.bench.suite import (
     CLK_TCK,
     System,
@@ -64,7 +74,8 @@ from ringkv.local.spawn import UpProcess, spawn_up
 from ringkv.node import config as node_config
 from ringkv.node import membership
 
-SCENARIOS = ("rereplication", "rss", "moved", "throughput")
+DEFAULT_SCENARIOS = ("rereplication", "rss", "moved", "throughput", "backup")
+SCENARIOS = (*DEFAULT_SCENARIOS, "churn")
 DEFAULT_KEYS = 100_000
 MB = 1e6
 
@@ -87,14 +98,16 @@ def stored_membership(cluster: UpProcess) -> membership.Document | None:
 
 @contextlib.contextmanager
 def local_cluster(
-    work: Path, nodes: int, rf: int, binary: str, timeout: float = 120.0
+    work: Path, nodes: int, rf: int, binary: str, timeout: float = 120.0,
+    down_grace: float | None = None, restart_delay: float | None = None,
 ) -> Iterator[UpProcess]:
     """`ringkv up --nodes N --rf R` in its own session; yields once every node is ready.
     On exit it is stopped by PID, and so is any node process it left behind."""
     data_dir = Path(tempfile.mkdtemp(prefix="cluster-", dir=work))
     with spawn_up(data_dir, nodes=nodes, rf=rf, token=secrets.token_hex(16),
                   log_path=data_dir.with_suffix(".log"), program=[binary, "up"],
-                  new_session=True, ready_timeout=timeout) as up:
+                  new_session=True, ready_timeout=timeout, down_grace=down_grace,
+                  restart_delay=restart_delay) as up:
         yield up
 
 
@@ -102,14 +115,8 @@ def local_cluster(
 
 
 def _metric(url: str, name: str) -> float:
-    """One unlabelled sample from a node's /metrics (0 when the node does not answer)."""
-    status, body = http_get(f"{url}/metrics", timeout=30)
-    if status != 200:
-        return 0.0
-    for line in body.decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
+    """One sample from a node's /metrics (0 when the node does not answer)."""
+    return churn.metrics_of(url).get(name, 0.0)
 
 
 def _received(cluster: UpProcess, indexes: list[int]) -> tuple[float, float]:
@@ -207,7 +214,7 @@ def bulk_load(cluster: UpProcess, args: argparse.Namespace, keys: int) -> dict[s
     result = run_async(run_load(config))
     cpu = CpuMark.take([cluster.pid]).since(mark)
     return {
-        "keys": keys, "seconds": round(result.preload_s, 2),
+        "keys": keys, "seconds": round(result.preload_s, 2), "retried": result.preload_retried,
         "keys_per_s": round(keys / result.preload_s, 1) if result.preload_s else 0.0,
         "connections": args.load_connections, "server_cpu_s": round(cpu["server"], 1),
         "cores": _cores(cpu),
@@ -389,7 +396,7 @@ def scenario_rereplication(
     n, rf = args.nodes, args.rf
     out: dict[str, Any] = {"nodes": n, "rf": rf, "keys": args.keys, "loss": args.loss,
                            "loadavg_start": _loadavg()}
-    with local_cluster(work, n, rf, args.ringkv_bin) as cluster:
+    with local_cluster(work, n, rf, args.ringkv_bin, down_grace=args.down_grace) as cluster:
         mem_before = _node_memory(cluster)
         print(f"   loading {args.keys} keys ...", flush=True)
         out["load"] = bulk_load(cluster, args, args.keys)
@@ -462,12 +469,14 @@ def scenario_rereplication(
         "progress": ev.progress,
         "cluster_poll_ms": round(sum(ev.poll_ms) / len(ev.poll_ms), 1) if ev.poll_ms else None,
     })
-    client = out["client"]
-    base_ops = client["baseline"]["ops_per_s"]
-    client["during_over_baseline"] = (
-        round(client["during"]["ops_per_s"] / base_ops, 3) if base_ops else None
-    )
+    out["client"]["during_over_baseline"] = _ops_ratio(out["client"])
     return out
+
+
+def _ops_ratio(client: dict[str, Any]) -> float | None:
+    """Client ops/s during the event over the baseline of the same run."""
+    base = client["baseline"]["ops_per_s"]
+    return round(client["during"]["ops_per_s"] / base, 3) if base else None
 
 
 def _rate(count: float, t0: float | None, t1: float | None) -> float | None:
@@ -545,7 +554,8 @@ def scenario_moved(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]
     rows = []
     for n in args.moved_nodes:
         print(f"   n={n}: loading {args.moved_keys} keys ...", flush=True)
-        with local_cluster(work, n, args.rf, args.ringkv_bin) as cluster:
+        with local_cluster(work, n, args.rf, args.ringkv_bin,
+                           down_grace=args.down_grace) as cluster:
             load = bulk_load(cluster, args, args.moved_keys)
             doc = cluster_doc(cluster)
             records = _records(doc)
@@ -615,6 +625,137 @@ def scenario_throughput(args: argparse.Namespace, work: Path) -> list[dict[str, 
     return rows
 
 
+# ------------------------------------------------------------------- backup and restore
+
+
+async def _cli(args: argparse.Namespace, token: str, *argv: str) -> tuple[dict[str, Any], float]:
+    """`ringkv <argv>` as a process of its own: its JSON summary and its CPU seconds."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = await asyncio.create_subprocess_exec(
+        args.ringkv_bin, *argv, env={**os.environ, "RINGKV_TOKEN": token},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"ringkv {argv[0]} exited {proc.returncode}: {err.decode()[-500:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return dict(json.loads(out)), cpu
+
+
+def _tool_rates(summary: dict[str, Any], cpu: float, records: int, loadavg: list[float]
+                ) -> dict[str, Any]:
+    """Rates of one `ringkv backup` or `restore` run, by its own clock (process start-up
+    left out)."""
+    seconds = summary["seconds"]
+    return {
+        "seconds": seconds, "records": records, "bytes": summary["bytes"],
+        "mb_per_s": round(summary["bytes"] / MB / seconds, 3),
+        "keys_per_s": round(records / seconds, 1), "tool_cpu_s": round(cpu, 1),
+        "loadavg_end": loadavg,
+    }
+
+
+async def _load_through_backup(cluster: UpProcess, args: argparse.Namespace, to: Path
+                               ) -> tuple[list[Slice], float, float, float, dict[str, Any], float]:
+    """Client load on every node: warm-up, baseline, a backup, tail. The windows, when
+    the baseline began, when the backup process started and ended, its summary and CPU
+    seconds."""
+    config = LoadConfig(
+        urls=cluster.urls, workload="mixed", read_fraction=args.read_fraction,
+        connections=args.connections, key_size=args.key_size, value_size=args.value_size,
+        keyspace=args.keys, consistency=args.consistency, token=cluster.token, seed=args.seed,
+    )
+    done = asyncio.Event()
+    load = asyncio.create_task(_slices(config, args.slice, done, [cluster.pid]))
+    start = time.perf_counter()
+    try:
+        await asyncio.sleep(args.warmup + args.baseline)
+        began = time.perf_counter()
+        summary, cpu = await _cli(args, cluster.token, "backup", "--url", ",".join(cluster.urls),
+                                  "--to", str(to), "--parallel", str(args.backup_parallel))
+        ended = time.perf_counter()
+        await asyncio.sleep(args.tail)
+    finally:
+        done.set()
+        slices = await load
+    return slices, start + args.warmup, began, ended, summary, cpu
+
+
+def scenario_backup(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    n, rf = args.nodes, args.rf
+    out: dict[str, Any] = {"nodes": n, "rf": rf, "keys": args.keys,
+                           "parallel": args.backup_parallel, "loadavg_start": _loadavg()}
+    to = work / "backups"
+    with local_cluster(work, n, rf, args.ringkv_bin) as cluster:
+        print(f"   loading {args.keys} keys ...", flush=True)
+        out["load"] = bulk_load(cluster, args, args.keys)
+        print(f"   loaded in {out['load']['seconds']} s; client load on {n} nodes, backup "
+              f"after {args.warmup + args.baseline:g} s", flush=True)
+        out["loadavg_backup_start"] = _loadavg()
+        slices, t_base, began, ended, summary, cpu = run_async(
+            _load_through_backup(cluster, args, to))
+    out["backup"] = {**_tool_rates(summary, cpu, summary["records"], _loadavg()),
+                     "archive_bytes": summary["size"], "parts": summary["parts"]}
+    client: dict[str, Any] = {
+        "connections": args.connections, "workload": f"mixed {args.read_fraction:g} reads",
+        "consistency": args.consistency, "slice_s": args.slice,
+        "baseline": _phase(slices, t_base, began, whole=True),
+        "during": _phase(slices, began, ended, whole=False),
+    }
+    client["during_over_baseline"] = _ops_ratio(client)
+    out["client"] = client
+    out["timeline"] = [
+        {"t": round(s.t0 - began, 2), "ops_per_s": round(s.result.ops_per_s, 1),
+         "p99_ms": round(s.result.latency_us["p99"] / 1e3, 2), "errors": s.result.error_count,
+         "other_cores": round(s.other_cpu_s / (s.t1 - s.t0), 2)}
+        for s in slices
+    ]
+    print(f"   backup: {summary['records']} records in {summary['seconds']:.1f} s "
+          f"({out['backup']['mb_per_s']:.2f} MB/s); clients kept "
+          f"{client['during_over_baseline']} of their ops/s", flush=True)
+    with local_cluster(work, n, rf, args.ringkv_bin) as target:
+        print(f"   restoring into a fresh {n}-node cluster ...", flush=True)
+        out["loadavg_restore_start"] = _loadavg()
+        restored, cpu = run_async(_cli(args, target.token, "restore", "--url",
+                                       ",".join(target.urls), "--parallel",
+                                       str(args.backup_parallel), summary["backup"]))
+    out["restore"] = _tool_rates(restored, cpu, restored["merged"], _loadavg())
+    shutil.rmtree(to, ignore_errors=True)
+    return out
+
+
+# ------------------------------------------------------------------------------ churn
+
+
+def churn_options(args: argparse.Namespace) -> churn.Options:
+    cases = tuple(c.strip() for c in args.churn_cases.split(",") if c.strip())
+    return churn.Options(
+        cases=cases, keys=args.churn_keys, key_size=args.key_size, value_size=args.value_size,
+        rate=args.churn_rate, write_fraction=args.churn_write_fraction,
+        workers=args.churn_workers, away=args.churn_away, outage=args.churn_outage,
+        baseline=args.churn_baseline, tail=args.churn_tail,
+        settle_timeout=args.churn_settle_timeout, count_for=args.churn_count_for,
+        remove=args.churn_remove,
+        vnodes=node_config.load(overrides={"node_name": "bench"}).vnodes, seed=args.seed,
+    )
+
+
+def scenario_churn(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Load a cluster, then run the churn cases on it (:mod:`ringkv.bench.churn`)."""
+    opts = churn_options(args)
+    with local_cluster(work, args.nodes, args.rf, args.ringkv_bin,
+                       down_grace=args.churn_down_grace,
+                       restart_delay=args.churn_restart_delay) as cluster:
+        print(f"   loading {opts.keys} keys ...", flush=True)
+        load = bulk_load(cluster, args, opts.keys)
+        print(f"   loaded in {load['seconds']} s ({load['keys_per_s']:.0f} keys/s)", flush=True)
+        bulk_value = payload(args.value_size, args.seed).decode()
+        result = churn.Churn(cluster, opts, time.monotonic()).run(bulk_value)
+    return {"nodes": args.nodes, "rf": args.rf, "keys": opts.keys,
+            "down_grace": args.churn_down_grace, "restart_delay": args.churn_restart_delay,
+            "load": load, "options": dataclasses.asdict(opts), **result}
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -645,10 +786,16 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += _md_moved(sc["moved"])
     if "throughput" in sc:
         lines += _md_throughput(sc["throughput"], a)
+    if "churn" in sc:
+        lines += churn.markdown(sc["churn"])
+    if "backup" in sc:
+        lines += _md_backup(sc["backup"])
     v = report["versions"]
     lines += [
         "", "## Versions", "",
-        f"- ringkv {v['ringkv']}; Python {v['python']}, aiohttp {v['aiohttp']}, "
+        f"- ringkv {v['ringkv']} (this benchmark); the clusters ran `{v['ringkv_bin']}` "
+        f"(code at {v['ringkv_bin_commit'] or 'unknown'})",
+        f"- Python {v['python']}, aiohttp {v['aiohttp']}, "
         f"uvloop {v['uvloop']}, SQLite {v['sqlite']}",
         f"- command: `{report['command']}`",
     ]
@@ -724,6 +871,44 @@ def _md_rereplication(r: dict[str, Any], a: dict[str, Any]) -> list[str]:
             f"(mean {r['cluster_poll_ms']} ms per call); ranges left: "
             + ", ".join(f"{p['t']:.0f}s: {p['ranges_left']}" for p in r["progress"]) + "."
         )
+    return lines
+
+
+def _md_backup(r: dict[str, Any]) -> list[str]:
+    bk, rs, c = r["backup"], r["restore"], r["client"]
+    lines = [
+        "", f"## Backup and restore ({r['nodes']} nodes, rf={r['rf']}, {r['keys']:,} keys)", "",
+        f"Bulk load: {r['load']['keys']:,} keys in {r['load']['seconds']} s. Then a closed-loop "
+        f"client load ({c['workload']}, {c['connections']} connections over every node, "
+        f"`{c['consistency']}`, back-to-back {c['slice_s']:g} s windows) ran while `ringkv backup "
+        f"--parallel {r['parallel']}` (a process of its own on the same machine) backed the "
+        "cluster up; then `ringkv restore` put the backup into a fresh cluster of the same size "
+        "with no other load. Rates are by the tools' own clocks; the restore's includes "
+        "reading every part through before the first import.",
+        "",
+        "| what | value |",
+        "|---|---:|",
+        f"| backup | {bk['records']:,} records, {bk['bytes'] / MB:.1f} MB of keys and values "
+        f"({bk['archive_bytes'] / MB:.1f} MB archive, {bk['parts']} parts) in {bk['seconds']} s |",
+        f"| backup rate, under client load | **{bk['mb_per_s']:.2f} MB/s, "
+        f"{bk['keys_per_s']:,.0f} keys/s** (the tool used {bk['tool_cpu_s']} CPU s) |",
+        f"| client ops/s during the backup / before | **{_fmt(c['during_over_baseline'], '.2f')}** "
+        "(target >= 0.7) |",
+        f"| restore into a fresh cluster | {rs['records']:,} records in {rs['seconds']} s: "
+        f"**{rs['mb_per_s']:.2f} MB/s, {rs['keys_per_s']:,.0f} keys/s** (the tool used "
+        f"{rs['tool_cpu_s']} CPU s) |",
+        f"| load average (1/5/15 min) | {r['loadavg_backup_start']} as the backup began, "
+        f"{bk['loadavg_end']} as it ended, {rs['loadavg_end']} as the restore ended |",
+        "",
+        "| client load | windows | s | ops/s | p50 ms | p99 ms | errors | server cores "
+        "| other work cores |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, p in (("before (baseline)", c["baseline"]), ("during the backup", c["during"])):
+        lines.append(
+            f"| {name} | {p['windows']} | {p['window_s']} | {p['ops_per_s']:,.0f} "
+            f"| {p['latency_ms']['p50']} | {p['latency_ms']['p99']} | {sum(p['errors'].values())} "
+            f"| {p['server_cores']} | {p['other_cores']} |")
     return lines
 
 
@@ -828,12 +1013,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m ringkv.bench.scale",
         description="Scale benchmarks: re-replication after a node loss, RSS per key, data "
-        "moved on a node loss, throughput of 3/5/7 local nodes.",
+        "moved on a node loss, throughput of 3/5/7 local nodes, backup and restore.",
     )
-    p.add_argument("--scenarios", default=",".join(SCENARIOS),
-                   help=f"comma list of {','.join(SCENARIOS)}")
+    p.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
+                   help=f"comma list of {','.join(SCENARIOS)} (default: all but churn)")
     p.add_argument("--keys", type=int, default=DEFAULT_KEYS,
-                   help="keys bulk-loaded for rereplication and rss")
+                   help="keys bulk-loaded for rereplication, rss and backup")
     p.add_argument("--nodes", type=int, default=5, help="cluster size for rereplication/rss")
     p.add_argument("--rf", type=int, default=3)
     p.add_argument("--key-size", type=int, default=16)
@@ -850,6 +1035,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=("stop", "kill"), default="stop",
                    help="stop: SIGTERM and remove; kill: SIGKILL, then remove (no restart)")
     p.add_argument("--handoff-timeout", type=float, default=1800.0)
+    p.add_argument("--down-grace", type=float, default=0.0,
+                   help="`ringkv up --down-grace` for the node-loss scenarios (default 0: they "
+                   "measure the survivors' restore of a lost node's copies, which the default "
+                   "grace of 300 s would only delay)")
     p.add_argument("--progress-interval", type=float, default=5.0,
                    help="s between GET /v1/cluster samples during the handoff (0: none); "
                    "each makes every node count its records")
@@ -859,6 +1048,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--throughput-connections", type=int, default=64)
     p.add_argument("--throughput-duration", type=float, default=10.0)
     p.add_argument("--throughput-keyspace", type=int, default=10_000)
+    churn_defaults = churn.Options()
+    p.add_argument("--churn-keys", type=int, default=churn_defaults.keys,
+                   help="keys bulk-loaded for churn")
+    p.add_argument("--churn-cases", default=",".join(churn.DEFAULT_CASES),
+                   help=f"comma list of {','.join(churn.CASES)}, run in that order on one cluster")
+    p.add_argument("--churn-rate", type=float, default=churn_defaults.rate,
+                   help="checked client: operations per second")
+    p.add_argument("--churn-write-fraction", type=float, default=churn_defaults.write_fraction)
+    p.add_argument("--churn-workers", type=int, default=churn_defaults.workers,
+                   help="checked client threads")
+    p.add_argument("--churn-away", type=float, default=churn_defaults.away,
+                   help="s a node is stopped in rolling and stop-all")
+    p.add_argument("--churn-outage", type=float, default=churn_defaults.outage,
+                   help="s the node is stopped in the outage case")
+    p.add_argument("--churn-baseline", type=float, default=churn_defaults.baseline,
+                   help="s of client load before a case's first fault")
+    p.add_argument("--churn-tail", type=float, default=churn_defaults.tail,
+                   help="s of client load after a case settled")
+    p.add_argument("--churn-settle-timeout", type=float, default=churn_defaults.settle_timeout)
+    p.add_argument("--churn-count-for", type=float, default=churn_defaults.count_for,
+                   help="read a step's counters no sooner than this many s after the node's "
+                   "start (its first anti-entropy round starts 5 s after it)")
+    p.add_argument("--churn-remove", default=churn_defaults.remove,
+                   help="node the remove-one case removes")
+    p.add_argument("--churn-down-grace", type=float, default=None,
+                   help="`ringkv up --down-grace` for churn (default: not passed, so "
+                   "ringkv up's own default; a launcher before issue 11 has no such option)")
+    p.add_argument("--churn-restart-delay", type=float, default=3.0,
+                   help="`ringkv up --restart-delay`: s before a killed node is restarted")
+    p.add_argument("--backup-parallel", type=int, default=4,
+                   help="--parallel of `ringkv backup` and `ringkv restore`")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out-dir", type=Path, default=Path("bench/results"))
     p.add_argument("--name", help="report file stem (default <date>-scale[-<keys>])")
@@ -876,6 +1096,16 @@ def _keys_label(keys: int) -> str:
     return f"{keys // 1000}k" if keys % 1000 == 0 else str(keys)
 
 
+def _commit_of(binary: str) -> str | None:
+    """The git commit of the work tree a binary lives in (a venv inside a checkout)."""
+    where = Path(shutil.which(binary) or binary).resolve().parent
+    if not where.is_dir():
+        return None
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                         text=True, check=False, cwd=where).stdout.strip()
+    return sha or None
+
+
 def _node_settings() -> dict[str, Any]:
     """The nodes' settings that shape these numbers: they inherit this environment."""
     settings = node_config.load(overrides={"node_name": "bench"})
@@ -885,9 +1115,16 @@ def _node_settings() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # A SIGTERM unwinds like Ctrl-C, so every cluster started is stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     if not scenarios or any(s not in SCENARIOS for s in scenarios):
         print(f"scale: unknown scenarios in {args.scenarios!r}; pick from {SCENARIOS}",
+              file=sys.stderr)
+        return 2
+    cases = [c.strip() for c in args.churn_cases.split(",") if c.strip()]
+    if any(c not in churn.CASES for c in cases):
+        print(f"scale: unknown churn cases in {args.churn_cases!r}; pick from {churn.CASES}",
               file=sys.stderr)
         return 2
     started = dt.datetime.now(dt.UTC)
@@ -901,7 +1138,8 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_model": _cpu_model(), "loadavg_start": _loadavg(),
         },
         "versions": {
-            "ringkv": ringkv_version(), "python": platform.python_version(),
+            "ringkv": ringkv_version(), "ringkv_bin": args.ringkv_bin,
+            "ringkv_bin_commit": _commit_of(args.ringkv_bin), "python": platform.python_version(),
             "aiohttp": _dist_version("aiohttp"), "uvloop": _dist_version("uvloop"),
             "sqlite": sqlite3.sqlite_version,
         },
@@ -921,6 +1159,10 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(("moved", lambda: scenario_moved(args, work)))
     if "throughput" in scenarios:
         runs.append(("throughput", lambda: scenario_throughput(args, work)))
+    if "churn" in scenarios:
+        runs.append(("churn", lambda: scenario_churn(args, work)))
+    if "backup" in scenarios:
+        runs.append(("backup", lambda: scenario_backup(args, work)))
     try:
         for name, run in runs:
             print(f"== {name}", flush=True)
@@ -941,9 +1183,12 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     report["machine"]["loadavg_end"] = _loadavg()
     report["duration_s"] = round(time.monotonic() - t_start, 1)
-    stem = args.name or f"{started:%Y-%m-%d}-scale" + (
-        "" if args.keys == DEFAULT_KEYS else f"-{_keys_label(args.keys)}"
-    )
+    if scenarios == ["churn"]:
+        stem = args.name or f"{started:%Y-%m-%d}-churn-{_keys_label(args.churn_keys)}"
+    else:
+        stem = args.name or f"{started:%Y-%m-%d}-scale" + (
+            "" if args.keys == DEFAULT_KEYS else f"-{_keys_label(args.keys)}"
+        )
     args.out_dir.mkdir(parents=True, exist_ok=True)
     md = render_markdown(report)
     (args.out_dir / f"{stem}.md").write_text(md)

@@ -9,7 +9,12 @@ process over exactly the measured window, and writes bench/results/<date>.md (pl
 measured in the same run, on the same machine, so they survive a change of hardware
 better than absolute numbers do. Everything it starts, it stops by PID.
 
-    python -m ringkv.bench.suite [--duration 10] [--connections 64] [--workloads write,read]
+The ``cas`` workload (uncontended compare-and-set: ringkv's ``If-Match`` PUT, etcd's
+``Txn``) runs on ringkv and etcd only; the report sets it beside each system's plain
+writes, and a refused compare-and-set, which no other client could have caused, fails
+the run.
+
+    python -m ringkv.bench.suite [--duration 10] [--connections 64] [--workloads write,read,cas]
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ from ringkv.local.processes import log_tail, terminate
 from ringkv.local.spawn import spawn_up
 
 SYSTEMS = ("ringkv", "etcd", "dict", "dictfast")
+WORKLOADS = ("write", "read", "mixed", "cas")
+CAS_TARGET = 0.33  # issue 13: uncontended CAS at >= 0.33x of plain quorum writes
 LABELS = {"ringkv": "ringkv", "etcd": "etcd", "dict": "ceiling (dict server)",
           "dictfast": "ceiling on ringkv's HTTP path"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -221,8 +228,22 @@ def ringkv_cluster(
                 sync = _find_storage_sync(json.loads(body))
         yield System(
             name="ringkv", urls=up.urls, pids=[up.pid], version=ringkv_version(), token=token,
-            facts={"sqlite_synchronous": sync or synchronous or "NORMAL"},
+            facts={"sqlite_synchronous": sync or synchronous or "NORMAL",
+                   "cas_protocol": cas_protocol(up.urls[0], token)},
         )
+
+
+def cas_protocol(url: str, token: str | None) -> str:
+    """How these nodes decide an `If-Match` write, as they tell by answering a serial read:
+    nodes that know `consistency=serial` decide conditional writes by a Paxos round per
+    key; older ones refuse it (400) and check the condition on a quorum read, then write.
+    """
+    status, _ = http_get(f"{url}/v1/kv/ringkv-bench-probe?consistency=serial", token)
+    if status in (200, 404):
+        return "Paxos round per key"
+    if status == 400:
+        return "quorum read, then a plain write (before Paxos)"
+    return f"unknown (the serial-read probe answered {status or 'nothing'})"
 
 
 @contextlib.contextmanager
@@ -297,8 +318,15 @@ def run_suite(
             with starters[name]() as system:
                 systems[name] = system
                 for workload in args.workloads:
+                    if workload == "cas" and (system.kind or system.name) == "dict":
+                        continue  # the dict server has no compare-and-set
                     row = measure(system, workload, args)
                     rows.append(row)
+                    refused = row.result.errors.get("412", 0) if workload == "cas" else 0
+                    if refused:
+                        notes.append(
+                            f"{name} cas failed: {refused} compare-and-set writes were refused "
+                            "(412) on keys no other client writes: a bug")
                     r = row.result
                     print(
                         f"   {workload:<6} {r.ops_per_s:>10.1f} ops/s  "
@@ -372,6 +400,68 @@ def _cpu_per_op(row: Row | None) -> float | None:
     return row.server_cpu_s / row.result.ops if row and row.result.ops else None
 
 
+def _cas_method(args: argparse.Namespace, ringkv: System | None) -> str:
+    protocol = ringkv.facts["cas_protocol"] if ringkv else "not run"
+    return (
+        "Compare-and-set (`cas`): uncontended; every key is written once first and its "
+        "version taken from the answer; then connection i replaces a random one of the keys "
+        f"whose number is i modulo {args.connections} (its own) on condition that it is "
+        "still the version of the key's last write, and takes the next from the answer: "
+        "ringkv `PUT` with "
+        f"`If-Match: \"<version>\"` (consistency `{args.consistency}`; protocol: "
+        f"**{protocol}**), etcd a `Txn` comparing `mod_revision` with the revision of the last "
+        "write, then a put (`/v3/kv/txn`, base64 keys). No other client writes those keys, "
+        "so a refusal (412; etcd: `succeeded` false) is a bug and fails the run."
+    )
+
+
+def _cas_section(by: dict[tuple[str, str], Row]) -> list[str]:
+    """CAS beside each system's plain writes, and against issue 13's targets."""
+
+    def ops(row: Row | None) -> str:
+        return f"{row.result.ops_per_s:,.0f}" if row else "n/a"
+
+    def latency(row: Row | None) -> str:
+        return f"{_ms(row.result.latency_us['p50'])} / {_ms(row.result.latency_us['p99'])}" if row else "n/a"
+
+    def cpu(row: Row | None) -> str:
+        per_op = _cpu_per_op(row)
+        return f"{1e6 * per_op:.0f}" if per_op else "n/a"
+
+    lines = [
+        "## Compare-and-set against plain writes (same run)",
+        "",
+        "| system | CAS ops/s | plain write ops/s | CAS / plain ops/s | CAS p50 / p99 ms "
+        "| plain p50 / p99 ms | CAS server CPU us/op | plain server CPU us/op |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for system in ("ringkv", "etcd"):
+        cas, plain = by.get((system, "cas")), by.get((system, "write"))
+        if cas is not None:
+            lines.append(
+                f"| {LABELS[system]} | {ops(cas)} | {ops(plain)} | {_ratio(_ops(cas), _ops(plain))} "
+                f"| {latency(cas)} | {latency(plain)} | {cpu(cas)} | {cpu(plain)} |"
+            )
+    ours = by.get(("ringkv", "cas"))
+    if ours is None:
+        return lines
+    plain_ops, etcd = _ops(by.get(("ringkv", "write"))), _ops(by.get(("etcd", "cas")))
+    share = "n/a (no write row)"
+    if plain_ops:
+        ratio = ours.result.ops_per_s / plain_ops
+        share = f"**{ratio:.2f}x, {'met' if ratio >= CAS_TARGET else 'missed'}**"
+    versus = "n/a (etcd not run)"
+    if etcd:
+        ratio = ours.result.ops_per_s / etcd
+        versus = f"**{ratio:.2f}x, {'met' if ratio > 1 else 'missed'}**"
+    return [
+        *lines,
+        "",
+        f"Issue 13's targets: ringkv's CAS at >= {CAS_TARGET:.2f}x of its plain quorum writes: "
+        f"{share}; ahead of etcd's Txn: {versus}.",
+    ]
+
+
 def render_markdown(
     rows: list[Row],
     systems: dict[str, System],
@@ -394,9 +484,10 @@ def render_markdown(
         "",
         f"Load: closed loop, {args.connections} connections spread round-robin over each "
         f"system's nodes; {args.key_size}-byte keys, {args.value_size}-byte values, "
-        f"{args.keyspace} keys (reads: all preloaded); {args.warmup:g} s warm-up, then "
+        f"{args.keyspace} keys (reads, cas: all preloaded); {args.warmup:g} s warm-up, then "
         f"{args.duration:g} s measured; consistency `{args.consistency}` "
         "(etcd: writes through Raft, linearizable reads). Systems ran one after another.",
+        *(["", _cas_method(args, systems.get("ringkv"))] if "cas" in args.workloads else []),
         "",
         "| system | workload | ops/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU s "
         "| server CPU us/op | loadgen CPU s |",
@@ -432,6 +523,8 @@ def render_markdown(
                 f"| {_ratio(_p99(ours), _p99(theirs))} "
                 f"| {_ratio(_cpu_per_op(ours), _cpu_per_op(theirs))} |"
             )
+    if "cas" in args.workloads:
+        lines += ["", *_cas_section(by)]
     lines += [
         "",
         "## Durability compared",
@@ -502,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--duration", type=float, default=10.0, help="measured s per run")
     p.add_argument("--warmup", type=float, default=2.0, help="warm-up s per run")
     p.add_argument("-c", "--connections", type=int, default=64)
-    p.add_argument("--workloads", default="write,read", help="comma list of write,read,mixed")
+    p.add_argument("--workloads", default="write,read,cas", help="comma list of " + ",".join(WORKLOADS))
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma list of " + ",".join(SYSTEMS))
     p.add_argument("--key-size", type=int, default=16)
     p.add_argument("--value-size", type=int, default=100)
@@ -527,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    bad = [w for w in args.workloads if w not in ("write", "read", "mixed")]
+    bad = [w for w in args.workloads if w not in WORKLOADS]
     bad += [s for s in args.systems if s not in SYSTEMS]
     if bad or not args.workloads or not args.systems:
         print(f"suite: unknown or missing workloads/systems: {bad}", file=sys.stderr)

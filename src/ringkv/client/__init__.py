@@ -1,8 +1,9 @@
 """Python client and CLI for ringkv.
 
 ``Client`` (blocking, stdlib ``http.client``) and ``AsyncClient`` (aiohttp) share one set of
-methods: put, get, head, delete, list, pages, cluster, replicas, ready. ``AsyncClient`` also
-speaks the backup endpoints (export_page, import_records, report_backup, last_backup). ``AsyncClient`` is
+methods: put, get, head, delete, incr, update, list, pages, cluster, replicas, ready.
+``AsyncClient`` also speaks the backup endpoints (export_page, import_records, report_backup,
+last_backup). ``AsyncClient`` is
 imported on first use so that the CLI, which only needs ``Client``, does not load aiohttp.
 """
 
@@ -16,6 +17,7 @@ from ringkv.client.errors import (
     InsufficientStorage,
     InternalError,
     NotFound,
+    OutcomeUnknown,
     PayloadTooLarge,
     PreconditionFailed,
     QuorumUnavailable,
@@ -39,6 +41,7 @@ __all__ = [
     "InternalError",
     "Meta",
     "NotFound",
+    "OutcomeUnknown",
     "Page",
     "PayloadTooLarge",
     "PreconditionFailed",

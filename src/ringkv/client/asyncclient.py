@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import builtins  # `list` in AsyncClient's annotations is its method
+import random
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import SimpleNamespace, TracebackType
 
 import aiohttp
 from yarl import URL
 
 from ringkv.client import wire
-from ringkv.client.errors import RingkvError
+from ringkv.client.errors import ConflictRetryExhausted, NotFound, PreconditionFailed, RingkvError
 from ringkv.client.wire import Base, Call, Entry, Meta, Page, Reply, TransportFailure
 
 
@@ -62,6 +63,7 @@ class AsyncClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._limit = connection_limit
         self._session: aiohttp.ClientSession | None = None
+        self._rng = random.Random()
 
     @property
     def urls(self) -> list[str]:
@@ -121,6 +123,40 @@ class AsyncClient:
         tombstone's version."""
         call = wire.delete_call(key, consistency, if_match)
         return wire.version_of(await self._call(call))
+
+    async def incr(self, key: str, by: int = 1, *, ttl: int | None = None,
+                   consistency: str | None = None) -> int:
+        """Add ``by`` to the key's decimal integer value (absent: 0) atomically, in one Paxos
+        round on the node (``POST ?op=incr``); returns the new value. PreconditionFailed
+        when the value is not an integer."""
+        return wire.counter_of(await self._call(wire.incr_call(key, by, ttl, consistency)))
+
+    async def update(self, key: str, fn: Callable[[bytes | None], bytes | str], *,
+                     content_type: str | None = None, ttl: int | None = None,
+                     timeout: float = 10.0) -> tuple[str, bytes | str]:
+        """Read-modify-write without lost updates, as ``Client.update``: a compare-and-set
+        loop with random growing pauses, for up to ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        attempt = 0
+        while True:
+            try:
+                current: Entry | None = await self.get(key)
+            except NotFound:
+                current = None
+            step = wire.update_step(current, fn)
+            try:
+                return await self.put(key, step.value, content_type=content_type, ttl=ttl,
+                                      if_match=step.if_match,
+                                      if_none_match=step.if_match is None), step.value
+            except PreconditionFailed:
+                attempt += 1
+                pause = wire.update_backoff(attempt, self._rng)
+                if loop.time() + pause >= deadline:
+                    raise ConflictRetryExhausted(
+                        "conflict_retry_exhausted",
+                        f"other writers of {key!r} kept changing it for {timeout:g}s") from None
+                await asyncio.sleep(pause)
 
     async def list(self, prefix: str = "", limit: int | None = None, cursor: str | None = None) -> Page:
         """One page of keys, sorted bytewise; pass ``page.cursor`` back for the next."""

@@ -6,6 +6,7 @@ Data commands talk to the public HTTP API through the blocking client:
     ringkv get KEY                write the raw value to stdout (or --output FILE)
     ringkv head KEY               print the version, content type and size
     ringkv delete KEY             delete; prints the tombstone's version
+    ringkv incr KEY [BY]          add BY (default 1) to a counter atomically; prints the value
     ringkv list                   keys, one a line (--prefix, --limit, --cursor, --all)
     ringkv status                 epoch, members and rebalance progress (--json for raw,
                                   --wait [SECONDS]: first wait until the cluster is settled;
@@ -27,10 +28,12 @@ Exit codes (stable, for scripts):
     0  ok
     1  not found (get, head)
     2  usage error: invalid arguments, also when a node refuses them (400 bad request)
-    3  precondition failed (--if-match / --if-none-match on put, --if-match on delete)
+    3  precondition failed (--if-match / --if-none-match on put, --if-match on delete; incr
+       of a value that is not an integer)
     4  authentication failed (token missing or wrong)
     5  unavailable: no node answered, quorum not reached or conflicting writers; retry
-       later (status --wait: not settled in time)
+       later (a conditional write may also have an unknown outcome: read the key first;
+       status --wait: not settled in time)
     6  other error: value too large, disk full, server error, a refused backup archive
 """
 
@@ -51,6 +54,7 @@ from ringkv.client.errors import (
     ConflictRetryExhausted,
     InsufficientStorage,
     NotFound,
+    OutcomeUnknown,
     PayloadTooLarge,
     PreconditionFailed,
     QuorumUnavailable,
@@ -102,7 +106,7 @@ def exit_code(exc: RingkvError) -> int:
         return EXIT_AUTH
     if isinstance(exc, BadRequest):  # the node refused an argument it was given
         return EXIT_USAGE
-    if isinstance(exc, Unavailable | QuorumUnavailable | ConflictRetryExhausted):
+    if isinstance(exc, Unavailable | QuorumUnavailable | ConflictRetryExhausted | OutcomeUnknown):
         return EXIT_UNAVAILABLE
     return EXIT_ERROR
 
@@ -124,10 +128,8 @@ def describe(exc: RingkvError, key: str | None = None, url: str = DEFAULT_URL) -
     if isinstance(exc, NotFound):
         return f"not found:{what} is absent, deleted or expired"
     if isinstance(exc, PreconditionFailed):
-        return (
-            f"precondition failed:{what} does not hold the version given (--if-match) or "
-            "already exists (--if-none-match); read it again (`ringkv head KEY`) and retry"
-        )
+        return (f"precondition failed:{what}: {exc.message}; read it again "
+                "(`ringkv head KEY`) and retry")
     if isinstance(exc, Unauthorized):
         return "unauthorized: set RINGKV_TOKEN or pass --token; " + (
             f"{LOCAL_TOKEN}; {KUBE_TOKEN}" if _is_local(url) else KUBE_TOKEN)
@@ -136,6 +138,9 @@ def describe(exc: RingkvError, key: str | None = None, url: str = DEFAULT_URL) -
                 "(`ringkv status`) or pass --consistency one")
     if isinstance(exc, ConflictRetryExhausted):
         return f"conflict: concurrent writers to{what} kept winning; retry the write"
+    if isinstance(exc, OutcomeUnknown):
+        return (f"outcome unknown: {exc.message}; read{what} to see whether the write took "
+                "effect before retrying")
     if isinstance(exc, Unavailable):
         return _describe_unavailable(exc, _is_local(url))
     if isinstance(exc, PayloadTooLarge):
@@ -233,7 +238,8 @@ def _consistency(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--consistency",
         choices=CONSISTENCY_LEVELS,
-        help="replicas that must answer: one, quorum (server default) or all",
+        help="replicas that must answer: one, quorum (server default) or all; serial: "
+        "decided by a Paxos round (linearizable with conditional writes)",
     )
 
 
@@ -283,6 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="VERSION",
         help="delete only if this is the version stored ('*': only if the key exists)",
     )
+    _consistency(p)
+
+    p = sub.add_parser("incr", parents=[common],
+                       help="add to a decimal integer value atomically; prints the new value")
+    p.add_argument("key")
+    p.add_argument("by", nargs="?", type=int, default=1, help="the amount (default 1; may be negative)")
+    p.add_argument("--ttl", type=_int_in(1, MAX_TTL), help="expire after this many seconds")
     _consistency(p)
 
     p = sub.add_parser("list", parents=[common], help="list keys, one a line")
@@ -390,6 +403,10 @@ def _cmd_delete(client: Client, args: argparse.Namespace) -> None:
     print(client.delete(args.key, consistency=args.consistency, if_match=args.if_match))
 
 
+def _cmd_incr(client: Client, args: argparse.Namespace) -> None:
+    print(client.incr(args.key, args.by, ttl=args.ttl, consistency=args.consistency))
+
+
 def _cmd_list(client: Client, args: argparse.Namespace) -> None:
     if args.all:
         for page in client.pages(args.prefix, args.limit):
@@ -435,6 +452,7 @@ _COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int | None]] = {
     "get": _cmd_get,
     "head": _cmd_head,
     "delete": _cmd_delete,
+    "incr": _cmd_incr,
     "list": _cmd_list,
     "status": _cmd_status,
     "replicas": _cmd_replicas,

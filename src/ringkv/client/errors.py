@@ -64,7 +64,14 @@ class QuorumUnavailable(RingkvError):
 
 
 class ConflictRetryExhausted(RingkvError):
-    """503: concurrent writers kept out-versioning this write; retrying later is safe."""
+    """503: concurrent conditional writers of the key kept this one from being decided (or
+    ``update`` kept meeting other writers until its deadline); nothing was written, retrying
+    later is safe."""
+
+
+class OutcomeUnknown(RingkvError):
+    """503: a conditional write reached some replicas, and whether it took effect cannot be
+    told (contention, or the deadline passed); read the key to find out."""
 
 
 class InsufficientStorage(RingkvError):
@@ -112,6 +119,7 @@ _BY_CODE: dict[str, type[RingkvError]] = {
     "payload_too_large": PayloadTooLarge,
     "quorum_unavailable": QuorumUnavailable,
     "conflict_retry_exhausted": ConflictRetryExhausted,
+    "outcome_unknown": OutcomeUnknown,
     "insufficient_storage": InsufficientStorage,
     "internal": InternalError,
 }

@@ -27,6 +27,14 @@ An ``unknown`` write (timeout, dropped connection, 503 after it may have reached
 may take effect at any time after its invocation, or never; the checker constrains it
 only through the versions reads report for its value.
 
+A compare-and-set (``cas``: a PUT with ``If-Match`` on a version read, or ``If-None-Match:
+*``) is a write for the rules above; one refused with 412 definitely failed. With
+``linearizable=True`` (``ringkv check --workload cas``: every write decided by Paxos, every
+read serial) each key's history must also be linearizable as a register
+(:mod:`ringkv.client.linearizable`), else ``not-linearizable`` names the operation no
+order could place in time and the operations around it. A search that gives up (its step
+budget spent) is ``unchecked``: a history is never called valid unproven.
+
 Notes are anomalies the design allows, reported without making the history invalid:
 
 * ``superseded-version``: a read that overlapped a write saw the written value at an older
@@ -42,13 +50,21 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal, cast
 
-Kind = Literal["write", "read"]
+from .linearizable import INFINITY, Step
+from .linearizable import check as find_linearization
+
+Kind = Literal["write", "read", "cas"]
 Outcome = Literal["ok", "fail", "unknown"]
-KINDS: tuple[Kind, ...] = ("write", "read")
+KINDS: tuple[Kind, ...] = ("write", "read", "cas")
 OUTCOMES: tuple[Outcome, ...] = ("ok", "fail", "unknown")
 VersionKey = tuple[int, str]
 
 SUMMARY_VIOLATIONS = 10
+REFUSED = "precondition_failed"  # the error code of a cas answered 412
+# A not-linearizable report shows this many operations that completed before the one no
+# order could place (the state it met comes from them) beside the ones that overlap it.
+CONTEXT_OPS = 12
+SEARCH_BUDGET = 2_000_000  # steps of the linearizability search per key
 NOTE_KINDS = frozenset({"superseded-version"})
 
 
@@ -64,11 +80,13 @@ def parse_version(version: str) -> VersionKey:
 class Op:
     """One client operation.
 
-    Writes: ``value`` is the unique value written, ``version`` what the server answered
-    (ok only). Reads: ``value``/``version`` as read, both None for not-found. ``complete``
-    is when the answer came or the client gave up (None: never); the checker ignores it
-    for unknown operations, which may take effect later. ``final`` marks the reads taken
-    after the faults healed, which the lost-write check uses.
+    Writes and cas: ``value`` is the unique value written, ``version`` what the server
+    answered (ok only); a cas compared with ``expected`` (None: the key absent). Reads:
+    ``value``/``version`` as read, both None for not-found. ``complete`` is when the
+    answer came or the client gave up (None: never); the checker ignores it for unknown
+    operations, which may take effect later. ``final`` marks the reads taken after the
+    faults healed, which the lost-write check uses. ``error`` is the error code of an
+    operation that did not succeed (``precondition_failed``: a cas refused with 412).
     """
 
     process: int
@@ -80,6 +98,18 @@ class Op:
     complete: float | None
     outcome: Outcome
     final: bool = False
+    expected: str | None = None
+    error: str | None = None
+
+    @property
+    def refused(self) -> bool:
+        """A cas answered 412: it found another value and definitely set nothing."""
+        return self.kind == "cas" and self.error == REFUSED
+
+    @property
+    def served(self) -> bool:
+        """Answered ok, or refused with 412: either way the cluster was there to decide."""
+        return self.outcome == "ok" or self.refused
 
     def to_json(self) -> dict[str, object]:
         """A JSON-ready dict (one line of a history file)."""
@@ -92,6 +122,9 @@ class Op:
         if kind not in KINDS or outcome not in OUTCOMES:
             raise ValueError(f"not an operation: {dict(doc)!r}")
         complete = doc.get("complete")
+        missing = {"process", "key", "invoke"} - doc.keys()
+        if missing:
+            raise ValueError(f"an operation without {', '.join(sorted(missing))}: {dict(doc)!r}")
         return cls(
             process=int(cast(int, doc["process"])),
             kind=kind,
@@ -102,6 +135,8 @@ class Op:
             complete=None if complete is None else float(cast(float, complete)),
             outcome=outcome,
             final=bool(doc.get("final", False)),
+            expected=_opt_str(doc.get("expected")),
+            error=_opt_str(doc.get("error")),
         )
 
     def describe(self, start: float = 0.0) -> str:
@@ -110,6 +145,10 @@ class Op:
         if self.kind == "write":
             what = f"write {self.key!r} := {self.value!r}"
             result = f" -> {self.version}" if self.version else ""
+        elif self.kind == "cas":
+            expected = "absent" if self.expected is None else repr(self.expected)
+            what = f"cas   {self.key!r} := {self.value!r} if {expected}"
+            result = f" -> {self.version}" if self.version else " -> 412" if self.refused else ""
         else:
             what = f"read  {self.key!r}"
             if self.outcome != "ok":
@@ -153,6 +192,7 @@ class Verdict:
     notes: list[Violation] = field(default_factory=list)
     start: float = 0.0
     end: float = 0.0
+    refused: int = 0  # cas answered 412
     by_kind: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -172,9 +212,12 @@ class Verdict:
         ]
         for kind in KINDS:
             c = self.counts.get(kind, {})
+            if kind == "cas" and not any(c.values()):
+                continue
+            refused = f" ({self.refused} refused with 412)" if kind == "cas" else ""
             lines.append(
-                f"  {kind + 's':<7}{c.get('ok', 0):>7} ok {c.get('unknown', 0):>6} unknown "
-                f"{c.get('fail', 0):>6} failed"
+                f"  {_PLURAL[kind]:<7}{c.get('ok', 0):>7} ok {c.get('unknown', 0):>6} unknown "
+                f"{c.get('fail', 0):>6} failed{refused}"
             )
         lines.append(f"  acknowledged writes: {self.acknowledged_writes}, final reads: {self.final_reads}")
         for note, n in sorted(Counter(v.kind for v in self.notes).items()):
@@ -194,10 +237,15 @@ class Verdict:
         return "\n".join(lines)
 
 
-def check(ops: Iterable[Op], final_reads: Iterable[Op] | None = None) -> Verdict:
+_PLURAL = {"write": "writes", "read": "reads", "cas": "cas"}
+
+
+def check(ops: Iterable[Op], final_reads: Iterable[Op] | None = None, *,
+          linearizable: bool = False) -> Verdict:
     """Check a history. Final reads come flagged ``final`` in ``ops``, or separately in
     ``final_reads`` (then they count as final whatever their flag); without any, the
-    lost-write check is skipped."""
+    lost-write check is skipped. ``linearizable``: also search each key's history for a
+    linearization (every operation of it, final reads included, must be atomic)."""
     history: list[Op] = []
     finals: list[Op] = []
     for op in ops:
@@ -220,26 +268,29 @@ def check(ops: Iterable[Op], final_reads: Iterable[Op] | None = None) -> Verdict
     for key in sorted(by_key.keys() | final_by_key.keys()):
         for found in _check_key(key, by_key[key], final_by_key[key], check_final):
             (notes if found.kind in NOTE_KINDS else violations).append(found)
+        if linearizable:
+            violations.extend(_not_linearizable(key, by_key[key] + final_by_key[key]))
     everything = history + finals
     return Verdict(
         counts=counts,
         keys=len(by_key.keys() | final_by_key.keys()),
-        acknowledged_writes=counts["write"]["ok"],
+        acknowledged_writes=counts["write"]["ok"] + counts["cas"]["ok"],
         final_reads=sum(op.outcome == "ok" for op in finals),
         violations=violations,
         notes=notes,
         start=min((op.invoke for op in everything), default=0.0),
         end=max((op.invoke if op.complete is None else op.complete for op in everything), default=0.0),
+        refused=sum(op.refused for op in history),
     )
 
 
 def availability(ops: Iterable[Op], windows: Iterable[tuple[float, float | None]]) -> tuple[int, int]:
-    """``(ok, attempted)`` over the non-final operations invoked inside any window
+    """``(served, attempted)`` over the non-final operations invoked inside any window
     (``start <= invoke <= end``; an end of None is a window still open): how much of
-    the load a fault let through."""
+    the load a fault let through (served: ok, or a cas refused with 412)."""
     spans = [(start, float("inf") if end is None else end) for start, end in windows]
     inside = [op for op in ops if not op.final and any(a <= op.invoke <= b for a, b in spans)]
-    return sum(op.outcome == "ok" for op in inside), len(inside)
+    return sum(op.served for op in inside), len(inside)
 
 
 @dataclass(frozen=True)
@@ -275,7 +326,7 @@ def _versioned(key: str, ops: Iterable[Op], out: list[Violation]) -> list[_Versi
 
 def _check_key(key: str, ops: list[Op], finals: list[Op], check_final: bool) -> list[Violation]:
     out: list[Violation] = []
-    writes = [op for op in ops if op.kind == "write"]
+    writes = [op for op in ops if op.kind != "read"]
     ok_writes = _versioned(key, writes, out)
     reads = _versioned(key, (op for op in ops if op.kind == "read"), out)
     final_reads = _versioned(key, (op for op in finals if op.kind == "read"), out)
@@ -404,3 +455,43 @@ def _lost_writes(key: str, ok_writes: list[_Versioned], finals: list[_Versioned]
                 f"(newest {newest.op.version})",
                 (newest.op, final.op),
             )
+
+
+def _step(op: Op) -> Step | None:
+    """The operation as the linearizability search sees it; None when it constrains
+    nothing (a read without an answer, a write or cas that failed other than by 412)."""
+    unknown = op.outcome == "unknown" or op.complete is None
+    if op.kind == "read" and (op.outcome != "ok" or op.complete is None):
+        return None
+    if op.outcome == "fail" and not op.refused:
+        return None
+    complete = INFINITY if unknown else cast(float, op.complete)
+    return Step(op.kind, op.value, op.invoke, complete, op.expected, op.refused)
+
+
+def _not_linearizable(key: str, ops: list[Op]) -> Iterable[Violation]:
+    """The linearizability search over one key; a failure reports the operation no order
+    could place, the operations that completed just before it and those overlapping it."""
+    pairs = [(op, step) for op in ops if (step := _step(op)) is not None]
+    result = find_linearization([step for _, step in pairs], SEARCH_BUDGET)
+    if result.ok:
+        return
+    if result.ok is None:
+        yield Violation("unchecked", key, f"the linearizability search gave up after {result.steps:,} "
+                        f"steps over {len(pairs)} operations: check a shorter history", ())
+        return
+    assert result.index is not None
+    stuck = pairs[result.index][0]
+    before = sorted((op for op, _ in pairs if op.complete is not None and op.outcome != "unknown"
+                     and op.complete < stuck.invoke), key=_done)[-CONTEXT_OPS:]
+    since = before[0].invoke if before else stuck.invoke
+    around = [op for op, _ in pairs if op.invoke <= _done(stuck) and op.invoke >= since
+              and op not in before]
+    state = "absent" if result.state is None else repr(result.state)
+    yield Violation(
+        "not-linearizable",
+        key,
+        f"no order of the {len(pairs)} operations explains {stuck.describe().strip()}: the "
+        f"longest order placed {result.placed} of them and left the register {state}",
+        tuple(sorted({*before, *around}, key=lambda op: op.invoke)),
+    )

@@ -8,13 +8,15 @@ the rule in :mod:`ringkv.client.wire`.
 from __future__ import annotations
 
 import http.client
+import random
 import select
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 
 from ringkv.client import wire
+from ringkv.client.errors import ConflictRetryExhausted, NotFound, PreconditionFailed
 from ringkv.client.wire import Base, Call, Entry, Meta, Page, Reply, TransportFailure
 
 
@@ -35,6 +37,7 @@ class Client:
         self._conns: dict[str, http.client.HTTPConnection] = {}
         # https:// URLs are verified against the system CAs, or against `ca_file`.
         self._ssl = ssl.create_default_context(cafile=ca_file) if ca_file else None
+        self._rng = random.Random()
 
     @property
     def urls(self) -> list[str]:
@@ -94,6 +97,44 @@ class Client:
         tombstone's version."""
         call = wire.delete_call(key, consistency, if_match)
         return wire.version_of(self._call(call))
+
+    def incr(self, key: str, by: int = 1, *, ttl: int | None = None,
+             consistency: str | None = None) -> int:
+        """Add ``by`` to the key's decimal integer value (absent: 0) atomically, in one Paxos
+        round on the node (``POST ?op=incr``); returns the new value. PreconditionFailed
+        when the value is not an integer."""
+        return wire.counter_of(self._call(wire.incr_call(key, by, ttl, consistency)))
+
+    def update(self, key: str, fn: Callable[[bytes | None], bytes | str], *,
+               content_type: str | None = None, ttl: int | None = None,
+               timeout: float = 10.0) -> tuple[str, bytes | str]:
+        """Read-modify-write without lost updates: read the key, write ``fn(value)`` (value
+        None: absent) on condition that the key still holds what was read (If-Match the
+        version read, If-None-Match when absent), and on 412 (another writer came first)
+        read again and retry after a random pause, for up to ``timeout`` seconds. Returns
+        the version written and the value. ``fn`` may run several times.
+
+        Raises ConflictRetryExhausted when other writers kept winning until the timeout."""
+        deadline = time.monotonic() + timeout
+        attempt = 0
+        while True:
+            try:
+                current: Entry | None = self.get(key)
+            except NotFound:
+                current = None
+            step = wire.update_step(current, fn)
+            try:
+                return self.put(key, step.value, content_type=content_type, ttl=ttl,
+                                if_match=step.if_match, if_none_match=step.if_match is None
+                                ), step.value
+            except PreconditionFailed:
+                attempt += 1
+                pause = wire.update_backoff(attempt, self._rng)
+                if time.monotonic() + pause >= deadline:
+                    raise ConflictRetryExhausted(
+                        "conflict_retry_exhausted",
+                        f"other writers of {key!r} kept changing it for {timeout:g}s") from None
+                time.sleep(pause)
 
     def list(self, prefix: str = "", limit: int | None = None, cursor: str | None = None) -> Page:
         """One page of keys, sorted bytewise; pass ``page.cursor`` back for the next."""

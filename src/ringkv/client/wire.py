@@ -21,7 +21,8 @@ moved past, so the next call starts at the following URL.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import random
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
@@ -32,7 +33,8 @@ from ringkv.client.errors import RingkvError, Unavailable, error_from_response
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT = 10.0
-CONSISTENCY_LEVELS = ("one", "quorum", "all")
+# `serial`: decided by a Paxos round (GET, HEAD, PUT, DELETE); see README.
+CONSISTENCY_LEVELS = ("one", "quorum", "all", "serial")
 MAX_TTL = 315_360_000  # seconds (ten years), the node's limit
 MAX_LIST_LIMIT = 1000  # keys per list page, the node's limit
 TEXT_TYPE = "text/plain; charset=utf-8"
@@ -206,6 +208,41 @@ def delete_call(key: str, consistency: str | None, if_match: str | None) -> Call
     headers = {"If-Match": quote_version(if_match)} if if_match is not None else {}
     target = "/v1/kv/" + encode_key(key) + _query(consistency=consistency)
     return Call("DELETE", target, headers, idempotent=False)
+
+
+def incr_call(key: str, by: int, ttl: int | None, consistency: str | None) -> Call:
+    """``POST ?op=incr``: a write, so it follows the write retry rule."""
+    target = "/v1/kv/" + encode_key(key) + _query(op="incr", by=by, ttl=ttl, consistency=consistency)
+    return Call("POST", target, idempotent=False)
+
+
+def counter_of(reply: Reply) -> int:
+    """The value an ``incr`` answered."""
+    value = json_object(reply).get("value")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise RingkvError("bad_response", "the node answered no counter value", reply.status)
+    return value
+
+
+@dataclass(frozen=True)
+class Update:
+    """One step of ``update``'s compare-and-set loop: what to write, and on which condition."""
+
+    value: bytes | str
+    if_match: str | None  # the version read; None: the key was absent (If-None-Match: *)
+
+
+def update_step(current: Entry | None, fn: Callable[[bytes | None], bytes | str]) -> Update:
+    """Apply the caller's function to the value read (None: absent)."""
+    if current is None:
+        return Update(fn(None), None)
+    return Update(fn(current.value), current.version)
+
+
+def update_backoff(attempt: int, rng: random.Random) -> float:
+    """Pause before ``update``'s next try (1-based): random, growing, at most 0.25 s, so
+    writers that keep meeting each other spread out."""
+    return rng.uniform(0, min(0.005 * (1 << min(attempt, 8)), 0.25))
 
 
 def list_call(prefix: str, limit: int | None, cursor: str | None) -> Call:

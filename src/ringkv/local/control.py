@@ -5,8 +5,11 @@
     GET  /nodes                        every node slot (name, pid, alive, wanted, url, data_dir, ...)
     POST /nodes                        add a node
     POST /nodes/{name}/kill?signal=S   send a signal (default SIGKILL; the supervisor restarts it)
-    POST /nodes/{name}/stop            stop for good (a scale-down)
+    POST /nodes/{name}/stop            stop it, no restart (still a member, absent)
     POST /nodes/{name}/start           want it again and start it
+    POST /nodes/{name}/remove?force=1  take it out of the membership (a scale-in): a
+                                       running node hands off, then stops; `force`
+                                       drops a stopped one even if that loses copies
     POST /nodes/{name}/restart?clock_skew_ms=N   SIGTERM, then start with a shifted clock
     GET  /net                          {"netns": false} or the namespaces' addresses and rules
     POST /net/partition                {"groups": [[names], ...]}, {"isolate": name}
@@ -112,6 +115,14 @@ def control_app(sup: Supervisor) -> web.Application:
         await sup.start_node(child)
         return web.json_response({"started": child.name})
 
+    async def remove(request: web.Request) -> web.Response:
+        child = find(request)
+        force = request.query.get("force", "0")
+        if force not in ("0", "1"):
+            raise _json_error(web.HTTPBadRequest, "force must be 0 or 1")
+        sup.remove_node(child, force == "1")
+        return web.json_response({"removing": child.name, "force": force == "1"})
+
     async def restart(request: web.Request) -> web.Response:
         child = find(request)
         raw = request.query.get("clock_skew_ms", "0")
@@ -144,6 +155,7 @@ def control_app(sup: Supervisor) -> web.Application:
     app.router.add_post("/nodes/{name}/stop", stop)
     app.router.add_post("/nodes/{name}/start", start)
     app.router.add_post("/nodes/{name}/restart", restart)
+    app.router.add_post("/nodes/{name}/remove", remove)
     app.router.add_get("/net", net_state)
     app.router.add_post("/net/partition", net_partition)
     app.router.add_post("/net/heal", net_heal)

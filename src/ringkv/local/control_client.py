@@ -2,6 +2,7 @@
 `ringkv node`, the command line on it.
 
     ringkv node list | add | kill NAME [--signal S] | stop NAME | start NAME
+    ringkv node remove NAME [--force]
     ringkv node restart NAME [--clock-skew-ms N]
     ringkv node partition --isolate NAME | --groups A,B C,D,E | --one-way FROM TO
     ringkv node heal
@@ -97,8 +98,13 @@ class ControlClient:
         return self._dict("POST", f"/nodes/{quote(name)}/kill?signal={quote(signal)}")
 
     def stop(self, name: str) -> dict[str, Any]:
-        """Stop for good (SIGTERM, no restart), as a scale-down does."""
+        """SIGTERM, no restart: still a member, absent until started again (its copies
+        are restored elsewhere once it has been away the grace period)."""
         return self._dict("POST", f"/nodes/{quote(name)}/stop")
+
+    def remove(self, name: str, force: bool = False) -> dict[str, Any]:
+        """Out of the membership, as a scale-in: a running node hands off, then stops."""
+        return self._dict("POST", f"/nodes/{quote(name)}/remove?force={int(force)}")
 
     def start(self, name: str) -> dict[str, Any]:
         return self._dict("POST", f"/nodes/{quote(name)}/start")
@@ -130,11 +136,15 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="action", required=True)
     sub.add_parser("list")
     sub.add_parser("add")
-    for action in ("kill", "stop", "start", "restart"):
+    for action in ("kill", "stop", "start", "restart", "remove"):
         sp = sub.add_parser(action)
         sp.add_argument("name")
         if action == "kill":
             sp.add_argument("--signal", default="SIGKILL")
+        if action == "remove":
+            sp.add_argument("--force", action="store_true",
+                            help="drop a stopped node even where its ranges then lack a read "
+                            "quorum of copies (writes only it and other absent nodes hold are lost)")
         if action == "restart":
             sp.add_argument("--clock-skew-ms", type=int, default=0,
                             help="start it with its clock shifted by this much")
@@ -166,6 +176,8 @@ def _run(control: ControlClient, args: argparse.Namespace) -> object:
         return control.restart(args.name, args.clock_skew_ms)
     if args.action == "stop":
         return control.stop(args.name)
+    if args.action == "remove":
+        return control.remove(args.name, args.force)
     return control.start(args.name)
 
 

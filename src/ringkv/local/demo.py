@@ -26,6 +26,7 @@ from .spawn import UpProcess, spawn_up
 
 BAR = 30
 T = TypeVar("T")
+DOWN_GRACE = 5.0  # seconds a node may be away before its copies are restored (short, for the story)
 
 
 def say(text: str = "") -> None:
@@ -79,7 +80,7 @@ class Demo:
 
     def start(self) -> UpProcess:
         self.up = spawn_up(self.data_dir / "data", nodes=5, rf=3, base_port=self.base_port,
-                           token=self.token, restart_delay=3,
+                           token=self.token, restart_delay=3, down_grace=DOWN_GRACE,
                            log_path=self.data_dir / "launcher.log")
         return self.up
 
@@ -168,9 +169,11 @@ class Demo:
         victim = rnd.randrange(5)
         name = f"node-{victim}"
         survivors = [self.url(i) for i in range(5) if i != victim]
-        say(f"\n2. Take {name} away, as when its pod is deleted")
+        say(f"\n2. Take {name} away, as when its pod is deleted and does not come back")
         up.control.stop(name)
-        say(f"  {name} is gone: the controller removes it and the survivors re-replicate")
+        say(f"  {name} is gone: its ranges keep two live copies; after {DOWN_GRACE:g}s away "
+            f"(the grace period: 300s by default, so a restarted pod costs nothing) the "
+            f"controller removes it and the survivors restore the third copy")
         info = self.watch_transition(survivors, 4, info["epoch"])
         self.pause()
 
@@ -186,7 +189,8 @@ class Demo:
         self.show_ring(info)
         self.pause()
 
-        say(f"\n3b. {name} returns on its old data directory, catches up, takes its share")
+        say(f"\n3b. {name} returns on its old data directory: it catches up by difference "
+            f"(only what it missed moves) and takes its share")
         up.control.start(name)
         info = self.watch_transition(everyone, 5, info["epoch"])
 

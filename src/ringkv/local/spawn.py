@@ -148,6 +148,7 @@ def spawn_up(
     base_port: int | None = None,
     token: str | None = None,
     restart_delay: float | None = None,
+    down_grace: float | None = None,
     netns: bool = False,
     env: Mapping[str, str] | None = None,
     log_path: Path | None = None,
@@ -158,7 +159,7 @@ def spawn_up(
     """Start `ringkv up` and return once every node is ready (see :meth:`UpProcess.wait_ready`).
 
     ``base_port`` defaults to a free block below the ephemeral range; ``token`` to one
-    `ringkv up` generates; ``restart_delay`` to its default (3 s); ``env`` is added to this
+    `ringkv up` generates; ``restart_delay`` and ``down_grace`` to its defaults; ``env`` is added to this
     process's environment (the nodes inherit it); its output goes to ``log_path`` (default
     DATA_DIR/up.log). ``program`` is the command that runs `ringkv up` (default this
     interpreter's ``-m ringkv.local.up``; the benchmarks pass the installed ``ringkv up``).
@@ -175,6 +176,8 @@ def spawn_up(
         argv += ["--token", token]
     if restart_delay is not None:
         argv += ["--restart-delay", str(restart_delay)]
+    if down_grace is not None:
+        argv += ["--down-grace", str(down_grace)]
     if netns:
         argv.append("--netns")
     with log.open("ab") as out:

@@ -22,13 +22,15 @@ import os
 import secrets
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ringkv.node.main import NOT_WORTH_RESTARTING
+from ringkv.node.membership import Document
 from ringkv.node.security import TlsFiles
-from ringkv.operator.controller import Observed
+from ringkv.operator.controller import Observed, Policy
 from ringkv.operator.nodes import NodeClient
 from ringkv.operator.reconciler import Reconciler
 
@@ -60,7 +62,9 @@ class Child:
     log_path: Path
     host: str = LOOPBACK  # the address it binds (its namespace's address with a Network)
     proc: asyncio.subprocess.Process | None = None
-    wanted: bool = True  # False once stopped for good (a scale-down)
+    wanted: bool = True  # kept running: restarted when it dies (False once stopped)
+    expected: bool = True  # a member: False once removed (it hands off, then stops)
+    forced: bool = False  # removed whatever it costs (`ringkv node remove --force`)
     restarts: int = 0
     clock_skew_ms: int = 0  # RINGKV_CLOCK_SKEW_MS of its next start (the skew nemesis)
     failure: str = ""  # why it could not start and was given up on (until started again)
@@ -70,7 +74,8 @@ class Child:
         return self.proc is not None and self.proc.returncode is None
 
     def observed(self) -> Observed:
-        return Observed(self.name, f"{self.host}:{self.internal_port}", self.url, self.alive)
+        return Observed(self.name, f"{self.host}:{self.internal_port}", self.url, self.alive,
+                        self.expected, self.forced)
 
     @property
     def url(self) -> str:
@@ -79,7 +84,8 @@ class Child:
     def to_json(self) -> dict[str, Any]:
         """The node as the control endpoint lists it (``GET /nodes``)."""
         return {"name": self.name, "pid": self.proc.pid if self.proc else None,
-                "alive": self.alive, "wanted": self.wanted, "host": self.host,
+                "alive": self.alive, "wanted": self.wanted, "expected": self.expected,
+                "host": self.host,
                 "port": self.port, "internal_port": self.internal_port, "url": self.url,
                 "data_dir": str(self.data_dir), "restarts": self.restarts,
                 "clock_skew_ms": self.clock_skew_ms, "failure": self.failure or None}
@@ -90,7 +96,7 @@ class Supervisor:
 
     def __init__(self, nodes: int, rf: int, base_port: int, data_dir: Path, token: str | None,
                  restart_delay: float, node_env: dict[str, str] | None = None,
-                 network: Network | None = None) -> None:
+                 network: Network | None = None, down_grace: float = 300.0) -> None:
         self.rf = rf
         self.network = network  # created by the caller, torn down by the caller
         self.base_port = base_port
@@ -107,7 +113,8 @@ class Supervisor:
         self.nodes = NodeClient(self.cluster_token, caller="launcher",
                                 tls=TlsFiles.from_env(os.environ))
         self.reconciler = Reconciler(FileStore(self.data_dir / "membership.json"), self,
-                                     self.nodes, rf)
+                                     self.nodes, Policy(rf=rf, down_grace=down_grace),
+                                     on_change=self._changed)
         self.wake = asyncio.Event()
         self._net_lock = asyncio.Lock()  # one partition change at a time
         self._tasks: list[asyncio.Task[Any]] = []
@@ -140,8 +147,17 @@ class Supervisor:
         return child
 
     # -- member source for the reconciler -----------------------------------------------
-    async def observe(self) -> list[Observed]:
-        return [c.observed() for c in self.children if c.wanted or c.alive]
+    async def observe(self, members: Sequence[str]) -> list[Observed]:
+        return [c.observed() for c in self.children
+                if c.wanted or c.alive or c.name in members]
+
+    def _changed(self, _old: Document | None, new: Document, _text: str) -> None:
+        """A removed node that handed its ranges off (the settle dropped it) stops now."""
+        for child in self.children:
+            if not child.expected and child.name not in new.names and child.wanted:
+                log.info("%s has left the membership: stopping it", child.name)
+                child.wanted = False
+                self.signal_child(child, signal.SIGTERM)
 
     # -- processes ----------------------------------------------------------------------
     async def spawn(self, child: Child) -> None:
@@ -265,17 +281,31 @@ class Supervisor:
         return child
 
     def stop_node(self, child: Child) -> None:
-        """Stop the node for good (SIGTERM, no restart), as a scale-down does."""
+        """Stop the node and leave it stopped (SIGTERM, no restart), as a pod that is gone
+        until someone starts it again: still a member, absent (see `Policy.down_grace`)."""
         child.wanted = False
         self.signal_child(child, signal.SIGTERM)
         self.wake.set()
 
     async def start_node(self, child: Child) -> None:
-        """Want the node again and start it if it is not running."""
-        child.wanted = True
+        """Want the node again (a member again, if it was removed) and start it if it is
+        not running."""
+        child.wanted = child.expected = True
+        child.forced = False
         child.failure = ""
         if not child.alive:
             await self.spawn(child)
+        self.wake.set()
+
+    def remove_node(self, child: Child, force: bool) -> None:
+        """Take the node out of the membership, as a StatefulSet scale-in does: a running
+        node hands its ranges off and stops once the epoch that drops it settles; a
+        stopped one is dropped where its ranges keep a read quorum elsewhere, or with
+        `force` whatever it costs."""
+        child.expected = False
+        child.forced = force
+        if not child.alive:
+            child.wanted = False
         self.wake.set()
 
     async def partition(self, rules: dict[str, frozenset[str]]) -> None:

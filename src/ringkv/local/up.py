@@ -36,6 +36,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--token", help="API token (default: generated once, kept in DATA_DIR/token)")
     p.add_argument("--restart-delay", type=float, default=3.0,
                    help="seconds before a dead node is restarted on its data directory")
+    p.add_argument("--down-grace", type=float, default=300.0, metavar="S",
+                   help="seconds a stopped or dead node stays a member before the others "
+                   "restore its copies elsewhere (default 300, as Kubernetes waits before "
+                   "evicting the pods of an unreachable node; 0: at once)")
     p.add_argument("--storage", choices=["sqlite", "memory"], default="sqlite")
     p.add_argument("--netns", action="store_true",
                    help="run each node in its own network namespace on a bridge, so "
@@ -50,6 +54,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        free=ports[:1] if args.netns else None)
     if problem is not None:
         p.error(f"{problem}; pick another --base-port (e.g. {free_port_block(args.nodes + 5)})")
+    if args.down_grace < 0:
+        p.error("--down-grace must be 0 or more")
     return args
 
 
@@ -70,7 +76,7 @@ async def _run(args: argparse.Namespace) -> int:
 async def _serve(args: argparse.Namespace, network: Network | None) -> int:
     cluster = Supervisor(args.nodes, args.rf, args.base_port, Path(args.data_dir), args.token,
                          args.restart_delay, node_env={"RINGKV_STORAGE": args.storage},
-                         network=network)
+                         network=network, down_grace=args.down_grace)
     runner = web.AppRunner(control_app(cluster), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, LOOPBACK, args.base_port - 1).start()
@@ -103,6 +109,7 @@ def _banner(cluster: Supervisor) -> str:
         f"console: {first}/ui/  (any node serves it; paste the token above)",
         "",
         f"control: ringkv node list | kill NAME | stop NAME | start NAME | restart NAME | add"
+        f" | remove NAME"
         f"{' | partition ... | heal' if cluster.network else ''} (--control {cluster.control_url})",
         "Ctrl-C stops every node.",
     ]

@@ -24,6 +24,9 @@ from aiohttp.web_protocol import RequestPayloadError
 from . import backup, preconditions
 from .backup import Backups
 from .changelog import ChangeLog
+from .changes import Increment, parse_int
+from .changes import Write as ConditionalWrite
+from .conditional import Decided, OutcomeUnknown, Proposer
 from .config import Settings
 from .coordinator import (
     ConflictRetryExhausted,
@@ -59,6 +62,11 @@ REPLICAS_PREFIX = "/v1/replicas/"
 PROBE_PATHS = ("/healthz", "/readyz")
 PUT_QUERY = frozenset({"consistency", "ttl"})
 READ_QUERY = frozenset({"consistency"})
+INCR_QUERY = frozenset({"op", "by", "consistency", "ttl"})
+# A Paxos round (conditional.Proposer) instead of the quorum path: GET and HEAD read as of a
+# round, PUT and DELETE are decided by one. Conditional writes always are.
+SERIAL = "serial"
+KV_LEVELS = (*LEVELS, SERIAL)
 LIST_QUERY = frozenset({"prefix", "limit", "cursor"})
 EXPORT_QUERY = frozenset({"part", "parts", "cursor", "limit"})
 MSGPACK_TYPE = "application/vnd.msgpack"
@@ -129,6 +137,7 @@ FAILURES: dict[type[Exception], Callable[[Any], ApiError]] = {
     ApiError: lambda exc: exc,
     QuorumUnavailable: _quorum_unavailable,
     ConflictRetryExhausted: lambda exc: ApiError(503, "conflict_retry_exhausted", str(exc)),
+    OutcomeUnknown: lambda exc: ApiError(503, "outcome_unknown", str(exc)),
     InsufficientStorage: lambda exc: ApiError(507, "insufficient_storage", str(exc)),
     StorageFull: lambda exc: ApiError(507, "insufficient_storage", str(exc)),
     NotReady: lambda exc: ApiError(503, "not_ready", str(exc)),
@@ -185,7 +194,7 @@ class Dispatcher:
         self.metrics = metrics
         self.token = api.settings.api_token.encode()
         kv = _Route(KV_PREFIX + "{key}", {"PUT": api.put, "GET": api.get, "HEAD": api.head,
-                                          "DELETE": api.delete})
+                                          "DELETE": api.delete, "POST": api.post})
         console = Console()
         self.prefixed: tuple[tuple[str, _Route], ...] = ((KV_PREFIX, kv),
                          (REPLICAS_PREFIX, _Route(REPLICAS_PREFIX + "{key}", {"GET": api.replicas})),
@@ -282,7 +291,7 @@ def _key_from_path(request: web.BaseRequest, prefix: str, max_bytes: int) -> byt
 # The query strings nearly every request carries, parsed once: nothing in them needs
 # decoding, so the table's answer is what aiohttp's query parser would give.
 _COMMON_QUERIES: dict[str, dict[str, str]] = {
-    "": {}, **{f"consistency={level}": {"consistency": level} for level in LEVELS}}
+    "": {}, **{f"consistency={level}": {"consistency": level} for level in KV_LEVELS}}
 
 
 def _query(request: web.BaseRequest, allowed: frozenset[str]) -> Mapping[str, str]:
@@ -310,9 +319,15 @@ def _query_bytes(request: web.BaseRequest, name: str) -> bytes:
 
 def _consistency(query: Mapping[str, str]) -> str:
     level = query.get("consistency", "quorum")
-    if level not in LEVELS:
-        raise bad("consistency must be one, quorum or all")
+    if level not in KV_LEVELS:
+        raise bad("consistency must be one, quorum, all or serial")
     return level
+
+
+def _commit_level(level: str) -> str:
+    """How many replicas must apply a decided write before the answer (Cassandra's commit
+    consistency): the request's level, a quorum for `serial`."""
+    return "quorum" if level == SERIAL else level
 
 
 def _ttl(query: Mapping[str, str]) -> int | None:
@@ -386,6 +401,11 @@ def _unmet(failure: Failure, rec: Record) -> web.Response:
     raise ApiError(412, "precondition_failed", failure.message)
 
 
+def _written(key: bytes, rec: Record) -> bytes:
+    """A write's answer, as json.dumps({"key": ..., "version": ...}) writes it, without the dict."""
+    return f'{{"key": {json.dumps(key.decode())}, "version": "{rec.version}"}}'.encode()
+
+
 # -- handlers ---------------------------------------------------------------------------
 class Node(Protocol):
     """What the handlers need of their node (`service.NodeService`): the coordinator for
@@ -397,6 +417,7 @@ class Node(Protocol):
     clock: HybridClock
     metrics: Metrics
     coordinator: Coordinator
+    proposer: Proposer
     backups: Backups
     changes: ChangeLog
 
@@ -422,6 +443,7 @@ class Api:
         self.service = service
         self.settings = service.settings
         self.coordinator = service.coordinator
+        self.proposer = service.proposer
 
     def key(self, request: web.BaseRequest, prefix: str = KV_PREFIX) -> bytes:
         return _key_from_path(request, prefix, self.settings.max_key_bytes)
@@ -461,15 +483,20 @@ class Api:
                            f"the body did not arrive within {self.settings.body_timeout:g}s") from None
         if len(value) > limit:
             raise ApiError(413, "payload_too_large", f"the value exceeds {limit} bytes")
-        # Only a conditional write reads first, so only it can tell a creation (201) from a
-        # replacement; an unconditional PUT is a blind write and answers 200 either way.
+        # Only a Paxos round reads first, so only it can tell a creation (201) from a
+        # replacement; a plain PUT is a blind write and answers 200 either way.
         created = False
-        if conditions.given:
-            created = await self.coordinator.check_condition(key, conditions) is None
-        rec = await self.coordinator.write(key, value, ctype, level, ttl=ttl)
-        # The body as json.dumps({"key": ..., "version": ...}) writes it, without the dict.
-        body = f'{{"key": {json.dumps(key.decode())}, "version": "{rec.version}"}}'.encode()
-        return RawResponse(201 if created else 200, body, _etag(rec.version), JSON_TYPE)
+        if conditions.given or level == SERIAL:
+            decided = await self.proposer.write(
+                key, ConditionalWrite(key, value, ctype, conditions, ttl), _commit_level(level))
+            rec, created = decided.record, not self._live(decided.previous)
+        else:
+            rec = await self.coordinator.write(key, value, ctype, level, ttl=ttl)
+        return RawResponse(201 if created else 200, _written(key, rec), _etag(rec.version),
+                           JSON_TYPE)
+
+    def _live(self, rec: Record | None) -> bool:
+        return rec is not None and rec.live(self.service.clock.physical_ms())
 
     async def _read_live(self, request: web.BaseRequest) -> tuple[Record, Failure | None]:
         """The key's live record (404 if none) and which of the request's preconditions
@@ -477,8 +504,12 @@ class Api:
         query = _query(request, READ_QUERY)
         key = self.key(request)
         conditions = _preconditions(request)
-        rec = await self.coordinator.read(key, _consistency(query))
-        if rec is None or not rec.live(self.service.clock.physical_ms()):
+        level = _consistency(query)
+        if level == SERIAL:
+            rec = await self.proposer.read(key)
+        else:
+            rec = await self.coordinator.read(key, level)
+        if rec is None or not self._live(rec):
             raise ApiError(404, "not_found", "no such key")
         return rec, conditions.failure(rec.version) if conditions.given else None
 
@@ -509,10 +540,32 @@ class Api:
         key = self.key(request)
         level = _consistency(query)
         conditions = _preconditions(request)
-        if conditions.given:
-            await self.coordinator.check_condition(key, conditions)
-        rec = await self.coordinator.write(key, b"", DEFAULT_CONTENT_TYPE, level, tombstone=True)
+        if conditions.given or level == SERIAL:
+            delete = ConditionalWrite(key, b"", DEFAULT_CONTENT_TYPE, conditions, tombstone=True)
+            rec = (await self.proposer.write(key, delete, _commit_level(level))).record
+        else:
+            rec = await self.coordinator.write(key, b"", DEFAULT_CONTENT_TYPE, level, tombstone=True)
         return web.Response(status=204, headers={"ETag": _etag(rec.version)})
+
+    async def post(self, request: web.BaseRequest) -> web.Response:
+        """`POST /v1/kv/{key}?op=incr&by=N`: add N (default 1) to a decimal integer value
+        (absent: 0) in one Paxos round; answers the new value."""
+        query = _query(request, INCR_QUERY)
+        key = self.key(request)
+        if query.get("op") != "incr":
+            raise bad("POST on a key takes op=incr")
+        by = parse_int(query.get("by", "1"))
+        if by is None:
+            raise bad("by must be a decimal integer that fits in 64 bits")
+        level, ttl, conditions = _consistency(query), _ttl(query), _preconditions(request)
+        if request.content_length or not request.content.is_eof():
+            raise bad("op=incr takes no body")
+        decided: Decided = await self.proposer.write(
+            key, Increment(key, by, ttl, conditions), _commit_level(level))
+        rec = decided.record
+        return web.json_response(
+            {"key": key.decode(), "version": str(rec.version), "value": int(rec.value)},
+            headers={"ETag": _etag(rec.version)})
 
     async def list(self, request: web.BaseRequest) -> web.Response:
         query = _query(request, LIST_QUERY)
@@ -561,6 +614,7 @@ class Api:
                 entry.update(records=status["records"], tombstones=status["tombstones"],
                              hints_pending=status["hints_pending"], epoch=status["epoch"],
                              ready=status["ready"], caught_up=status["caught_up"],
+                             trusted=status["trusted"], waiting=status["waiting"],
                              rebalance=status["rebalance"],
                              rebuilding=status.get("rebuilding", False),
                              disk_full=status.get("disk_full", False))
@@ -576,9 +630,12 @@ class Api:
             "epoch": doc.epoch,
             "settled": doc.settled,
             "rf": doc.rf,
-            "replicas_per_key": min(doc.rf, len(doc.members)),
+            "replicas_per_key": min(doc.rf, len(doc.target_names)),
             "base": list(doc.base_names()),
             "members": members,
+            # Why the epoch cannot settle yet, in the members' words (a range with no live
+            # replica that holds data, replicas that do not answer).
+            "waiting": [f"{m['name']}: {line}" for m in reachable for line in m["waiting"]],
             "rebalance": {
                 "active": any(m["rebalance"]["active"] for m in reachable),
                 "ranges_left": sum(m["rebalance"]["ranges_left"] for m in reachable),
@@ -692,7 +749,8 @@ class Api:
     async def readyz(self, request: web.BaseRequest) -> web.Response:
         if self.service.ready:
             return web.json_response({"status": "ready", "epoch": self.service.epoch})
-        return error_response(503, "not_ready", "no membership yet or still catching up")
+        return error_response(503, "not_ready",
+                              "no membership yet, or its data is being rebuilt (joining)")
 
     async def metrics(self, request: web.BaseRequest) -> web.Response:
         await self.service.status()  # refresh gauges

@@ -61,6 +61,11 @@ class Settings:
     handoff_busy_share: float = 0.25  # share of the time handoff pulls while busy; 1: no throttle
     handoff_max_mb_per_s: float = 0.0  # key+value MB/s handoff may pull; 0: no cap
     max_clock_drift: float = 3600.0  # seconds a version may be ahead of this node's clock
+    # On SIGTERM: seconds to wait for the membership to say this stop is a removal (the
+    # operator marks a pod the StatefulSet scaled in `leaving`), and how long the node may
+    # take in all before it exits (keep it below the pod's terminationGracePeriodSeconds).
+    leave_wait: float = 0.0
+    shutdown_timeout: float = 15.0
     log_format: str = "text"  # text | json
     log_level: str = "INFO"
     tls_cert_file: str = ""  # PEM certificate: HTTPS on the API, TLS on the peer port
@@ -95,6 +100,8 @@ class Settings:
             raise ConfigError("handoff_ranges must be at least 1, handoff_busy_share in (0, 1]")
         if not (self.handoff_busy_requests >= 0 and self.handoff_max_mb_per_s >= 0):
             raise ConfigError("handoff_busy_requests and handoff_max_mb_per_s must not be negative")
+        if self.leave_wait < 0 or self.shutdown_timeout <= 0:
+            raise ConfigError("leave_wait must not be negative, shutdown_timeout must be positive")
         if self.hint_ttl >= self.gc_grace:
             raise ConfigError("hint_ttl must be shorter than gc_grace")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):

@@ -19,7 +19,6 @@ from functools import partial
 from typing import Any, Protocol
 
 from .membership import View, needed
-from .preconditions import Preconditions
 from .records import Record, expiry
 from .ring import key_token
 from .storage import KeyInfo, StorageFull
@@ -65,7 +64,7 @@ class QuorumUnavailable(CoordinatorError):
     def nobody_to_ask(cls, view: View, replicas: tuple[str, ...], voters: list[str],
                       needed: int) -> QuorumUnavailable:
         """A read that asked no replica at all: fewer of the key's replicas may serve reads
-        than it needs (the others are joining: they may not hold the data yet)."""
+        than it needs (the others are joining, and may not hold the data yet, or gone)."""
         left_out = ", ".join(f"{name} {m.state if (m := view.by_name.get(name)) else 'removed'}"
                              for name in replicas if name not in voters)
         return cls(0, needed, "read", message=(
@@ -348,8 +347,9 @@ class Coordinator:
         voters = self._voters_of.get(reps)
         if voters is None:
             me = self.cluster.name
-            # A joining member may have lost its data (a wiped volume): it counts for nothing.
-            voters = [n for n in reps if (m := view.by_name.get(n)) is None or m.state != "joining"]
+            # A joining member may hold nothing yet, and one dropped from the membership is
+            # gone: neither counts (a read that cannot find R others fails, never "not found").
+            voters = view.holders(reps)
             voters.sort(key=lambda n: n != me)
             self._voters_of[reps] = voters
         replica = self.cluster.replica
@@ -378,19 +378,6 @@ class Coordinator:
             return
         self.cluster.repaired(name)
         self.cluster.replica(name).send(["w", record.to_wire(), False], _ignore_result)
-
-    # -- conditional writes -------------------------------------------------------------
-    async def check_condition(self, key: bytes, preconditions: Preconditions) -> Version | None:
-        """The key's current version if the preconditions hold (None: no live record);
-        PreconditionFailed if not. Checked against a quorum read: not linearizable under
-        concurrent writers."""
-        record = await self.read(key, "quorum")
-        now = self.cluster.clock.physical_ms()
-        current = record.version if record is not None and record.live(now) else None
-        failure = preconditions.failure(current)
-        if failure is not None:
-            raise PreconditionFailed(failure.message)
-        return current
 
     # -- list ---------------------------------------------------------------------------
     async def list_keys(

@@ -75,9 +75,13 @@ async def serve(settings: config.Settings) -> None:
     # cursor): twice aiohttp's default limit, so valid requests reach the JSON errors.
     server = make_server(service, access_log=None, max_line_size=16384,
                          keepalive_timeout=settings.idle_timeout)
-    runner = web.ServerRunner(server)
+    # In-flight requests get at most a replica round's time to finish on shutdown
+    # (aiohttp's default of 60 s would outlast a pod's grace period).
+    drain = min(settings.replica_timeout * 2 + 1, settings.shutdown_timeout / 2)
+    runner = web.ServerRunner(server, shutdown_timeout=drain)
     probes = web.ServerRunner(make_server(service, paths=PROBE_PATHS, access_log=None,
-                                          keepalive_timeout=settings.idle_timeout))
+                                          keepalive_timeout=settings.idle_timeout),
+                              shutdown_timeout=drain)
     try:
         await runner.setup()
         await probes.setup()
@@ -97,8 +101,13 @@ async def serve(settings: config.Settings) -> None:
             loop.add_signal_handler(sig, stop.set)
         try:
             await stop.wait()
-        finally:
             log.info("shutting down")
+            # A node being removed on purpose hands its ranges off first (its probes and
+            # API keep answering meanwhile); the rest of the budget is for the requests in
+            # flight (every write acked is in the WAL already).
+            deadline = loop.time() + settings.shutdown_timeout
+            await service.hand_off(settings.leave_wait, deadline - drain)
+        finally:
             for each in listeners:
                 each.close()
             await runner.cleanup()

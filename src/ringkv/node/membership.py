@@ -4,7 +4,17 @@ The document is the single source of truth about who is in the cluster. Every ch
 bumps `epoch`; a node ignores a document whose epoch is not higher than the one it holds
 and persists the newest. While an epoch is not settled, `base` names the members of the
 last settled epoch: coordinators then use two rings (base and target), as correctness
-rule 3 requires. Pure but for `load` and `save`, which keep the document in a JSON file.
+rule 3 requires.
+
+A member's `state` says what its data is worth: `normal` holds its ranges, `joining` may
+hold nothing yet (new, or back with a replaced volume) and counts for no read until it has
+caught up, `leaving` is being removed on purpose (a scale-in): it is out of the target ring
+but still serves its base-ring ranges as a source until the epoch settles, when it leaves
+the document. A member that simply vanished is not marked here: the controller keeps it
+until its absence outlasts a grace period, then drops it from `members` (it stays in
+`base` until the settle). `data_id` names the data the member was admitted with (see
+`storage.Storage.data_id`): a node whose data is not the one the document names is not
+trusted with reads or as a source. Pure but for `load` and `save`, which keep the document in a JSON file.
 """
 
 from __future__ import annotations
@@ -16,8 +26,8 @@ from typing import Any, Literal
 
 from .ring import RangeChange, Ring, diff
 
-MemberState = Literal["joining", "normal"]
-STATES: tuple[str, ...] = ("joining", "normal")
+MemberState = Literal["joining", "normal", "leaving"]
+STATES: tuple[str, ...] = ("joining", "normal", "leaving")
 # Consistency levels: how many of a key's replicas (rf of them, fewer in a smaller cluster)
 # a request needs, per ring.
 LEVELS = ("one", "quorum", "all")
@@ -36,15 +46,29 @@ class InvalidDocument(ValueError):
     pass
 
 
+def intersecting(replicas: int) -> int:
+    """How many of a range's `replicas` every quorum write reaches at least one of:
+    n - W + 1 (2 of 3, 1 of 2, 3 of 5). Merging from that many, or keeping that many
+    alive, keeps every acknowledged write."""
+    return replicas - needed("quorum", replicas) + 1
+
+
 @dataclass(frozen=True, slots=True)
 class Member:
     name: str
     url: str  # internal address, "host:port"
     api_url: str  # public address, "http://host:port"
     state: MemberState = "normal"
+    data_id: str = ""  # the identity of the data it was admitted with; "" until known
 
     def to_json(self) -> dict[str, str]:
-        return {"name": self.name, "url": self.url, "api_url": self.api_url, "state": self.state}
+        return {"name": self.name, "url": self.url, "api_url": self.api_url, "state": self.state,
+                "data_id": self.data_id}
+
+    @property
+    def holds_data(self) -> bool:
+        """Whether its copy of its base-ring ranges counts (for reads and as a source)."""
+        return self.state != "joining"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +86,18 @@ class Document:
         if len(set(names)) != len(names):
             raise InvalidDocument("duplicate member names")
         if any(m.state not in STATES for m in self.members):
-            raise InvalidDocument("member state must be joining or normal")
+            raise InvalidDocument("member state must be joining, normal or leaving")
+        if self.settled and any(m.state == "leaving" for m in self.members):
+            raise InvalidDocument("a settled document has no leaving members")
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(m.name for m in self.members)
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        """The members of the target ring: everyone but the leaving."""
+        return tuple(m.name for m in self.members if m.state != "leaving")
 
     def base_names(self) -> tuple[str, ...]:
         """Members of the last settled epoch (this epoch's, once settled)."""
@@ -92,7 +123,7 @@ class Document:
         try:
             members = tuple(
                 Member(str(m["name"]), str(m["url"]), str(m.get("api_url", "")),
-                       m.get("state", "normal"))
+                       m.get("state", "normal"), str(m.get("data_id") or ""))
                 for m in data["members"]
             )
             return cls(
@@ -108,7 +139,8 @@ class Document:
     @classmethod
     def initial(cls, members: list[Member], rf: int) -> Document:
         """A fresh cluster: every member normal, epoch 1, settled."""
-        return cls(1, rf, tuple(Member(m.name, m.url, m.api_url, "normal") for m in members))
+        return cls(1, rf, tuple(Member(m.name, m.url, m.api_url, "normal", m.data_id)
+                                for m in members))
 
 
 class View:
@@ -116,11 +148,17 @@ class View:
 
     def __init__(self, doc: Document, vnodes: int) -> None:
         self.doc = doc
-        self.target = Ring(doc.names, doc.rf, vnodes)
+        self.target = Ring(doc.target_names, doc.rf, vnodes)
         base = doc.base_names()
-        self.base = self.target if base == doc.names else Ring(base, doc.rf, vnodes)
+        self.base = self.target if base == doc.target_names else Ring(base, doc.rf, vnodes)
         self.by_name = {m.name: m for m in doc.members}
         self.transitioning = self.base is not self.target
+
+    def holders(self, replicas: tuple[str, ...]) -> list[str]:
+        """Of a range's base-ring replicas, those whose copy counts: still members (one
+        dropped from the document is gone) and not joining (it may hold nothing yet)."""
+        by_name = self.by_name
+        return [n for n in replicas if (m := by_name.get(n)) is not None and m.holds_data]
 
     def changes(self) -> list[RangeChange]:
         return diff(self.base, self.target) if self.transitioning else []
@@ -134,20 +172,31 @@ def describe(old: Document | None, new: Document) -> str:
     parts: list[str] = []
     before = {m.name: m for m in old.members}
     after = {m.name: m for m in new.members}
-    parts += [f"{n} removed" for n in sorted(before.keys() - after.keys())]
+    for n in sorted(before.keys() - after.keys()):
+        parts.append(f"{n} left" if before[n].state == "leaving" else f"{n} removed")
     parts += [f"{n} joined ({after[n].state})" for n in sorted(after.keys() - before.keys())]
+    recorded = []
     for name in sorted(before.keys() & after.keys()):
         b, a = before[name], after[name]
-        if b.state != a.state:
-            parts.append(f"{name} {'promoted' if a.state == 'normal' else 'demoted'} to {a.state}")
+        if b.data_id != a.data_id:
+            if b.data_id:
+                parts.append(f"{name} came back with new data: rebuilding")
+            else:
+                recorded.append(name)
+        if b.state != a.state and not (b.data_id and b.data_id != a.data_id):
+            parts.append({"normal": f"{name} promoted to normal" if b.state == "joining"
+                          else f"{name} stays (no longer leaving)",
+                          "leaving": f"{name} leaving (handing off its ranges)",
+                          "joining": f"{name} demoted to joining"}[a.state])
         if (b.url, b.api_url) != (a.url, a.api_url):
             parts.append(f"{name} moved to {a.url}")
+    if recorded:
+        parts.append(f"data ids recorded for {', '.join(recorded)}")
     if new.settled and not old.settled:
         parts.append("settled")
     if not parts:
         parts.append(f"re-issued (was epoch {old.epoch})")
     return f"epoch {new.epoch}: {', '.join(parts)}"
-
 
 def load(path: str) -> Document | None:
     try:

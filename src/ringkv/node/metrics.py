@@ -96,6 +96,10 @@ class Metrics:
         self.rebalance_bytes = Counter(
             "ringkv_rebalance_bytes_received", "Key and value bytes merged by handoff",
             registry=self.registry)
+        self.paxos_restarts = Counter(
+            "ringkv_paxos_restarts", "Paxos rounds of conditional requests started over, by "
+            "why: preempted (a newer ballot), finished_another (an earlier proposal finished "
+            "first), catch_up, data_newer, stale_epoch", ["reason"], registry=self.registry)
         self.anti_entropy_repaired = Counter(
             "ringkv_anti_entropy_records", "Records merged by anti-entropy", registry=self.registry)
         # The newest backup reported to the cluster (see backup.py); 0 until one is.

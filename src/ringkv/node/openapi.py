@@ -19,7 +19,25 @@ CONSISTENCY = (
     "(usually milliseconds on a healthy cluster; for as long as that replica is unreachable "
     "otherwise); it is lost if that replica's disk is lost first; and a later write at `one` "
     "is not guaranteed to win over an earlier one when clocks disagree. A read at `one` "
-    "answers from one replica, which may be behind.")
+    "answers from one replica, which may be behind. `serial`: the request is decided by a "
+    "Paxos round among the key's replicas, linearizable with conditional writes (GET and "
+    "HEAD read as of a round; PUT and DELETE write unconditionally through one). On a "
+    "conditional write (always a Paxos round) the level says how many replicas must apply "
+    "the decision before the answer (`serial`: a quorum).")
+
+CONDITIONAL = (
+    " Conditional writes are linearizable per key: a Paxos round among the key's replicas "
+    "decides each (as Cassandra's lightweight transactions), so of concurrent conditional "
+    "writers exactly one wins a round and the rest get 412. A plain write that completed "
+    "before a conditional one began is seen by it; one that overlaps it may be ordered "
+    "either way (mixing plain and conditional writes on one key gives up linearizability "
+    "while they overlap). While the membership changes, each phase of a round needs a quorum "
+    "of the key's replicas in the base ring and in the target ring. 412: the condition did "
+    "not hold (nothing was written). 503 `quorum_unavailable`: too few replicas took part "
+    "(nothing was written); `conflict_retry_exhausted`: other conditional writers of the key "
+    "kept this one from winning a round until its deadline (nothing was written; retry after "
+    "a pause); `outcome_unknown`: the write reached some replicas and whether it took effect "
+    "cannot be told; read the key (`consistency=serial` finishes whatever is pending).")
 
 
 def _params(*names: str) -> list[dict[str, Any]]:
@@ -56,9 +74,8 @@ def document(settings: Settings) -> dict[str, Any]:
             "summary": "Create or replace a value",
             "description": "`If-None-Match: *` creates only; `If-Match` replaces only the "
             "given versions (RFC 9110 §13.1; 412 when a precondition fails). A conditional "
-            "write answers 201 when it created the key; an unconditional one is a blind "
-            "write and answers 200 either way. Conditions are checked against a quorum read "
-            "and are not linearizable under concurrent writers of the same key.",
+            "(or `serial`) write answers 201 when it created the key; a plain one is a blind "
+            "write and answers 200 either way." + CONDITIONAL,
             "parameters": _params("consistency", "ttl", "ifMatch", "ifNoneMatch"),
             "requestBody": {"required": False, "content": {"*/*": {"schema": {
                 "type": "string", "format": "binary", "maxLength": settings.max_value_bytes}}}},
@@ -103,11 +120,34 @@ def document(settings: Settings) -> dict[str, Any]:
         "delete": {
             "operationId": "deleteKey",
             "summary": "Delete a key (writes a tombstone); idempotent",
+            "description": "`If-Match` and `If-None-Match` as on PUT." + CONDITIONAL,
             "parameters": _params("consistency", "ifMatch", "ifNoneMatch"),
             "responses": {"204": {"description": "Deleted; ETag holds the tombstone's version",
                                   "headers": {"ETag": {"$ref": "#/components/headers/ETag"}},
                                   "links": _links("getValue", "headValue")},
                           "412": _ERROR, "507": _ERROR, **errors},
+        },
+        "post": {
+            "operationId": "incrValue",
+            "summary": "Add to a counter atomically (op=incr)",
+            "description": "Adds `by` to the key's value read as a decimal integer (an absent, "
+            "deleted or expired key counts as 0) and stores the sum as text, in one Paxos "
+            "round: concurrent increments never lose one another. 412 when the value is not "
+            "a decimal integer, the sum does not fit in 64 bits, or a precondition fails. "
+            "No body." + CONDITIONAL,
+            "parameters": [
+                {"name": "op", "in": "query", "required": True,
+                 "schema": {"type": "string", "enum": ["incr"]}},
+                {"name": "by", "in": "query",
+                 "schema": {"type": "integer", "format": "int64", "default": 1}},
+                *_params("consistency", "ttl", "ifMatch", "ifNoneMatch")],
+            "responses": {
+                "200": {"description": "The new value",
+                        "headers": {"ETag": {"$ref": "#/components/headers/ETag"}},
+                        "content": {"application/json": {"schema": {
+                            "$ref": "#/components/schemas/Counter"}}}},
+                "412": _ERROR, "507": _ERROR, **errors,
+            },
         },
     }
     return {
@@ -218,7 +258,7 @@ def document(settings: Settings) -> dict[str, Any]:
                         "schema": {"type": "string", "minLength": 1}},
                 "consistency": {"name": "consistency", "in": "query",
                                 "description": CONSISTENCY,
-                                "schema": {"type": "string", "enum": ["one", "quorum", "all"], "default": "quorum"}},
+                                "schema": {"type": "string", "enum": ["one", "quorum", "all", "serial"], "default": "quorum"}},
                 "ttl": {"name": "ttl", "in": "query",
                         "description": "Seconds until the key expires, from the wall clock of "
                                        "the node that coordinates the write",
@@ -243,7 +283,8 @@ def document(settings: Settings) -> dict[str, Any]:
                             "bad_request", "unauthorized", "not_found", "method_not_allowed",
                             "request_timeout", "precondition_failed", "payload_too_large",
                             "expectation_failed", "quorum_unavailable", "conflict_retry_exhausted",
-                            "not_ready", "too_many_connections", "internal", "insufficient_storage"]},
+                            "outcome_unknown", "not_ready", "too_many_connections", "internal",
+                            "insufficient_storage"]},
                         "message": {"type": "string"},
                         "acked": {"type": "integer"}, "needed": {"type": "integer"},
                         "ring": {"type": "string", "enum": ["base", "target"],
@@ -256,6 +297,9 @@ def document(settings: Settings) -> dict[str, Any]:
                                      "finished": {"type": "number", "minimum": 0, "description": "Unix time, not before started"},
                                      "records": {"type": "integer", "minimum": 0},
                                      "bytes": {"type": "integer", "minimum": 0}}},
+                "Counter": {"type": "object", "required": ["key", "version", "value"],
+                            "properties": {"key": {"type": "string"}, "version": {"type": "string"},
+                                           "value": {"type": "integer", "format": "int64"}}},
                 "WriteResult": {"type": "object", "required": ["key", "version"], "properties": {
                     "key": {"type": "string"}, "version": {"type": "string"}}},
                 "KeyPage": {"type": "object", "required": ["keys", "cursor"], "properties": {

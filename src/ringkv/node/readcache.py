@@ -1,8 +1,10 @@
-"""The point-read cache in front of SQLite, and the one rule that keeps it true.
+"""The point-read caches in front of SQLite, and the one rule that keeps them true.
 
 A SQLite point read costs 4-6 µs on a busy node (a shared WAL lock taken and dropped with
 fcntl, a B-tree descent, the row's objects), about a tenth of a quorum read's CPU, so
-`SqliteStorage.get` reads through this cache. The rule: once a write is acknowledged, the
+`SqliteStorage.get` reads through this cache; `get_paxos` reads the keys' Paxos states
+through another one (a state decoded from its row costs ~25 µs, and a round reads it three
+times on each replica). The rule: once a write is acknowledged, the
 cache never serves an older version of its key. Reads run on the event loop, one at a
 time; write transactions run on the loop and on the storage thread, and the two may
 overlap. So:
@@ -21,8 +23,11 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from .records import Record
+
+V = TypeVar("V")
 
 # Bytes of keys and values (plus a per-record estimate of the objects around them) that the
 # cache holds, per node: a few hot keys' worth, a small part of RSS.
@@ -30,30 +35,33 @@ CACHE_BYTES = 32 * 1024 * 1024
 CACHE_OVERHEAD = 400  # bytes of Python objects per cached record besides key and value
 
 
-def _cost(rec: Record) -> int:
-    return len(rec.key) + len(rec.value) + CACHE_OVERHEAD
+def record_cost(key: bytes, rec: Record) -> int:
+    return len(key) + len(rec.value) + CACHE_OVERHEAD
 
 
-class ReadCache:
-    """Records by key, oldest first out once over `capacity` bytes."""
+class ReadCache(Generic[V]):
+    """Values by key (records, unless told otherwise), oldest first out once over
+    `capacity` bytes as `cost` counts them."""
 
-    def __init__(self, capacity: int = CACHE_BYTES) -> None:
+    def __init__(self, capacity: int = CACHE_BYTES,
+                 cost: Callable[[bytes, V], int] = record_cost) -> None:  # type: ignore[assignment]
         self.capacity = capacity
+        self._cost = cost
         # An OrderedDict, not a dict: a dict finds its first entry by scanning past every
         # slot earlier evictions emptied, which made each eviction cost ~30 µs once the
         # cache was full (a 1M-key load ran 30% slower).
-        self._entries: OrderedDict[bytes, Record] = OrderedDict()
+        self._entries: OrderedDict[bytes, V] = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
         self._generation = 0  # write transactions begun or ended so far
         # A hit, without the lock: one C call, the hot path of every read. (The dict
         # changes only under the lock, and a lookup is atomic under the GIL.)
-        self.get: Callable[[bytes], Record | None] = self._entries.get
+        self.get: Callable[[bytes], V | None] = self._entries.get
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def load(self, key: bytes, read: Callable[[bytes], Record | None]) -> Record | None:
+    def load(self, key: bytes, read: Callable[[bytes], V | None]) -> V | None:
         """A miss: `read(key)` from the database, kept if no write transaction began or
         ended meanwhile.
 
@@ -61,67 +69,67 @@ class ReadCache:
         `read` loaded an older one: its `end` then replaces or drops the key, and until
         then its caller has not acked."""
         generation = self._generation
-        rec = read(key)
-        if rec is not None:
+        value = read(key)
+        if value is not None:
             with self._lock:
                 if self._generation == generation:
-                    self._put(rec)
-        return rec
+                    self._put(key, value)
+        return value
 
-    def begin(self) -> Transaction:
+    def begin(self) -> Transaction[V]:
         """A write transaction is about to begin: call before its BEGIN."""
         with self._lock:
             self._generation += 1
             return Transaction(self, self._generation)
 
-    def _end(self, txn: Transaction, committed: bool) -> None:
+    def _end(self, txn: Transaction[V], committed: bool) -> None:
         with self._lock:
             if txn.everything:
                 self._entries.clear()
                 self._size = 0
             elif committed and self._generation == txn.began:
-                for rec in txn.stored:
-                    self._put(rec)
+                for key, value in txn.stored:
+                    self._put(key, value)
                 for key in txn.touched:
                     self._drop(key)
             else:
-                for rec in txn.stored:
-                    self._drop(rec.key)
+                for key, _ in txn.stored:
+                    self._drop(key)
                 for key in txn.touched:
                     self._drop(key)
             self._generation += 1
 
-    def _put(self, rec: Record) -> None:
+    def _put(self, key: bytes, value: V) -> None:
         """Insert or replace (the lock held); the oldest entries go when over capacity."""
-        self._drop(rec.key)
-        self._entries[rec.key] = rec
-        self._size += _cost(rec)
+        self._drop(key)
+        self._entries[key] = value
+        self._size += self._cost(key, value)
         while self._size > self.capacity:
-            _, gone = self._entries.popitem(last=False)
-            self._size -= _cost(gone)
+            gone_key, gone = self._entries.popitem(last=False)
+            self._size -= self._cost(gone_key, gone)
 
     def _drop(self, key: bytes) -> None:
         old = self._entries.pop(key, None)
         if old is not None:
-            self._size -= _cost(old)
+            self._size -= self._cost(key, old)
 
 
-class Transaction:
-    """What one write transaction did to the kv table, told to the cache as it happens
-    and applied by `end`, after the commit (or the rollback)."""
+class Transaction(Generic[V]):
+    """What one write transaction did to the cached table, told to the cache as it
+    happens and applied by `end`, after the commit (or the rollback)."""
 
     __slots__ = ("began", "cache", "everything", "stored", "touched")
 
-    def __init__(self, cache: ReadCache, began: int) -> None:
+    def __init__(self, cache: ReadCache[V], began: int) -> None:
         self.cache = cache
         self.began = began
-        self.stored: list[Record] = []
+        self.stored: list[tuple[bytes, V]] = []
         self.touched: list[bytes] = []
         self.everything = False
 
-    def store(self, rec: Record) -> None:
-        """It stored `rec`: the newest version of its key once committed."""
-        self.stored.append(rec)
+    def store(self, key: bytes, value: V) -> None:
+        """It stored `value`: what `key` holds once committed."""
+        self.stored.append((key, value))
 
     def touch(self, key: bytes) -> None:
         """It may have left `key` holding a record the cache does not know."""

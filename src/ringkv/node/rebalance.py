@@ -1,145 +1,90 @@
-"""Re-replication on membership changes, excess-copy cleanup, and anti-entropy.
+"""Catching up on membership changes, excess-copy cleanup, and anti-entropy.
 
-Handoff is pull-based: on adopting an epoch whose target ring differs from its base ring,
-a node computes the ranges it gained (ring diff) and merges each from R live base-ring
-replicas of that range, in pages, with one page in flight per source (backpressure).
-Before scanning a source it pushes the document to it, so the source has adopted the
-target epoch: from then on every write to the range also reaches this node (coordinators
-on older epochs get "stale epoch" and retry), and the source's scan runs on its storage
-thread after every write it accepted earlier. Once every gained range is merged the node
-is *caught up* for that (base, target) pair and says so in its status; the controller
-promotes and settles on those reports.
+Catch-up is pull-based: on adopting an epoch, a node computes what it must hold that it
+may not (`catch_up_work`): a `normal` member the ranges it must merge (`RangeChange.mergers`:
+those it gained, and those left with fewer replicas when the cluster shrinks); a member
+that is `joining`, or whose data is not the data the document admitted (see
+`service.NodeService.trusted`), every range it replicates in the target ring. Each range
+is merged from n - W + 1 of its n base-ring replicas that hold data
+(`membership.intersecting`: every acknowledged write is on W of them, and every
+transition keeps it so), or from all of them where fewer are left. A range with none
+left is merged by nobody: the node stays not caught up and says why (`waiting`), so the
+epoch cannot settle without the data.
 
-Anti-entropy periodically compares bucketed range digests with the other replicas and
-pulls only the buckets that differ, so replicas converge without any client reading.
+Merging is by difference (`merge_from`): 64 bucket digests of the range on both sides;
+for each bucket that differs, the source's (key, version) list, and only the records it
+holds newer are fetched. A node that returns with its volume thus moves about what it
+missed; an empty range is streamed whole. The source's Paxos states of the range come
+with it (`merge_paxos_from`), so conditional writes stay decided when a range's replicas
+change. What was merged is remembered per base ring and per the range's target replicas
+(`coverage.Coverage`), so an epoch change that leaves the base ring and a range's owners
+alone (a promotion, a member joining elsewhere) never pulls that range again, and one
+that changes its owners pulls it again.
 
-Both are paced by one `Pacer` per node (the `handoff_*` settings): full speed while the
-node serves no client traffic, one page at a time for a share of the time while it does.
+Before merging from a source the node pushes the document to it, so the source has
+adopted the target epoch: from then on every write to the range also reaches this node
+(coordinators on older epochs get "stale epoch" and retry), and the source's scans run
+on its storage thread after every write it accepted earlier.
+
+Anti-entropy compares every range with its co-replicas the same way, every
+`anti_entropy_interval` and once soon after start (what hints did not bring back).
+All of it is paced by one `pacer.Pacer` per node.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import math
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .membership import View, needed
+from . import paxos
+from .coverage import Coverage
+from .membership import View, intersecting
+from .pacer import Pacer, client_requests
 from .records import Record
-from .ring import MAX_TOKEN, MIN_LO, TokenRange
+from .ring import MAX_TOKEN, MIN_LO, TokenRange, key_token
 from .storage import bucket_range
 
 if TYPE_CHECKING:
     from .config import Settings
-    from .metrics import RequestStats
-    from .service import NodeService
+    from .metrics import Metrics
+    from .replica import LocalReplica
 
 log = logging.getLogger("ringkv.rebalance")
 
 PAGE = 1000
 DIGEST_BUCKETS = 64
-SAMPLE_S = 0.5  # seconds over which the client request rate is measured
-FIRST_SAMPLE_S = 0.1  # the first window after a stale sample: a quick first answer
-KV_ROUTES = "/v1/kv"  # the public key-value routes: what counts as client traffic
+RETRY_MAX_S = 5.0
 
 
-def client_requests(stats: RequestStats) -> int:
-    """Key-value requests this node has answered (health, metrics and cluster polls aside;
-    401s too, so a client without the token cannot slow handoff down)."""
-    return sum(n for (route, _method, status), n in stats.counts.items()
-               if route.startswith(KV_ROUTES) and status != 401)
+class Host(Protocol):
+    """What the rebalancer needs of its node."""
 
+    name: str
+    settings: Settings
+    metrics: Metrics
+    local: LocalReplica
 
-@dataclass
-class Turn:
-    """One admitted page: when it started, and the bytes it brought (set by the puller)."""
+    @property
+    def trusted(self) -> bool: ...
 
-    started: float
-    bytes: int = 0
+    async def call(self, name: str, method: str, args: Any) -> Any: ...
 
-
-class Pacer:
-    """The node's handoff budget: admits each page of handoff or anti-entropy work.
-
-    Quiet (fewer than `handoff_busy_requests` client requests a second): pages start as
-    soon as the puller asks (`handoff_ranges` ranges at once). Busy: one page at a time,
-    each followed by a pause that keeps the pages' share of the wall time at
-    `handoff_busy_share`; a page slowed by client load is followed by a longer pause, and
-    the share stays above 0, so handoff always finishes. `handoff_max_mb_per_s` (> 0)
-    spaces page starts so that bytes / time stays under the cap in either mode.
-    """
-
-    def __init__(self, settings: Settings, requests: Callable[[], int],
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.share = settings.handoff_busy_share
-        self.busy_requests = settings.handoff_busy_requests
-        self.max_bytes_per_s = settings.handoff_max_mb_per_s * 1e6
-        self._requests = requests
-        self._clock = clock
-        self._sampled_at = self._next_sample = -math.inf
-        self._sampled = 0
-        self._busy = True
-        self._paused_until = -math.inf  # the duty cycle's pause after a busy page
-        self._rate_free_at = -math.inf  # the byte cap's earliest next start
-        self._one_at_a_time = asyncio.Lock()
-
-    def busy(self) -> bool:
-        """Whether clients are active: their request rate since the last sample.
-
-        A sample more than two windows old says nothing about now (handoff was idle), so
-        the node counts as busy until a short first window has been measured: pulling
-        fast into a loaded node costs more than pulling slowly for 0.1 s on a quiet one."""
-        now = self._clock()
-        if now >= self._next_sample:
-            count = self._requests()
-            elapsed = now - self._sampled_at
-            stale = elapsed > 2 * SAMPLE_S
-            self._busy = stale or (count - self._sampled) / elapsed >= self.busy_requests
-            self._sampled_at, self._sampled = now, count
-            self._next_sample = now + (FIRST_SAMPLE_S if stale else SAMPLE_S)
-        return self._busy
-
-    def throttled(self) -> bool:
-        return self.share < 1 and self.busy()
-
-    def delay(self, throttled: bool) -> float:
-        """Seconds until the next page may start."""
-        gate = max(self._rate_free_at, self._paused_until if throttled else -math.inf)
-        return max(0.0, gate - self._clock())
-
-    def finished(self, turn: Turn, throttled: bool) -> None:
-        """Account a finished page against the byte cap and the duty cycle."""
-        now = self._clock()
-        if self.max_bytes_per_s > 0:
-            self._rate_free_at = (max(self._rate_free_at, turn.started)
-                                  + turn.bytes / self.max_bytes_per_s)
-        if throttled:
-            self._paused_until = now + (now - turn.started) * (1 - self.share) / self.share
-
-    @contextlib.asynccontextmanager
-    async def turn(self) -> AsyncIterator[Turn]:
-        """Wait until the budget admits a page, then time it (the body does the page)."""
-        throttled = self.throttled()
-        async with self._one_at_a_time if throttled else contextlib.nullcontext():
-            # Pages that wait together start together: a burst of at most handoff_ranges
-            # pages, after which the cap's gate has moved past all of them.
-            wait = self.delay(throttled)
-            if wait > 0:
-                await asyncio.sleep(wait)
-            turn = Turn(self._clock())
-            # A failed page (a source that timed out) did no work: no pause after it, so
-            # the next source is tried at once.
-            yield turn
-            self.finished(turn, throttled)
+    def caught_up(self, rebuilt: bool) -> None:
+        """Catching up for the adopted epoch finished (`rebuilt`: every range it holds
+        was merged, as after losing its data)."""
 
 
 @dataclass
 class Progress:
+    """What catching up has to do and has done for one base ring: across the epochs of a
+    transition the counts go on (a promotion does not start the bar over); once nothing is
+    left, every range counts as done and nothing is active."""
+
     epoch: int = 0
+    base: tuple[str, ...] = ()
     ranges_total: int = 0
     ranges_done: int = 0
     keys: int = 0
@@ -152,120 +97,228 @@ class Progress:
                 "keys_received": self.keys, "bytes_received": self.bytes, "active": self.active}
 
 
+@dataclass(frozen=True)
+class Work:
+    """A range to hold: its base-ring replicas, those of them whose copy counts (this
+    node excluded), and its target-ring replicas (what a merge of it is good for)."""
+
+    range: TokenRange
+    replicas: tuple[str, ...]
+    holders: tuple[str, ...]
+    owners: tuple[str, ...]
+
+    @property
+    def need(self) -> int:
+        """Sources to merge from: enough to meet every write quorum of the replicas
+        (`membership.intersecting`), or every holder left."""
+        return min(intersecting(len(self.replicas)), len(self.holders))
+
+
+def catch_up_work(view: View, me: str, full: bool) -> list[Work]:
+    """The ranges this node must merge for the adopted epoch (see the module docstring)."""
+    if full:
+        cuts = view.base.boundaries()
+        pieces = [(rng, view.base.replicas_for_token(rng.hi), reps)
+                  for rng, reps in view.target.segments(cuts) if me in reps]
+    else:
+        pieces = [(c.range, c.old, c.new) for c in view.changes() if me in c.mergers]
+    return [Work(rng, reps, tuple(h for h in view.holders(reps) if h != me), owners)
+            for rng, reps, owners in pieces]
+
+
+def plan(view: View, me: str, full: bool, coverage: Coverage
+         ) -> tuple[list[Work], list[tuple[Work, list[TokenRange]]]]:
+    """What catching up on `view` leaves to do: the ranges no holder is left for, and each
+    range with its pieces not yet merged from `need` holders for its current owners.
+    `coverage` (already for `view`'s base ring) forgets what no longer counts."""
+    coverage.keep((rng, reps) for rng, reps in view.target.segments() if me in reps)
+    work = catch_up_work(view, me, full)
+    blocked = [w for w in work if not w.holders]
+    todo = [(w, pieces) for w in work if w.holders
+            and (pieces := [rng for rng, sources in coverage.sources(w.range)
+                            if len(sources) < w.need])]
+    return blocked, todo
+
+
 SyncKey = tuple[tuple[str, ...], tuple[str, ...], bool]
 
 
-def _sync_key(view: View, me: str) -> SyncKey:
-    member = view.by_name.get(me)
-    return (view.base.members, view.target.members, member is not None and member.state == "joining")
-
-
-def ranges_to_pull(view: View, me: str, rebuild: bool = False) -> list[tuple[TokenRange, list[str]]]:
-    """The ranges this node must merge for the adopted epoch, each with its sources.
-
-    A `normal` member pulls only the ranges it gained (ring diff). A `joining` member pulls
-    every range it replicates in the target ring: it may come back with a stale or wiped
-    data directory, and must hold everything a quorum acknowledged before it counts
-    toward any read quorum. A node that lost its database (`rebuild`) does the same.
-    """
-    member = view.by_name.get(me)
-    if rebuild or (member is not None and member.state == "joining"):
-        cuts = view.base.boundaries()
-        return [
-            (rng, [n for n in view.base.replicas_for_token(rng.hi) if n != me])
-            for rng, reps in view.target.segments(cuts)
-            if me in reps
-        ]
-    return [(c.range, [n for n in c.old if n != me]) for c in view.changes() if me in c.gained]
-
-
 class Rebalancer:
-    def __init__(self, service: NodeService) -> None:
-        self.service = service
+    def __init__(self, host: Host) -> None:
+        self.host = host
         self.progress = Progress()
+        self.cleaned_epoch = 0
+        self.pacer = Pacer(host.settings, lambda: client_requests(host.metrics.requests))
+        self._view: View | None = None
+        self._coverage = Coverage()
         self._synced: SyncKey | None = None
         self._task: asyncio.Task[None] | None = None
-        self.cleaned_epoch = 0
-        self.pacer = Pacer(service.settings, lambda: client_requests(service.metrics.requests))
+        self._blocked: list[Work] = []  # ranges with no holder left
+        self._stalled: dict[TokenRange, tuple[str, ...]] = {}  # range -> sources failing
+
+    def _key(self, view: View) -> SyncKey:
+        member = view.by_name.get(self.host.name)
+        full = member is not None and (member.state == "joining" or not self.host.trusted)
+        return (view.base.members, view.target.members, full)
 
     @property
     def caught_up(self) -> bool:
-        view = self.service._view
-        if view is None or self._synced is None:
-            return False
-        key = _sync_key(view, self.service.name)
-        # Having pulled everything as a joining member covers what a normal member needs.
-        return self._synced[:2] == key[:2] and (self._synced[2] or not key[2])
+        return self._view is not None and self._synced == self._key(self._view)
+
+    @property
+    def waiting(self) -> list[str]:
+        """Why catching up cannot finish, in words (empty while it can)."""
+        out = []
+        if self._blocked:
+            gone = sorted({n for w in self._blocked for n in w.replicas} - {self.host.name})
+            out.append(f"{len(self._blocked)} ranges have no live replica that holds data; "
+                       f"waiting for {', '.join(gone)}")
+        if self._stalled:
+            failing = sorted({n for names in self._stalled.values() for n in names})
+            out.append(f"{len(self._stalled)} ranges wait for unreachable replicas: "
+                       f"{', '.join(failing)}")
+        return out
 
     def on_adopt(self, view: View) -> None:
-        """Start (or restart) pulling for the adopted epoch's (base, target) pair."""
+        """Start (or restart) catching up for the adopted epoch."""
+        self._view = view
         if self._task is not None:
-            # Whatever is still being pulled was for an older epoch's rings.
+            # What is still being merged was for an older epoch's rings; what it merged
+            # so far is in the coverage and is not merged again.
             self._task.cancel()
             self._task = None
-            self.progress.active = False  # a newer epoch's pull (if any) starts its own
-        if self.caught_up:
+        key = self._key(view)
+        self._coverage = self._coverage.for_base(view.base.members)
+        self._blocked, todo = plan(view, self.host.name, key[2], self._coverage)
+        self._stalled = {}
+        self.progress = self._next_progress(view, len(todo))
+        self.host.metrics.rebalance_ranges_left.set(len(todo))
+        self._synced = None
+        if self._blocked:
+            for line in self.waiting:
+                log.warning("epoch %d: %s", view.doc.epoch, line)
+        if not todo:
+            if not self._blocked:
+                self._synced = key
+                self._report(key)
             return
-        key = _sync_key(view, self.service.name)
-        rebuild = self.service.local.rebuilding
-        work = ranges_to_pull(view, self.service.name, rebuild)
-        if not work:
-            self._synced = key
-            self.service.local.rebuilding = False
-            return
-        self.progress = Progress(epoch=view.doc.epoch, ranges_total=len(work), active=True)
-        self._task = asyncio.create_task(self._pull_all(view, work, key), name="handoff")
+        self._task = asyncio.create_task(
+            self._catch_up(view, todo, key if not self._blocked else None), name="catch-up")
 
-    async def _pull_all(self, view: View, work: list[tuple[TokenRange, list[str]]],
-                        key: SyncKey) -> None:
-        log.info("epoch %d: pulling %d ranges", view.doc.epoch, len(work))
+    async def _catch_up(self, view: View, todo: list[tuple[Work, list[TokenRange]]],
+                        key: SyncKey | None) -> None:
+        log.info("epoch %d: merging %d ranges", view.doc.epoch, len(todo))
         # A few ranges at once: one page in flight per range keeps memory bounded, and
-        # overlapping the round trips is what makes handoff fast (not bandwidth). The
+        # overlapping the round trips is what makes catching up fast (not bandwidth). The
         # pacer admits each page, one at a time while clients are busy.
-        slots = asyncio.Semaphore(self.service.settings.handoff_ranges)
+        slots = asyncio.Semaphore(self.host.settings.handoff_ranges)
 
-        async def one(rng: TokenRange, sources: list[str]) -> None:
+        async def one(work: Work, pieces: list[TokenRange]) -> None:
             async with slots:
-                await self._pull_range(view, rng, sources)
+                for piece in pieces:
+                    await self._merge(view, work, piece)
             self.progress.ranges_done += 1
-            self.service.metrics.rebalance_ranges_left.set(
+            self.host.metrics.rebalance_ranges_left.set(
                 self.progress.ranges_total - self.progress.ranges_done)
 
-        await asyncio.gather(*(one(rng, sources) for rng, sources in work))
+        try:
+            await asyncio.gather(*(one(w, pieces) for w, pieces in todo))
+        finally:
+            if self._task is asyncio.current_task():
+                self.progress.active = False
         if self._task is not asyncio.current_task():
-            return  # superseded by a newer epoch's pull: its state is not ours to record
-        self.progress.active = False
+            return  # superseded by a newer epoch: its state is not ours to record
         self._synced = key
-        self.service.local.rebuilding = False
-        log.info("epoch %d: caught up (%d keys, %d bytes received)", view.doc.epoch,
+        if key is not None:
+            self._report(key)
+        log.info("epoch %d: %s (%d keys, %d bytes received)", view.doc.epoch,
+                 "caught up" if key is not None else "merged what has a live replica",
                  self.progress.keys, self.progress.bytes)
 
-    async def _pull_range(self, view: View, rng: TokenRange, sources: list[str]) -> None:
-        """Merge the range from R live sources; retry until enough have answered."""
-        need = needed("quorum", len(sources))
-        done: set[str] = set()
+    def _next_progress(self, view: View, todo: int) -> Progress:
+        prev = self.progress
+        base = view.base.members
+        if not todo:
+            return Progress(view.doc.epoch, base, prev.ranges_total, prev.ranges_total,
+                            prev.keys, prev.bytes, active=False)
+        if prev.base != base:
+            return Progress(view.doc.epoch, base, todo, active=True)
+        return Progress(view.doc.epoch, base, prev.ranges_done + todo, prev.ranges_done,
+                        prev.keys, prev.bytes, active=True)
+
+    def _report(self, key: SyncKey) -> None:
+        """Tell the host, from a fresh loop iteration (it may adopt again in response)."""
+        asyncio.get_running_loop().call_soon(self.host.caught_up, key[2])
+
+    async def _merge(self, view: View, work: Work, piece: TokenRange) -> None:
+        """Merge `piece` from `work.need` distinct holders; retry the failing ones."""
+        merged = set(self._coverage.merged_from(piece))
         delay = 0.2
-        while len(done) < need:
-            live = [s for s in sources if s in view.by_name and s not in done]
-            for source in live:
+        while len(merged) < work.need:
+            for source in [h for h in work.holders if h not in merged]:
                 try:
-                    await self.service.call(source, "membership", view.doc.to_json())
-                    if done:  # the range is here already: fetch only what this source adds
-                        await self.sync_buckets(source, rng, self.progress)
-                    else:
-                        await self.pull(source, rng, self.progress)
-                    done.add(source)
-                    if len(done) >= need:
-                        break
+                    await self.host.call(source, "membership", view.doc.to_json())
+                    await self.merge_from(source, piece, self.progress)
+                    await self.merge_paxos_from(source, piece)
                 except Exception as exc:
-                    log.info("pulling %s..%s from %s failed (%s); will retry", rng.lo, rng.hi,
-                             source, exc)
-            if len(done) < need:
-                if not live:
-                    # Every other base replica of this range is gone: nothing more exists.
-                    return
+                    log.info("merging %s..%s from %s failed (%s); will retry", piece.lo,
+                             piece.hi, source, exc)
+                    continue
+                merged.add(source)
+                self._coverage.add(piece, source, work.owners)
+                if len(merged) >= work.need:
+                    break
+            if len(merged) < work.need:
+                self._stalled[piece] = tuple(h for h in work.holders if h not in merged)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, RETRY_MAX_S)
+        self._stalled.pop(piece, None)
+
+    async def merge_from(self, source: str, rng: TokenRange,
+                         progress: Progress | None = None) -> int:
+        """Fetch what `source` holds newer than this node in `rng`: digests first, then
+        only the differing buckets' records. Returns the records merged."""
+        local = self.host.local
+        async with self.pacer.turn():  # a digest scans the range on both nodes
+            mine = await local.run(local.storage.digest, rng, DIGEST_BUCKETS)
+            theirs = await self.host.call(source, "digest", [rng.lo, rng.hi, DIGEST_BUCKETS])
+        if not any(mine):
+            return await self.pull(source, rng, progress) if any(theirs) else 0
+        merged = 0
+        for bucket, (a, b) in enumerate(zip(mine, theirs, strict=True)):
+            if b and a != b:
+                merged += await self._merge_bucket(
+                    source, bucket_range(rng, bucket, DIGEST_BUCKETS), progress)
+        return merged
+
+    async def _merge_bucket(self, source: str, rng: TokenRange, progress: Progress | None) -> int:
+        local = self.host.local
+        held = {key: (hlc, node) for _, key, hlc, node in
+                await local.run(local.storage.key_versions, rng, None, 1 << 62)}
+        wanted: list[bytes] = []
+        after: list[Any] | None = None
+        while True:
+            async with self.pacer.turn():
+                page = await self.host.call(source, "versions", [rng.lo, rng.hi, after, PAGE])
+            for _token, key, hlc, node in page:
+                mine = held.get(key)
+                if mine is None or (hlc, node) > mine:
+                    wanted.append(key)
+            if len(page) < PAGE:
+                break
+            after = [page[-1][0], page[-1][1]]
+        merged = 0
+        for start in range(0, len(wanted), PAGE):
+            merged += await self._fetch(source, wanted[start:start + PAGE], progress)
+        return merged
+
+    async def _fetch(self, source: str, keys: Sequence[bytes], progress: Progress | None) -> int:
+        async with self.pacer.turn() as turn:
+            records = [Record.from_wire(w) for w in await self.host.call(source, "fetch", list(keys))]
+            await self.host.local.apply_repairs(records)
+            turn.bytes = sum(len(r.key) + len(r.value) for r in records)
+        self._received(records, turn.bytes, progress)
+        return len(records)
 
     async def pull(self, source: str, rng: TokenRange, progress: Progress | None = None) -> int:
         """Stream one range from one source into local storage; LWW merge, never refuse."""
@@ -273,36 +326,55 @@ class Rebalancer:
         merged = 0
         while True:
             async with self.pacer.turn() as turn:
-                page = await self.service.call(source, "scan", [rng.lo, rng.hi, after, PAGE])
+                page = await self.host.call(source, "scan", [rng.lo, rng.hi, after, PAGE])
                 records = [Record.from_wire(w) for w in page]
-                await self.service.local.apply_repairs(records)
-                turn.bytes = size = sum(len(r.key) + len(r.value) for r in records)
+                await self.host.local.apply_repairs(records)
+                turn.bytes = sum(len(r.key) + len(r.value) for r in records)
             if not page:
                 return merged
             merged += len(records)
-            if progress is not None:
-                progress.keys += len(records)
-                progress.bytes += size
-                self.service.metrics.rebalance_keys.inc(len(records))
-                self.service.metrics.rebalance_bytes.inc(size)
+            self._received(records, turn.bytes, progress)
             if len(page) < PAGE:
                 return merged
             last = records[-1]
             after = [last.token, last.key]
 
+    def _received(self, records: list[Record], size: int, progress: Progress | None) -> None:
+        """Count what catching up brought (anti-entropy counts its own, see its round)."""
+        if progress is not None:
+            progress.keys += len(records)
+            progress.bytes += size
+            self.host.metrics.rebalance_keys.inc(len(records))
+            self.host.metrics.rebalance_bytes.inc(size)
+
+    async def merge_paxos_from(self, source: str, rng: TokenRange) -> None:
+        """Merge the source's Paxos states of the range (promises, accepted proposals, the
+        decisions it learnt): whatever a round left on a quorum of the range's replicas is
+        then on this node too, so the quorums of the new replicas still meet it (a range's
+        replicas can change completely). The newer of each part wins (`paxos.merge`)."""
+        after: list[Any] | None = None
+        while True:
+            async with self.pacer.turn():
+                page = await self.host.call(source, "paxos_scan", [rng.lo, rng.hi, after, PAGE])
+                rows = [(row[0], paxos.state_from_row(row[1:], trusted=False)) for row in page]
+                await self.host.local.merge_paxos(rows)
+            if len(page) < PAGE:
+                return
+            after = [key_token(rows[-1][0]), rows[-1][0]]
+
     async def cleanup(self, epoch: int) -> int:
         """Drop copies of ranges this node no longer replicates (only on a settled epoch)."""
-        view = self.service.view
-        if not view.doc.settled or view.doc.epoch != epoch or self.cleaned_epoch >= epoch:
+        view = self._view
+        if (view is None or not view.doc.settled or view.doc.epoch != epoch
+                or self.cleaned_epoch >= epoch):
             return 0
-        keep = view.target.ranges_of(self.service.name)
+        local = self.host.local
+        keep = view.target.ranges_of(self.host.name)
         dropped = 0
         lo = MIN_LO
         for rng in [*keep, TokenRange(MAX_TOKEN, MAX_TOKEN)]:
             if rng.lo > lo:
-                dropped += await self.service.local.run(
-                    self.service.local.storage.delete_range, TokenRange(lo, rng.lo)
-                )
+                dropped += await local.run(local.storage.delete_range, TokenRange(lo, rng.lo))
             lo = max(lo, rng.hi)
         self.cleaned_epoch = epoch
         if dropped:
@@ -310,33 +382,22 @@ class Rebalancer:
                      epoch, dropped)
         return dropped
 
-    async def sync_buckets(self, peer: str, rng: TokenRange, progress: Progress | None = None) -> int:
-        """Compare bucketed digests of a range with a peer; pull only the differing buckets."""
-        local = self.service.local
-        async with self.pacer.turn():  # a digest scans the range on both nodes
-            mine = await local.run(local.storage.digest, rng, DIGEST_BUCKETS)
-            theirs = await self.service.call(peer, "digest", [rng.lo, rng.hi, DIGEST_BUCKETS])
-        merged = 0
-        for bucket, (a, b) in enumerate(zip(mine, theirs, strict=True)):
-            if a != b:
-                merged += await self.pull(peer, bucket_range(rng, bucket, DIGEST_BUCKETS), progress)
-        return merged
-
     async def anti_entropy_round(self) -> int:
-        """Compare digests of every range this node replicates with its co-replicas."""
-        view = self.service._view
-        if view is None or view.transitioning:
+        """Compare every range this node replicates with its co-replicas; merge what they
+        hold newer."""
+        view = self._view
+        if view is None or view.transitioning or not self.host.trusted:
             return 0
-        me = self.service.name
+        me = self.host.name
         repaired = 0
         for rng, reps in view.target.segments():
             if me not in reps:
                 continue
-            for peer in reps:
+            for peer in view.holders(reps):
                 if peer != me:
                     try:
-                        repaired += await self.sync_buckets(peer, rng)
+                        repaired += await self.merge_from(peer, rng)
                     except Exception as exc:
                         log.debug("anti-entropy with %s failed: %s", peer, exc)
-        self.service.metrics.anti_entropy_repaired.inc(repaired)
+        self.host.metrics.anti_entropy_repaired.inc(repaired)
         return repaired

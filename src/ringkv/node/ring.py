@@ -56,6 +56,13 @@ class RangeChange:
         return frozenset(self.new) - frozenset(self.old)
 
     @property
+    def mergers(self) -> frozenset[str]:
+        """Who must merge the range: those that gained it, and where it has fewer replicas
+        than before (the cluster shrinks below rf members) every one left, so that each
+        acknowledged write stays on W of the fewer (W of 1 is 1: the one left needs all)."""
+        return self.gained | (frozenset(self.new) if len(self.new) < len(self.old) else frozenset())
+
+    @property
     def lost(self) -> frozenset[str]:
         return frozenset(self.old) - frozenset(self.new)
 

@@ -14,9 +14,10 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from . import membership
+from . import membership, paxos
 from .backup import Backups
 from .changelog import ChangeLog
+from .conditional import Proposer
 from .config import Settings
 from .coordinator import Coordinator
 from .membership import Document, InvalidDocument, View
@@ -42,6 +43,9 @@ class NotReady(RemoteError):
 
 HINT_BATCH = 500
 COUNTS_TTL = 2.0  # seconds a record count may be reused
+# Seconds after start before the first anti-entropy round: a node that was away merges
+# what its hints did not bring back (a coordinator that died with them, an expired hint).
+FIRST_SYNC_DELAY = 5.0
 
 
 class NodeService:
@@ -56,6 +60,8 @@ class NodeService:
         self._tasks: list[asyncio.Task[None]] = []
         self.local: LocalReplica
         self.coordinator = Coordinator(self, wait_timeout=settings.replica_timeout * 2 + 1)
+        self.proposer = Proposer(self, settings.replica_timeout * 2 + 1, self.coordinator.read,
+                                 lambda reason: self.metrics.paxos_restarts.labels(reason).inc())
         self.internal: InternalServer
         self.rebalancer = Rebalancer(self)
         self.backups = Backups(self)
@@ -67,6 +73,11 @@ class NodeService:
         self.started_ms = wall_ms()
         self.series = Series()
         self.changes = ChangeLog(os.path.join(settings.data_dir, "membership-history.jsonl"))
+        self._said_untrusted = False
+        self._adopted = asyncio.Event()  # set whenever a document is installed
+        self._was_member = False  # a membership document was saved here before this start
+        self._rebuilt = False  # rebuilt every range it holds (see `caught_up`)
+        self._started_at = 0.0  # loop time at `start`
 
     # -- lifecycle ----------------------------------------------------------------------
     def _open_storage(self) -> Storage:
@@ -77,15 +88,11 @@ class NodeService:
                              self.settings.sqlite_synchronous)
 
     async def start(self) -> None:
+        self._started_at = asyncio.get_running_loop().time()
         self.local = LocalReplica(self._open_storage(), self.clock, self.settings.max_clock_drift)
         self.backups.load()
         persisted = membership.load(self._membership_path)
-        if persisted is not None and self.local.storage.created and self.settings.storage == "sqlite":
-            # It was a member before, yet its database is new: the data is lost. Rebuild it
-            # from the replicas before serving reads or reporting ready.
-            log.warning("%s was a member (epoch %d) but its database is new: rebuilding it "
-                        "from its replicas", self.name, persisted.epoch)
-            self.local.rebuilding = True
+        self._was_member = persisted is not None
         docs = [persisted]
         if self.settings.membership_file:
             docs.append(membership.load(self.settings.membership_file))
@@ -122,6 +129,48 @@ class NodeService:
         log.info("node %s started (epoch %s, storage %s)", self.name, self.epoch,
                  self.settings.storage)
 
+    @property
+    def leaving(self) -> bool:
+        member = self._view.doc.member(self.name) if self._view is not None else None
+        return member is not None and member.state == "leaving"
+
+    async def hand_off(self, wait: float, deadline: float) -> None:
+        """On SIGTERM: if this node is being removed on purpose (`leaving`, or marked so
+        within `wait` seconds), keep serving its ranges to the members that merge them
+        until the settled epoch drops it, or the loop's clock reaches `deadline`. A plain
+        restart (not leaving) returns after `wait`: the node is then merely absent."""
+        loop = asyncio.get_running_loop()
+        if not await self._until_adopted(lambda: self.leaving,
+                                         min(deadline, loop.time() + wait)):
+            return
+        log.info("%s is leaving: serving its ranges until the others have merged them",
+                 self.name)
+        if await self._until_adopted(lambda: not self.leaving, deadline):
+            log.info("%s has left the membership", self.name)
+        else:
+            log.warning("%s: shutdown time is up before the hand-off finished; the others "
+                        "merge the rest from the remaining replicas", self.name)
+
+    async def _until_adopted(self, condition: Callable[[], bool], until: float) -> bool:
+        """Wait, document by adopted document, until `condition` holds (True) or the loop's
+        clock reaches `until` (False)."""
+        while not condition():
+            if not await self._next_adoption(until):
+                return condition()
+        return True
+
+    async def _next_adoption(self, until: float) -> bool:
+        """Wait for the next adopted document; False once `until` (loop time) passed."""
+        self._adopted.clear()
+        remaining = until - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return False
+        try:
+            await asyncio.wait_for(self._adopted.wait(), remaining)
+        except TimeoutError:
+            return False
+        return True
+
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
@@ -156,6 +205,33 @@ class NodeService:
     def has_membership(self) -> bool:
         return self._view is not None and self._view.doc.member(self.name) is not None
 
+    @property
+    def trusted(self) -> bool:
+        """Whether the membership counts on the data this node holds: it is a member that
+        holds data (not joining), admitted with exactly this data (`data_id`). A node whose
+        volume was replaced, or whose database file was lost, is not, until it has rebuilt
+        and the controller has admitted the new data. A document that does not know the
+        id yet (a static membership file, a document older than ids) is trusted unless
+        the node was a member before and its database is new: then its data is lost."""
+        member = self._view.doc.member(self.name) if self._view is not None else None
+        if member is None or not member.holds_data:
+            return False
+        if member.data_id:
+            return member.data_id == self.local.storage.data_id
+        return self._rebuilt or not (self.local.storage.created and self._was_member)
+
+    def caught_up(self, rebuilt: bool) -> None:
+        """The rebalancer merged what the adopted epoch needs. Where no controller admits
+        data by id (a static membership file), a node that rebuilt every range it holds
+        is trusted again by that alone."""
+        member_doc = self._view.doc if self._view is not None else None
+        member = member_doc.member(self.name) if member_doc is not None else None
+        if (rebuilt and not self.local.trusted and member is not None and not member.data_id
+                and member_doc is not None and self.rebalancer.caught_up):
+            self._rebuilt = True
+            log.info("%s rebuilt its data from its replicas", self.name)
+            self._install(member_doc)
+
     def adopt(self, data: dict[str, Any]) -> bool:
         """Adopt a document if it is newer than ours; persist it first."""
         doc = Document.from_json(data)
@@ -172,7 +248,23 @@ class NodeService:
     def _install(self, doc: Document) -> None:
         self._view = View(doc, self.settings.vnodes)
         self.metrics.observe_membership(doc.epoch, (m.state for m in doc.members))
+        trusted = self.trusted
+        member = doc.member(self.name)
+        if not trusted and member is not None and member.holds_data and not self._said_untrusted:
+            log.warning("%s: epoch %d admitted data %s, this node holds %s (a new volume or a "
+                        "lost database file): it serves no replica reads until it has rebuilt "
+                        "it", self.name, doc.epoch, member.data_id or "(unknown)",
+                        self.local.storage.data_id)
+        self._said_untrusted = not trusted
+        self.local.trusted = trusted
+        if not trusted:
+            # Untrusted, it takes part in no Paxos round (LocalReplica.paxos); and should it
+            # be trusted again soon, promises it made before with data it no longer holds
+            # may still be counted on by rounds that began before this process: it sits
+            # out every such round (each ends by its deadline).
+            self.local.paxos_from = self._started_at + 2 * self.proposer.timeout
         self.rebalancer.on_adopt(self._view)
+        self._adopted.set()
         for name in list(self._links):
             member = doc.member(name)
             if member is None or member.url != self._links[name].address:
@@ -210,8 +302,9 @@ class NodeService:
     def internal_handlers(self) -> dict[str, Any]:
         return {"membership": self._rpc_membership, "list": self._rpc_list,
                 "status": self._rpc_status, "scan": self._rpc_scan, "digest": self._rpc_digest,
-                "cleanup": self._rpc_cleanup, "backup_report": self.backups.rpc_report,
-                "stats": self._rpc_stats}
+                "versions": self._rpc_versions, "fetch": self._rpc_fetch,
+                "paxos_scan": self._rpc_paxos_scan, "cleanup": self._rpc_cleanup,
+                "backup_report": self.backups.rpc_report, "stats": self._rpc_stats}
 
     def replica_failed(self, name: str, exc: BaseException) -> None:
         self.metrics.replica_errors.labels(name, type(exc).__name__).inc()
@@ -247,24 +340,42 @@ class NodeService:
     async def _rpc_status(self, args: Any) -> dict[str, Any]:
         return await self.status(fresh=isinstance(args, dict) and bool(args.get("fresh")))
 
-    def _not_rebuilding(self) -> None:
-        if self.local.rebuilding:  # its ranges are incomplete: never a source
+    def _source(self) -> None:
+        if not self.local.trusted:  # its ranges may be incomplete: never a source
             raise RemoteError("rebuilding", f"{self.name} is rebuilding its data")
 
-    async def _rpc_scan(self, args: Any) -> list[Any]:
-        self._not_rebuilding()
+    async def _page(self, read: Callable[..., Any], args: Any) -> Any:
+        """One page of a range from this node as a source: `args` is [lo, hi, after,
+        limit], `after` a (token, key) cursor or None, at most 5,000 entries a page."""
+        self._source()
         lo, hi, after, limit = args
-        records = await self.local.run(
-            self.local.storage.scan_range, TokenRange(lo, hi),
-            None if after is None else (after[0], after[1]), min(int(limit), 5000),
-        )
+        return await self.local.run(read, TokenRange(lo, hi),
+                                    None if after is None else (after[0], after[1]),
+                                    min(int(limit), 5000))
+
+    async def _rpc_scan(self, args: Any) -> list[Any]:
+        records = await self._page(self.local.storage.scan_range, args)
         return [r.to_wire() for r in records]
 
+    async def _rpc_paxos_scan(self, args: Any) -> list[Any]:
+        """A page of the range's Paxos states: [key, *state_row] each (see `paxos`)."""
+        rows = await self._page(self.local.storage.scan_paxos, args)
+        return [[key, *paxos.state_row(state)] for key, state in rows]
+
     async def _rpc_digest(self, args: Any) -> list[int]:
-        self._not_rebuilding()
+        self._source()
         lo, hi, buckets = args
         return await self.local.run(self.local.storage.digest, TokenRange(lo, hi),
                                     min(int(buckets), 4096))
+
+    async def _rpc_versions(self, args: Any) -> list[Any]:
+        rows = await self._page(self.local.storage.key_versions, args)
+        return [list(row) for row in rows]
+
+    async def _rpc_fetch(self, keys: Any) -> list[Any]:
+        self._source()
+        records = await self.local.run(self.local.storage.get_many, list(keys)[:5000])
+        return [r.to_wire() for r in records]
 
     async def _rpc_cleanup(self, epoch: Any) -> int:
         return await self.rebalancer.cleanup(int(epoch))
@@ -302,13 +413,16 @@ class NodeService:
             "epoch": self.epoch,
             "ready": self.ready,
             "caught_up": caught_up,
-            "handoff_done": caught_up,
+            "data_id": self.local.storage.data_id,
+            "trusted": self.local.trusted,
+            "waiting": self.rebalancer.waiting,
             "settled_epoch_acked": doc.epoch if doc is not None and doc.settled else 0,
             "records": records,
             "tombstones": tombstones,
             "hints_pending": hints,
             "rebalance": self.rebalancer.progress.to_json(),
-            "rebuilding": self.local.rebuilding,
+            # A member whose own data does not count yet (joining, or a replaced volume).
+            "rebuilding": self.has_membership and not self.local.trusted,
             "disk_full": self.local.disk_full,
         }
 
@@ -328,7 +442,11 @@ class NodeService:
 
     @property
     def ready(self) -> bool:
-        return self.has_membership and self.rebalancer.caught_up
+        """Whether it belongs behind the client Service: it is a member and serves its own
+        data. A member that gained ranges keeps coordinating (and stays ready) while it
+        merges them; one that is rebuilding (joining, replaced data) is not ready until it
+        has: a rolling update then waits for it before taking the next pod down."""
+        return self.has_membership and self.local.trusted
 
     # -- background work ----------------------------------------------------------------
     async def _hint_loop(self) -> None:
@@ -381,8 +499,10 @@ class NodeService:
             await asyncio.sleep((at - wall_ms()) / 1000)
 
     async def _anti_entropy_loop(self) -> None:
+        delay = min(FIRST_SYNC_DELAY, self.settings.anti_entropy_interval)
         while True:
-            await asyncio.sleep(self.settings.anti_entropy_interval)
+            await asyncio.sleep(delay)
+            delay = self.settings.anti_entropy_interval
             try:
                 repaired = await self.rebalancer.anti_entropy_round()
                 if repaired:

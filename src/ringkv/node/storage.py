@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,12 +21,14 @@ from typing import Any, TypeVar
 
 import xxhash
 
-from .readcache import ReadCache, Transaction
+from .paxos import EMPTY, PaxosState, settled, state_from_row, state_row
+from .readcache import CACHE_OVERHEAD, ReadCache, Transaction
 from .records import Record
-from .ring import TokenRange
+from .ring import TokenRange, key_token
 from .versions import Version
 
 MASK64 = (1 << 64) - 1
+PaxosRow = tuple[bytes, PaxosState]
 T = TypeVar("T")
 
 
@@ -59,6 +62,10 @@ class Hint:
     record: Record
 
 
+def new_data_id() -> str:
+    return uuid.uuid4().hex
+
+
 def prefix_upper_bound(prefix: bytes) -> bytes | None:
     """The smallest byte string greater than every string starting with `prefix`."""
     trimmed = prefix.rstrip(b"\xff")
@@ -72,6 +79,10 @@ class Storage(ABC):
 
     synchronous = "n/a"
     created = False  # True when this open created an empty store
+    # Who this data is: a random id made with the store and kept in it. A node that comes
+    # back with another id (a new volume, a lost file) is not the member the ring admitted,
+    # whatever its name (see membership.Member.data_id).
+    data_id = ""
     # `apply_now` may run on the event loop: a commit there does not wait for the disk.
     inline_writes = True
 
@@ -84,13 +95,25 @@ class Storage(ABC):
         as it goes on the wire, so serving one builds no Version and no second tuple."""
 
     @abstractmethod
-    def apply(self, records: Sequence[Record]) -> list[Version | None]:
+    def apply(self, records: Sequence[Record], paxos: Sequence[PaxosRow] = ()
+              ) -> list[Version | None]:
         """Apply a batch atomically; per record None (stored, or already had that version)
-        or the newer version already stored (not applied)."""
+        or the newer version already stored (not applied). `paxos` rows replace the
+        keys' Paxos states, in order, in the same transaction."""
 
-    def apply_now(self, records: Sequence[Record]) -> list[Version | None]:
+    def apply_now(self, records: Sequence[Record], paxos: Sequence[PaxosRow] = ()
+                  ) -> list[Version | None]:
         """`apply` from the event loop: never waits for another writer (StorageBusy)."""
-        return self.apply(records)
+        return self.apply(records, paxos)
+
+    @abstractmethod
+    def get_paxos(self, key: bytes) -> PaxosState:
+        """The key's Paxos acceptor state (`paxos.EMPTY` if it never had one)."""
+
+    @abstractmethod
+    def scan_paxos(self, rng: TokenRange, after: tuple[int, bytes] | None, limit: int
+                   ) -> list[PaxosRow]:
+        """Paxos states of keys with lo < token <= hi in (token, key) order (handoff)."""
 
     def checkpoint(self) -> None:  # noqa: B027 - engines without a log need nothing
         """Move what `apply_now` logged into the database file (on the storage thread)."""
@@ -105,15 +128,28 @@ class Storage(ABC):
         compare these and exchange only the buckets that differ (anti-entropy)."""
 
     @abstractmethod
+    def key_versions(self, rng: TokenRange, after: tuple[int, bytes] | None,
+                     limit: int) -> list[tuple[int, bytes, int, str]]:
+        """(token, key, hlc, node) of the records in a range, in scan order: what a replica
+        that found a digest bucket differing needs to tell which records to fetch."""
+
+    @abstractmethod
+    def get_many(self, keys: Sequence[bytes]) -> list[Record]:
+        """The stored records of these keys (absent keys are left out)."""
+
+    @abstractmethod
     def list_keys(self, prefix: bytes, after: bytes | None, limit: int) -> list[KeyInfo]:
         """Key metadata in bytewise key order (tombstones included)."""
 
     @abstractmethod
-    def delete_range(self, rng: TokenRange) -> int: ...
+    def delete_range(self, rng: TokenRange) -> int:
+        """Drop the range's records and Paxos states; returns the records dropped."""
 
     @abstractmethod
     def purge(self, tombstone_before_hlc: int, expired_before_ms: int) -> int:
-        """Drop tombstones older than the HLC bound and records expired before the ms bound."""
+        """Drop tombstones older than the HLC bound and records expired before the ms bound,
+        and Paxos states with nothing in flight whose last ballot is older than the HLC
+        bound (`paxos.settled`)."""
 
     @abstractmethod
     def counts(self) -> tuple[int, int]:
@@ -160,7 +196,9 @@ class MemoryStorage(Storage):
     created = True
 
     def __init__(self) -> None:
+        self.data_id = new_data_id()  # memory forgets everything with the process
         self._data: dict[bytes, Record] = {}
+        self._paxos: dict[bytes, PaxosState] = {}
         self._hints: dict[int, Hint] = {}
         self._next_hint = 1
         self._lock = threading.Lock()
@@ -173,7 +211,18 @@ class MemoryStorage(Storage):
         return None if rec is None else (rec.version.hlc, rec.version.node, int(rec.tombstone),
                                          rec.expires_ms)
 
-    def apply(self, records: Sequence[Record]) -> list[Version | None]:
+    def get_paxos(self, key: bytes) -> PaxosState:
+        return self._paxos.get(key, EMPTY)
+
+    def scan_paxos(self, rng: TokenRange, after: tuple[int, bytes] | None, limit: int
+                   ) -> list[PaxosRow]:
+        with self._lock:
+            hits = sorted(((key_token(k), k), st) for k, st in self._paxos.items()
+                          if key_token(k) in rng)
+        return [(pos[1], st) for pos, st in hits if after is None or pos > after][:limit]
+
+    def apply(self, records: Sequence[Record], paxos: Sequence[PaxosRow] = ()
+              ) -> list[Version | None]:
         out: list[Version | None] = []
         winners: dict[bytes, Record] = {}
         with self._lock:
@@ -187,6 +236,7 @@ class MemoryStorage(Storage):
                     out.append(None)
                 else:
                     out.append(cur.version)
+            self._paxos.update(paxos)
             self._data.update(winners)
         return out
 
@@ -207,6 +257,15 @@ class MemoryStorage(Storage):
                     out[b] = (out[b] + record_hash(r.key, r.version.hlc, r.version.node)) & MASK64
         return out
 
+    def key_versions(self, rng: TokenRange, after: tuple[int, bytes] | None,
+                     limit: int) -> list[tuple[int, bytes, int, str]]:
+        return [(r.token, r.key, r.version.hlc, r.version.node)
+                for r in self.scan_range(rng, after, limit)]
+
+    def get_many(self, keys: Sequence[bytes]) -> list[Record]:
+        with self._lock:
+            return [r for k in keys if (r := self._data.get(k)) is not None]
+
     def list_keys(self, prefix: bytes, after: bytes | None, limit: int) -> list[KeyInfo]:
         with self._lock:
             keys = sorted(
@@ -222,10 +281,14 @@ class MemoryStorage(Storage):
             doomed = [k for k, r in self._data.items() if r.token in rng]
             for k in doomed:
                 del self._data[k]
+            for k in [k for k in self._paxos if key_token(k) in rng]:
+                del self._paxos[k]
         return len(doomed)
 
     def purge(self, tombstone_before_hlc: int, expired_before_ms: int) -> int:
         with self._lock:
+            for k in [k for k, st in self._paxos.items() if settled(st, tombstone_before_hlc)]:
+                del self._paxos[k]
             doomed = [
                 k
                 for k, r in self._data.items()
@@ -296,6 +359,37 @@ CREATE TABLE IF NOT EXISTS hints (
     value BLOB NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS hints_target ON hints (target, id);
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS paxos (  -- the acceptor state of keys with conditional writes
+    key BLOB PRIMARY KEY,
+    token INTEGER NOT NULL,
+    promised_hlc INTEGER NOT NULL,
+    promised_node TEXT NOT NULL,
+    accepted_hlc INTEGER NOT NULL,
+    accepted_node TEXT NOT NULL,
+    proposal BLOB,  -- msgpack of [wire record, base hlc, base node]; NULL: none or empty;
+                    -- empty: the decision (paxos.DECIDED_PROPOSAL)
+    committed_hlc INTEGER NOT NULL,
+    committed_node TEXT NOT NULL,
+    decision BLOB,  -- the newest decision learnt, as `proposal`
+    recent BLOB NOT NULL  -- msgpack of the latest decisions (base, version, ballot)
+) STRICT;
+CREATE INDEX IF NOT EXISTS paxos_token ON paxos (token, key);
+"""
+
+# `paxos.settled` in SQL.
+SETTLED_SQL = "promised_hlc < ?"
+_PAXOS_COLUMNS = ("promised_hlc, promised_node, accepted_hlc, accepted_node, proposal, "
+                  "committed_hlc, committed_node, decision, recent")
+# An upsert, not INSERT OR REPLACE: a replace deletes the row and inserts it again, which
+# rewrites its paxos_token entry on each of the three commits of a round (a third of a
+# conditional write's storage CPU, measured).
+_PAXOS_PUT = f"""
+INSERT INTO paxos (key, token, {_PAXOS_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in _PAXOS_COLUMNS.split(", "))}
 """
 
 # The token is a function of the key, so an update leaves it (and the kv_token index)
@@ -313,6 +407,20 @@ WHERE (excluded.hlc, excluded.node) > (kv.hlc, kv.node)
 
 _COLUMNS = "key, hlc, node, tombstone, expires, ctype, value"
 _GET = f"SELECT {_COLUMNS} FROM kv WHERE key = ?"
+_GET_PAXOS = f"SELECT {_PAXOS_COLUMNS} FROM paxos WHERE key = ?"
+
+# Paxos states cached per node: the keys with conditional writes in flight or recent.
+PAXOS_CACHE_BYTES = 8 * 1024 * 1024
+
+
+def _state_cost(key: bytes, state: PaxosState) -> int:
+    """Bytes of a cached state: its key, its proposals' values and decisions, the objects."""
+    cost = len(key) + CACHE_OVERHEAD * (3 + len(state.recent) // 4)
+    if state.proposal is not None:
+        cost += len(state.proposal.record.value)
+    if state.decision is not None and state.decision is not state.proposal:
+        cost += len(state.decision.record.value)
+    return cost
 
 
 def _row_record(row: tuple[Any, ...]) -> Record:
@@ -326,9 +434,10 @@ class SqliteStorage(Storage):
     Two connections: one for the writer thread (batches, scans, maintenance) and one for
     point reads on the event loop, which WAL lets run beside a writer. Point reads go
     through a bounded cache of records (`readcache.ReadCache`), which every write to the
-    kv table keeps true. With `synchronous=NORMAL` a committed transaction is in the WAL
-    file before the ack, so a SIGKILLed process loses nothing it acknowledged; FULL also
-    survives power loss.
+    kv table keeps true, and Paxos states through another, which every write to the paxos
+    table keeps true (the same rule, the same transactions). With `synchronous=NORMAL` a
+    committed transaction is in the WAL file before the ack, so a SIGKILLed process loses
+    nothing it acknowledged; FULL also survives power loss.
     """
 
     def __init__(self, path: str, synchronous: str = "NORMAL") -> None:
@@ -349,9 +458,13 @@ class SqliteStorage(Storage):
             check = self._w.execute("PRAGMA quick_check(1)").fetchone()[0]
             if check != "ok":
                 raise StorageError(f"{path}: integrity check failed ({check}); {advice}")
+            self._w.execute("INSERT OR IGNORE INTO meta VALUES ('data_id', ?)", (new_data_id(),))
+            self.data_id = self._w.execute(
+                "SELECT value FROM meta WHERE name = 'data_id'").fetchone()[0]
             self._r = self._connect()
             self._rc = self._r.cursor()  # point reads, on the event loop only: one cursor
-            self._cache = ReadCache()
+            self._cache: ReadCache[Record] = ReadCache()
+            self._paxos_cache: ReadCache[PaxosState] = ReadCache(PAXOS_CACHE_BYTES, _state_cost)
             # With synchronous OFF or NORMAL a commit only appends to the WAL (no fsync),
             # so the event loop commits its group writes itself on this connection: no
             # thread hop per batch. It never waits for a lock (busy_timeout 0: StorageBusy
@@ -385,17 +498,39 @@ class SqliteStorage(Storage):
         v = rec.version
         return (v.hlc, v.node, int(rec.tombstone), rec.expires_ms)
 
-    def _kv_write(self, fn: Callable[[sqlite3.Cursor, Transaction], T],
+    def get_paxos(self, key: bytes) -> PaxosState:
+        """Through its cache (see `readcache`), which keeps "none" too: a round's first
+        phase on a key looks for a state that is not there yet."""
+        return self._paxos_cache.get(key) or self._paxos_cache.load(key, self._read_paxos) or EMPTY
+
+    def _read_paxos(self, key: bytes) -> PaxosState:
+        row = self._rc.execute(_GET_PAXOS, (key,)).fetchone()
+        return EMPTY if row is None else state_from_row(row)
+
+    def scan_paxos(self, rng: TokenRange, after: tuple[int, bytes] | None, limit: int
+                   ) -> list[PaxosRow]:
+        select = f"SELECT key, {_PAXOS_COLUMNS} FROM paxos WHERE token > ? AND token <= ?"
+        if after is None:
+            rows = self._w.execute(select + " ORDER BY token, key LIMIT ?", (rng.lo, rng.hi, limit))
+        else:
+            rows = self._w.execute(select + " AND (token, key) > (?, ?) ORDER BY token, key LIMIT ?",
+                                   (rng.lo, rng.hi, after[0], after[1], limit))
+        return [(r[0], state_from_row(r[1:])) for r in rows]
+
+    def _kv_write(self, fn: Callable[[sqlite3.Cursor, Transaction[Record],
+                                      Transaction[PaxosState]], T],
                   conn: sqlite3.Connection | None = None) -> T:
-        """`_write` for the kv table: `fn` tells the cache's `Transaction` what it changes,
-        and the cache learns the outcome after the commit, before the caller can ack."""
-        txn = self._cache.begin()
+        """`_write` for the kv and paxos tables: `fn` tells the caches' `Transaction`s
+        what it changes, and the caches learn the outcome after the commit, before the
+        caller can ack."""
+        txn, states = self._cache.begin(), self._paxos_cache.begin()
         committed = False
         try:
-            result = self._write(lambda cur: fn(cur, txn), conn=conn)
+            result = self._write(lambda cur: fn(cur, txn, states), conn=conn)
             committed = True
             return result
         finally:
+            states.end(committed)
             txn.end(committed)
 
     def _write(self, fn: Callable[[sqlite3.Cursor], T], conn: sqlite3.Connection | None = None) -> T:
@@ -422,9 +557,13 @@ class SqliteStorage(Storage):
             raise
         return result
 
-    def apply(self, records: Sequence[Record], conn: sqlite3.Connection | None = None
-              ) -> list[Version | None]:
-        def run(cur: sqlite3.Cursor, txn: Transaction) -> list[Version | None]:
+    def apply(self, records: Sequence[Record], paxos: Sequence[PaxosRow] = (),
+              conn: sqlite3.Connection | None = None) -> list[Version | None]:
+        def run(cur: sqlite3.Cursor, txn: Transaction[Record],
+                states: Transaction[PaxosState]) -> list[Version | None]:
+            for key, state in paxos:
+                cur.execute(_PAXOS_PUT, (key, key_token(key), *state_row(state)))
+                states.store(key, state)
             out: list[Version | None] = []
             for rec in records:
                 v = rec.version
@@ -434,7 +573,7 @@ class SqliteStorage(Storage):
                      rec.content_type, rec.value),
                 )
                 if cur.rowcount == 1:
-                    txn.store(rec)
+                    txn.store(rec.key, rec)
                     out.append(None)
                     continue
                 # The database may hold another record of the same version: not cached.
@@ -447,10 +586,11 @@ class SqliteStorage(Storage):
 
         return self._kv_write(run, conn=conn)
 
-    def apply_now(self, records: Sequence[Record]) -> list[Version | None]:
+    def apply_now(self, records: Sequence[Record], paxos: Sequence[PaxosRow] = ()
+                  ) -> list[Version | None]:
         if self._l is None:
             raise StorageBusy("this database commits with fsync: not on the event loop")
-        return self.apply(records, conn=self._l)
+        return self.apply(records, paxos, conn=self._l)
 
     def checkpoint(self) -> None:
         # RESTART, not PASSIVE: writes keep arriving during a checkpoint, so a passive one
@@ -483,6 +623,27 @@ class SqliteStorage(Storage):
             out[b] = (out[b] + record_hash(key, hlc, node)) & MASK64
         return out
 
+    def key_versions(self, rng: TokenRange, after: tuple[int, bytes] | None,
+                     limit: int) -> list[tuple[int, bytes, int, str]]:
+        if after is None:
+            rows = self._w.execute(
+                "SELECT token, key, hlc, node FROM kv WHERE token > ? AND token <= ? "
+                "ORDER BY token, key LIMIT ?", (rng.lo, rng.hi, limit))
+        else:
+            rows = self._w.execute(
+                "SELECT token, key, hlc, node FROM kv WHERE (token, key) > (?, ?) AND token <= ? "
+                "AND token > ? ORDER BY token, key LIMIT ?",
+                (after[0], after[1], rng.hi, rng.lo, limit))
+        return rows.fetchall()
+
+    def get_many(self, keys: Sequence[bytes]) -> list[Record]:
+        out = []
+        for key in keys:
+            row = self._w.execute(_GET, (key,)).fetchone()
+            if row is not None:
+                out.append(_row_record(row))
+        return out
+
     def list_keys(self, prefix: bytes, after: bytes | None, limit: int) -> list[KeyInfo]:
         lower = max(prefix, after) if after is not None else prefix
         op = ">" if after is not None and after >= prefix else ">="
@@ -498,17 +659,24 @@ class SqliteStorage(Storage):
         return [KeyInfo(k, Version(h, n), bool(t), e) for k, h, n, t, e in rows]
 
     def delete_range(self, rng: TokenRange) -> int:
-        return self._kv_delete("DELETE FROM kv WHERE token > ? AND token <= ?", (rng.lo, rng.hi))
+        return self._kv_delete("DELETE FROM kv WHERE token > ? AND token <= ?", (rng.lo, rng.hi),
+                               "DELETE FROM paxos WHERE token > ? AND token <= ?", (rng.lo, rng.hi))
 
     def purge(self, tombstone_before_hlc: int, expired_before_ms: int) -> int:
         return self._kv_delete(
             "DELETE FROM kv WHERE (tombstone = 1 AND hlc < ?) OR (expires > 0 AND expires < ?)",
-            (tombstone_before_hlc, expired_before_ms))
+            (tombstone_before_hlc, expired_before_ms),
+            f"DELETE FROM paxos WHERE {SETTLED_SQL}", (tombstone_before_hlc,))
 
-    def _kv_delete(self, sql: str, args: tuple[int, int]) -> int:
-        """Rows deleted by a condition: any cached key may be among them."""
-        def run(cur: sqlite3.Cursor, txn: Transaction) -> int:
+    def _kv_delete(self, sql: str, args: tuple[int, int], paxos_sql: str,
+                   paxos_args: tuple[int, ...]) -> int:
+        """Rows deleted by a condition (and the Paxos states that go with them): any cached
+        key may be among them."""
+        def run(cur: sqlite3.Cursor, txn: Transaction[Record],
+                states: Transaction[PaxosState]) -> int:
             txn.touch_all()
+            states.touch_all()
+            cur.execute(paxos_sql, paxos_args)
             return cur.execute(sql, args).rowcount
 
         return self._kv_write(run)

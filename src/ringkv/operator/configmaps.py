@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import kopf
 from kubernetes.aio.client import (
     ApiClient,
+    AppsV1Api,
     Configuration,
     CoreV1Api,
     CoreV1Event,
@@ -38,6 +39,8 @@ from ringkv.node.membership import Document, InvalidDocument
 log = logging.getLogger("ringkv.operator")
 
 DOCUMENT_KEY = "membership.json"
+STATUS_KEY = "status.json"  # what the operator observes beside the document (not epoch'd)
+REMOVE_ANNOTATION = "ringkv.io/remove"  # members a person asks to remove, comma-separated
 COMPONENT = "ringkv-operator"
 MAX_EVENT_MESSAGE = 1024  # the API server rejects longer Event messages
 REQUEST_TIMEOUT = 10.0  # seconds; the client's own default is five minutes
@@ -86,16 +89,23 @@ class KubeClient:
 
     async def call(self, request: Callable[[CoreV1Api], Awaitable[T]]) -> T:
         """`request(core_v1_api)`, logging in again and retrying once on a 401."""
+        return await self._logged_in(lambda client: request(CoreV1Api(client)))
+
+    async def call_apps(self, request: Callable[[AppsV1Api], Awaitable[T]]) -> T:
+        """`request(apps_v1_api)`, as `call`."""
+        return await self._logged_in(lambda client: request(AppsV1Api(client)))
+
+    async def _logged_in(self, request: Callable[[ApiClient], Awaitable[T]]) -> T:
         try:
-            return await request(self._core())
+            return await request(self._api_client())
         except ApiException as exc:
             if exc.status != 401:
                 raise
         log.info("API server answered 401: logging in again")
         await self.close()
-        return await request(self._core())
+        return await request(self._api_client())
 
-    def _core(self) -> CoreV1Api:
+    def _api_client(self) -> ApiClient:
         if self._client is None:
             info = self._login()
             self._client = ApiClient(configuration(info, Path(self._files.name)))
@@ -104,7 +114,7 @@ class KubeClient:
             # so both clients authenticate exactly alike.
             for name, value in info.as_http_headers().items():
                 self._client.set_default_header(name, value)
-        return CoreV1Api(self._client)
+        return self._client
 
     async def close(self) -> None:
         if self._client is not None:
@@ -112,18 +122,35 @@ class KubeClient:
         self._client = None
 
 
+async def _json(response: Any) -> dict[str, Any]:
+    """A raw answer (`*_without_preload_content`) as JSON; ApiException for an error."""
+    body = await response.read()
+    if response.status >= 400:
+        raise ApiException(status=response.status, reason=response.reason,
+                           body=body.decode("utf-8", "replace"))
+    return dict(json.loads(body))
+
+
 async def list_pods(kube: KubeClient, namespace: str, selector: str) -> list[dict[str, Any]]:
     """The pods as JSON objects, the shape kopf hands its event handlers, so one parser
     reads both (the raw answer: no round trip through the client's models)."""
     async def request(core: CoreV1Api) -> list[dict[str, Any]]:
-        response = await core.list_namespaced_pod_without_preload_content(
-            namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT)
-        if response.status >= 400:
-            raise ApiException(status=response.status, reason=response.reason,
-                               body=(await response.read()).decode("utf-8", "replace"))
-        return list(json.loads(await response.read()).get("items") or [])
+        return list((await _json(await core.list_namespaced_pod_without_preload_content(
+            namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT))
+        ).get("items") or [])
 
     return await kube.call(request)
+
+
+async def statefulset_replicas(kube: KubeClient, namespace: str, name: str) -> int:
+    """The StatefulSet's `spec.replicas` (how many node pods it wants), read as JSON: the
+    client's model would insist on parts of the object the operator never looks at."""
+    async def request(apps: AppsV1Api) -> int:
+        sts = await _json(await apps.read_namespaced_stateful_set_without_preload_content(
+            name, namespace, _request_timeout=REQUEST_TIMEOUT))
+        return int((sts.get("spec") or {}).get("replicas", 1))
+
+    return await kube.call_apps(request)
 
 
 class ConfigMapStore:
@@ -159,6 +186,23 @@ class ConfigMapStore:
             log.error("ConfigMap %s/%s holds no valid %s (%s): it will be rewritten",
                       self.namespace, self.name, DOCUMENT_KEY, exc)
             return None
+
+    def forced_removals(self) -> frozenset[str]:
+        """The members named in the `ringkv.io/remove` annotation (as last read): dropped
+        whatever it costs, as Cassandra's `nodetool removenode` (docs/KUBERNETES.md)."""
+        annotations = (meta.annotations if (meta := self._metadata()) else None) or {}
+        raw = str(annotations.get(REMOVE_ANNOTATION) or "")
+        return frozenset(n.strip() for n in raw.split(",") if n.strip())
+
+    async def save_status(self, status: dict[str, Any]) -> None:
+        """Record who is absent since when and why the membership waits, under its own
+        key (a merge patch without resourceVersion: it never conflicts with `save`)."""
+        if self.current is None:
+            return  # nothing to attach it to until the document exists
+        patch = {"data": {STATUS_KEY: json.dumps(status, indent=2)}}
+        self.current = await self.kube.call(lambda core: core.patch_namespaced_config_map(
+            self.name, self.namespace, patch, _content_type=MERGE_PATCH,
+            _request_timeout=REQUEST_TIMEOUT))
 
     async def save(self, doc: Document) -> None:
         """Write the document; optimistic: the patch names the resourceVersion last seen, so

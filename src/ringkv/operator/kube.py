@@ -19,10 +19,14 @@ Configuration (environment):
   RINGKV_CONFIGMAP         name of the membership ConfigMap (required)
   RINGKV_PEER_SERVICE      headless Service of the node pods (required)
   RINGKV_CLUSTER_TOKEN     token of the nodes' internal port (required)
-  RINGKV_INTERNAL_PORT [9080], RINGKV_API_PORT [8080], RINGKV_RF [3]
+  RINGKV_INTERNAL_PORT [9080], RINGKV_API_PORT [8080], RINGKV_RF [3], RINGKV_VNODES [64]
   RINGKV_RECONCILE_INTERVAL [10] seconds between reconcile rounds
   RINGKV_METRICS_PORT [8081] port of the operator's /metrics and /healthz (`metrics.py`);
       /healthz fails once no reconcile round has ended for 60 s + 6 intervals
+  RINGKV_DOWN_GRACE [300] seconds a member may be absent before its copies are restored
+      elsewhere (Kubernetes' own eviction of pods on an unreachable node waits as long)
+  RINGKV_STATEFULSET       the node StatefulSet: pods at or past its replicas are being
+      scaled in, so they hand their data off (leaving) instead of counting as absent
   RINGKV_CLUSTER_DOMAIN [cluster.local]
   RINGKV_ADDRESS_TEMPLATE [{pod}.{service}.{namespace}.svc.{domain}] host part of a node's
       addresses; `{pod_ip}` addresses pods by IP instead (no DNS; used by the tests)
@@ -39,19 +43,20 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 from aiohttp import web
+from kubernetes.aio.client.exceptions import ApiException
 
 from ringkv.node.logs import setup as setup_logging
 from ringkv.node.membership import Document
 from ringkv.node.security import TlsFiles
 
-from .configmaps import ConfigMapStore, KubeClient, list_pods, post_event
-from .controller import Observed
+from .configmaps import ConfigMapStore, KubeClient, list_pods, post_event, statefulset_replicas
+from .controller import Observed, Policy
 from .metrics import serve as serve_metrics
 from .nodes import NodeClient
 from .reconciler import Reconciler
@@ -122,6 +127,11 @@ class Pod:
         """Running and not terminating: a pod joins once Running, not Ready, because
         readiness itself needs membership."""
         return self.phase == "Running" and not self.deleting
+
+    def serving(self, expected: bool) -> bool:
+        """Whether its node is there for the membership: `alive`, or terminating because
+        the StatefulSet scaled in (it keeps serving while it hands its ranges off)."""
+        return self.alive or (self.phase == "Running" and not expected)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Pod:
@@ -218,11 +228,12 @@ class Config:
     configmap: str
     cluster_token: str
     address: Addresser
-    rf: int = 3
+    policy: Policy = field(default_factory=Policy)
     interval: float = 10.0
     resync_interval: float = RESYNC_INTERVAL
     metrics_port: int = 8081
     stale_after: float = 120.0  # seconds without a round ending that fail the liveness probe
+    statefulset: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -232,14 +243,16 @@ class Config:
                 raise ConfigError(f"{name} is required")
             return value
 
-        def number(name: str, default: str, kind: type[int] | type[float]) -> Any:
+        def number(name: str, default: str, kind: type[int] | type[float],
+                   minimum: float = 1e-9) -> Any:
             raw = env.get(name, "").strip() or default
             try:
                 value = kind(raw)
             except ValueError:
                 raise ConfigError(f"{name} must be a number, not {raw!r}") from None
-            if value <= 0:
-                raise ConfigError(f"{name} must be positive, not {raw!r}")
+            if value < minimum:
+                what = "positive" if minimum > 0 else "0 or more"
+                raise ConfigError(f"{name} must be {what}, not {raw!r}")
             return value
 
         namespace = required("RINGKV_NAMESPACE")
@@ -260,10 +273,13 @@ class Config:
             configmap=required("RINGKV_CONFIGMAP"),
             cluster_token=required("RINGKV_CLUSTER_TOKEN"),
             address=address,
-            rf=number("RINGKV_RF", "3", int),
+            policy=Policy(rf=number("RINGKV_RF", "3", int),
+                          vnodes=number("RINGKV_VNODES", "64", int),
+                          down_grace=number("RINGKV_DOWN_GRACE", "300", float, minimum=0)),
             interval=interval,
             metrics_port=number("RINGKV_METRICS_PORT", "8081", int),
             stale_after=60 + 6 * interval,
+            statefulset=env.get("RINGKV_STATEFULSET", "").strip(),
         )
 
 
@@ -292,15 +308,19 @@ def event_reason(old: Document | None, new: Document) -> str:
     if old is None:
         return "ClusterFormed"
     before, after = set(old.names), set(new.names)
+    if new.settled and not old.settled:
+        return "EpochSettled"
     if before - after:
         return "NodeRemoved"
     if after - before:
         return "NodeJoined"
-    if any(m.state == "normal" and (o := old.member(m.name)) is not None and o.state != "normal"
-           for m in new.members):
+    changed = [(o, m) for m in new.members if (o := old.member(m.name)) is not None]
+    if any(o.data_id and o.data_id != m.data_id for o, m in changed):
+        return "NodeDataReplaced"
+    if any(m.state == "leaving" and o.state != "leaving" for o, m in changed):
+        return "NodeLeaving"
+    if any(m.state == "normal" and o.state == "joining" for o, m in changed):
         return "NodePromoted"
-    if new.settled and not old.settled:
-        return "EpochSettled"
     return "MembershipReissued"
 
 
@@ -325,6 +345,7 @@ class Operator:
         self._settings = kopf.OperatorSettings()
         self._next_resync = 0.0
         self._resync_requested = False
+        self._replicas: int | None = None  # the StatefulSet's spec.replicas, when known
         self._loop_task: asyncio.Task[None] | None = None
         self._metrics: web.AppRunner | None = None
         self._created = time.monotonic()
@@ -370,13 +391,14 @@ class Operator:
         if self.kube is None:
             self.kube = KubeClient(lambda: discover_credentials(self._settings))
         self.store = ConfigMapStore(self.kube, self.config.namespace, self.config.configmap)
-        self.reconciler = Reconciler(self.store, self, self.nodes, self.config.rf,
-                                     on_change=self._record)
+        self.reconciler = Reconciler(self.store, self, self.nodes, self.config.policy,
+                                     on_change=self._record, on_waiting=self._waiting)
         await self.resync()
         pods = self.pods.pods()
-        log.info("operator for %s/%s (selector %r, rf=%d, every %gs): %d node pods, %d running",
-                 self.config.namespace, self.config.configmap, self.config.selector.text,
-                 self.config.rf, self.config.interval, len(pods), sum(p.alive for p in pods))
+        log.info("operator for %s/%s (selector %r, rf=%d, every %gs, absent members kept %gs): "
+                 "%d node pods, %d running", self.config.namespace, self.config.configmap,
+                 self.config.selector.text, self.config.policy.rf, self.config.interval,
+                 self.config.policy.down_grace, len(pods), sum(p.alive for p in pods))
         try:
             await self.reconciler.reconcile_once()
         except Exception:
@@ -429,10 +451,42 @@ class Operator:
             self.wake.set()
 
     # -- member source for the reconciler -----------------------------------------------
-    async def observe(self) -> list[Observed]:
+    async def observe(self, members: Sequence[str]) -> list[Observed]:
+        """Every node pod, and every member without one (absent; not expected back once
+        the StatefulSet no longer counts its ordinal); names listed in the ConfigMap's
+        `ringkv.io/remove` annotation are marked for forced removal."""
         if self._resync_requested or time.monotonic() >= self._next_resync:
             await self.resync()
-        return [o for o in map(self._observed, self.pods.pods()) if o is not None]
+        await self._refresh_replicas()
+        forced = self.store.forced_removals() if self.store is not None else frozenset()
+        out = [o for o in (self._observed(p, forced) for p in self.pods.pods()) if o is not None]
+        seen = {o.name for o in out}
+        out += [Observed(n, "", "", alive=False, expected=self._expected(n) and n not in forced,
+                         forced=n in forced) for n in members if n not in seen]
+        return out
+
+    def _expected(self, name: str) -> bool:
+        """Whether the StatefulSet still wants the pod of this name (True when unknown)."""
+        prefix = f"{self.config.statefulset}-"
+        if self._replicas is None or not name.startswith(prefix):
+            return True
+        ordinal = name[len(prefix):]
+        return not ordinal.isdigit() or int(ordinal) < self._replicas
+
+    async def _refresh_replicas(self) -> None:
+        """The StatefulSet's `spec.replicas`; the last known value when it cannot be read
+        (a scale-in is then seen late, as absences, never the other way round)."""
+        if not self.config.statefulset or self.kube is None:
+            return
+        try:
+            replicas = await statefulset_replicas(self.kube, self.config.namespace,
+                                                  self.config.statefulset)
+        except (ApiException, OSError) as exc:
+            log.warning("cannot read StatefulSet %s: %r", self.config.statefulset, exc)
+            return
+        if replicas != self._replicas:
+            log.info("StatefulSet %s wants %d pods", self.config.statefulset, replicas)
+        self._replicas = replicas
 
     async def resync(self) -> None:
         """Replace what the watch may have missed with a full list of the node pods."""
@@ -455,11 +509,13 @@ class Operator:
                          _state(after.get(name)))
         self._next_resync = time.monotonic() + self.config.resync_interval
 
-    def _observed(self, pod: Pod | None) -> Observed | None:
+    def _observed(self, pod: Pod | None, forced: frozenset[str] = frozenset()) -> Observed | None:
         if pod is None:
             return None
         url, api_url = self.config.address(pod)
-        return Observed(pod.name, url, api_url, pod.alive)
+        expected = self._expected(pod.name) and pod.name not in forced
+        return Observed(pod.name, url, api_url, pod.serving(expected), expected,
+                        pod.name in forced)
 
     # -- events and failure -------------------------------------------------------------
     async def _record(self, old: Document | None, new: Document, description: str) -> None:
@@ -470,6 +526,15 @@ class Operator:
                              description)
         except Exception as exc:
             log.warning("could not record an Event for %r: %r", description, exc)
+
+    async def _waiting(self, reasons: list[str]) -> None:
+        """A Warning Event when the membership cannot move on (best effort)."""
+        assert self.kube is not None and self.store is not None
+        try:
+            await post_event(self.kube, self.store.reference(), "EpochWaiting",
+                             "; ".join(reasons), type_="Warning")
+        except Exception as exc:
+            log.warning("could not record an Event for %r: %r", reasons, exc)
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
         """The loop only ends by cancellation; anything else stops the operator so that

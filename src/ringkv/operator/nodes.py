@@ -51,8 +51,9 @@ class NodeClient:
             name=str(s["node"]),  # the node's own word: a reused address cannot speak for another
             epoch=epoch,
             caught_up=bool(s["caught_up"]),
-            handoff_done=bool(s["handoff_done"]),
             settled_epoch_acked=int(s.get("settled_epoch_acked", 0)),
+            data_id=str(s.get("data_id") or ""),
+            waiting=tuple(str(line) for line in s.get("waiting") or ()),
             document=await self._document(member) if epoch > 0 else None,
         )
 

@@ -14,19 +14,21 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 from ringkv.node.membership import Document, Member, describe
 
 from .controller import (
     Observed,
+    Policy,
     Report,
     alive_nodes,
     cleanup_due,
     held_document,
     next_document,
     restore,
+    waiting,
 )
 
 log = logging.getLogger("ringkv.operator")
@@ -39,11 +41,17 @@ class Store(Protocol):
 
     async def save(self, doc: Document) -> None: ...
 
+    async def save_status(self, status: dict[str, Any]) -> None:
+        """Record what the controller observes beside the document (who is absent since
+        when, why the membership waits): not part of the epoch, read by people."""
+
+
 
 class MemberSource(Protocol):
-    """The nodes that exist (pods, launcher children)."""
+    """The nodes that exist (pods, launcher children), and what the source knows of each
+    of `members` (the current document's) it has no node for: gone for now, or for good."""
 
-    async def observe(self) -> list[Observed]: ...
+    async def observe(self, members: Sequence[str]) -> list[Observed]: ...
 
 
 class Nodes(Protocol):
@@ -57,6 +65,7 @@ class Nodes(Protocol):
 
 
 OnChange = Callable[[Document | None, Document, str], Awaitable[None] | None]
+OnWaiting = Callable[[list[str]], Awaitable[None] | None]
 
 
 class Reconciler:
@@ -67,18 +76,24 @@ class Reconciler:
         store: Store,
         source: MemberSource,
         nodes: Nodes,
-        rf: int,
+        policy: Policy,
         on_change: OnChange | None = None,
         *,
+        on_waiting: OnWaiting | None = None,
         status_timeout: float = 2.0,
         push_timeout: float = 5.0,
         max_steps: int = 8,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.source = source
         self.nodes = nodes
-        self.rf = rf
+        self.policy = policy
         self.on_change = on_change
+        self.on_waiting = on_waiting
+        self._clock = clock
+        self._wall_clock = wall_clock
         self.status_timeout = status_timeout
         self.push_timeout = push_timeout
         self.max_steps = max_steps
@@ -94,6 +109,13 @@ class Reconciler:
         self.rounds = {"ok": 0, "error": 0}
         self.last_success: float | None = None
         self.last_round: float | None = None
+        # Since when (this reconciler's clock) each member has been seen not alive. Kept
+        # in memory on purpose: an operator that starts (a reinstall, a restart) times a
+        # full grace period before it drops anyone, whatever the store says.
+        self._absent_since: dict[str, float] = {}
+        self._absent_wall: dict[str, float] = {}
+        self._status: dict[str, Any] | None = None
+        self.waiting: list[str] = []
 
     async def reconcile_once(self) -> Document | None:
         """One round: load, observe, poll, step the document, publish, re-push, clean up.
@@ -101,10 +123,11 @@ class Reconciler:
         Returns the document in force after the round (None while no node was ever alive).
         """
         doc = await self.store.load()
-        observed = await self.source.observe()
+        observed = await self.source.observe(doc.names if doc is not None else ())
         alive = alive_nodes(observed)
         reports = await self._poll([_as_member(o, doc) for o in alive.values()])
         seed_epoch = max((r.epoch for r in reports.values()), default=0)
+        absent = self._time_absences(doc, alive)
 
         stepped = False
         held = held_document(reports)
@@ -117,13 +140,14 @@ class Reconciler:
             await self._publish(held, restored, alive)
             doc, stepped = restored, True
         for _ in range(self.max_steps):
-            new = next_document(doc, observed, reports, self.rf, seed_epoch)
+            new = next_document(doc, observed, reports, self.policy, seed_epoch, absent)
             if new is None:
                 break
             await self._publish(doc, new, alive)
             doc, stepped = new, True
         if doc is None:
             return None
+        await self._report_waiting(waiting(doc, observed, reports, self.policy, absent), doc)
 
         if not stepped:
             # Nodes that missed a push (down, timed out, restarted on an old data dir) get
@@ -136,9 +160,52 @@ class Reconciler:
             if lagging:
                 await self._push(lagging, doc)
 
-        if cleanup_due(doc, reports):
-            await self._cleanup(doc)
+        if cleanup_due(doc, reports, alive):
+            await self._cleanup(doc, [m for m in doc.members if m.name in alive
+                                      and m.name in reports and reports[m.name].epoch >= doc.epoch])
         return doc
+
+    def _time_absences(self, doc: Document | None, alive: dict[str, Observed]) -> dict[str, float]:
+        """Seconds each member has been absent, by this reconciler's watch."""
+        now, wall = self._clock(), self._wall_clock()
+        members = set(doc.names) if doc is not None else set()
+        for name in list(self._absent_since):
+            if name in alive or name not in members:
+                del self._absent_since[name]
+                self._absent_wall.pop(name, None)
+        for name in members - alive.keys():
+            if name not in self._absent_since:
+                log.warning("%s is absent: its replicas keep serving its ranges; its copies "
+                            "are restored elsewhere if it stays away %gs", name,
+                            self.policy.down_grace)
+            self._absent_since.setdefault(name, now)
+            self._absent_wall.setdefault(name, wall)
+        return {name: now - since for name, since in self._absent_since.items()}
+
+    async def _report_waiting(self, reasons: list[str], doc: Document) -> None:
+        """Say (once per change) why the membership cannot move on, and record what is
+        observed beside the document."""
+        if reasons != self.waiting:
+            for line in reasons:
+                log.warning("epoch %d waits: %s", doc.epoch, line)
+            self.waiting = reasons
+            if reasons and self.on_waiting is not None:
+                try:
+                    result = self.on_waiting(reasons)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    log.exception("on_waiting callback failed")
+        status = {"epoch": doc.epoch, "settled": doc.settled, "waiting": reasons,
+                  "absent_since": {n: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+                                   for n, t in sorted(self._absent_wall.items())}}
+        if status != self._status:
+            try:
+                await self.store.save_status(status)
+            except Exception as exc:
+                log.warning("could not record the observed status: %r", exc)
+                return
+            self._status = status
 
     async def run(self, interval: float, wake: asyncio.Event | None = None) -> None:
         """Reconcile every `interval` seconds, or sooner when `wake` is set (pod events).
@@ -197,7 +264,10 @@ class Reconciler:
                     await result
             except Exception:
                 log.exception("on_change callback failed")
-        await self._push([m for m in new.members if m.name in alive], new)
+        # Members that just left (a settle drops the leaving) hear it too: a node handing
+        # off before it stops waits for exactly that.
+        members = {m.name: m for m in (*(old.members if old else ()), *new.members)}
+        await self._push([m for m in members.values() if m.name in alive], new)
 
     async def _push(self, members: list[Member], doc: Document) -> None:
         async def one(m: Member) -> None:
@@ -215,10 +285,10 @@ class Reconciler:
 
         await asyncio.gather(*(one(m) for m in members))
 
-    async def _cleanup(self, doc: Document) -> None:
+    async def _cleanup(self, doc: Document, ready: list[Member]) -> None:
         if self._cleanup_epoch != doc.epoch:
             self._cleanup_epoch, self._cleaned = doc.epoch, set()
-        todo = [m for m in doc.members if m.name not in self._cleaned]
+        todo = [m for m in ready if m.name not in self._cleaned]
 
         async def one(m: Member) -> None:
             try:

@@ -14,7 +14,7 @@ import pytest
 
 from ringkv.node.config import ConfigError, Settings, load
 from ringkv.node.metrics import RequestStats
-from ringkv.node.rebalance import FIRST_SAMPLE_S, SAMPLE_S, Pacer, Turn, client_requests
+from ringkv.node.pacer import FIRST_SAMPLE_S, SAMPLE_S, Pacer, Turn, client_requests
 
 
 class Clock:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ringkv.node.membership import Document, Member, MemberState, View
+from ringkv.node.peerops import READ, WRITE, Request, read_op, write_op
 from ringkv.node.records import Record
 from ringkv.node.ring import key_token
 from ringkv.node.storage import MemoryStorage
@@ -49,7 +50,7 @@ class FakeReplica:
                    "stale": StaleEpoch({})}.get(self.behaviour)
         if self.behaviour == "stale":
             self.cluster.adopt_newer()
-        if self.behaviour == "outpaced" and op[0] == "w":
+        if self.behaviour == "outpaced" and op[0] == WRITE:
             put(self, op[1][0], b"theirs", op[1][3] + 1)
         if failure is not None:
             asyncio.get_running_loop().call_soon(done, None, failure)
@@ -65,7 +66,7 @@ class FakeReplica:
 
     def _serve(self, op: list[Any]) -> Any:
         kind, arg, flag = op
-        if kind == "w":
+        if kind == WRITE:
             (newer,) = self.storage.apply([Record.from_wire(arg)])
             return None if newer is None or not flag else [newer.hlc, newer.node]
         if flag:  # a full read
@@ -82,18 +83,18 @@ class FakeReplica:
 
     # -- the LocalStore Protocol (when the coordinator is this replica) ----------------
     def write(self, rec: Record, done: Done) -> None:
-        self.send(["w", rec.to_wire(), True], done)
+        self.send(write_op(rec, True), done)
 
     def read_record(self, key: bytes) -> Record | None:
-        self.ops.append(["r", key, True])
+        self.ops.append(read_op(key, True))
         return self.storage.get(key)
 
     # -- what the tests look at --------------------------------------------------------
     def writes(self) -> list[list[Any]]:
-        return [op for op in self.ops if op[0] == "w"]
+        return [op for op in self.ops if op[0] == WRITE]
 
     def reads(self) -> list[list[Any]]:
-        return [op for op in self.ops if op[0] == "r"]
+        return [op for op in self.ops if op[0] == READ]
 
     def holds(self, key: bytes) -> Record | None:
         return self.storage.get(key)
@@ -128,8 +129,8 @@ class FakeCluster:
     def repaired(self, name: str) -> None:
         self.repairs.append(name)
 
-    async def call(self, name: str, method: str, args: Any) -> Any:
-        raise AssertionError(f"not used by these requests: {method}")
+    async def call(self, name: str, request: Request) -> Any:
+        raise AssertionError(f"not used by these requests: {request.method}")
 
     def adopt_newer(self) -> None:
         if self.newer is not None:

@@ -19,6 +19,7 @@ from ringkv.node.changes import Increment, Write
 from ringkv.node.conditional import OutcomeUnknown, Proposer
 from ringkv.node.coordinator import ConflictRetryExhausted, PreconditionFailed, QuorumUnavailable
 from ringkv.node.membership import Document, View
+from ringkv.node.peerops import Request, read_op
 from ringkv.node.records import Record
 from ringkv.node.replica import LocalReplica
 from ringkv.node.ring import key_token
@@ -104,7 +105,7 @@ class Node:
     def repaired(self, name: str) -> None:
         pass
 
-    async def call(self, name: str, method: str, args: Any) -> Any:
+    async def call(self, name: str, request: Request) -> Any:
         raise NotImplementedError
 
     async def quorum_read(self, key: bytes, level: str) -> Record | None:
@@ -112,7 +113,7 @@ class Node:
         found: list[Record | None] = []
         for name in self.view.target.replicas_for_token(key_token(key))[:2]:
             fut = asyncio.get_running_loop().create_future()
-            self.replica(name).send(["r", key, True], lambda r, e, f=fut: f.done() or (
+            self.replica(name).send(read_op(key, True), lambda r, e, f=fut: f.done() or (
                 f.set_exception(e) if e else f.set_result(r)))
             wire = await fut
             found.append(None if wire is None else Record.from_wire(wire))

@@ -21,7 +21,7 @@ import msgpack
 from aiohttp import ClientConnectionResetError, web
 from aiohttp.web_protocol import RequestPayloadError
 
-from . import backup, preconditions
+from . import backup, peerops, preconditions
 from .backup import Backups
 from .changelog import ChangeLog
 from .changes import Increment, parse_int
@@ -433,7 +433,7 @@ class Node(Protocol):
     @property
     def synchronous(self) -> str: ...
 
-    async def call(self, name: str, method: str, args: Any) -> Any: ...
+    async def call(self, name: str, request: peerops.Request) -> Any: ...
 
     async def status(self, fresh: bool = False) -> dict[str, Any]: ...
 
@@ -603,7 +603,7 @@ class Api:
         view = service.view
         names = list(view.by_name)
         statuses = await asyncio.gather(
-            *(asyncio.wait_for(service.call(n, "status", {"fresh": True}), 5.0) for n in names),
+            *(asyncio.wait_for(service.call(n, peerops.status(fresh=True)), 5.0) for n in names),
             return_exceptions=True,
         )
         members = []
@@ -660,7 +660,7 @@ class Api:
         service = self.service
         names = list(service.view.by_name)
         answers = await asyncio.gather(
-            *(asyncio.wait_for(service.call(n, "stats", since), 5.0) for n in names),
+            *(asyncio.wait_for(service.call(n, peerops.stats(since)), 5.0) for n in names),
             return_exceptions=True,
         )
         members = []

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
+from . import peerops
 from .coordinator import QuorumUnavailable
 from .membership import View, needed
 from .records import Record
@@ -199,7 +200,7 @@ class Backups:
             seg, reps = self._segment(view, token if key is not None else token + 1)
             hi = min(seg.hi, rng.hi)
             scan, after = ((TokenRange(token, hi), None) if key is None
-                           else (TokenRange(max(seg.lo, rng.lo), hi), [token, key]))
+                           else (TokenRange(max(seg.lo, rng.lo), hi), (token, key)))
             voters = self.service.coordinator.read_voters(view, reps)
             async with self.service.rebalancer.pacer.turn() as turn:
                 try:
@@ -222,8 +223,8 @@ class Backups:
         _, his, segments = self._segments
         return segments[bisect.bisect_left(his, token)]
 
-    async def _scan(self, voters: list[str], need: int, scan: TokenRange, after: list[Any] | None,
-                    limit: int) -> list[list[Record]]:
+    async def _scan(self, voters: list[str], need: int, scan: TokenRange,
+                    after: peerops.Cursor | None, limit: int) -> list[list[Record]]:
         """The range from `need` of the voters, in order: one that fails is replaced by the
         next (a rebuilding replica refuses, a dead one times out)."""
         answers: list[list[Record]] = []
@@ -231,7 +232,7 @@ class Backups:
         while len(answers) < need and len(rest) >= need - len(answers):
             ask, rest = rest[: need - len(answers)], rest[need - len(answers):]
             results = await asyncio.gather(
-                *(self.service.call(name, "scan", [scan.lo, scan.hi, after, limit]) for name in ask),
+                *(self.service.call(name, peerops.scan(scan.lo, scan.hi, after, limit)) for name in ask),
                 return_exceptions=True)
             for name, result in zip(ask, results, strict=True):
                 if isinstance(result, StaleEpoch):
@@ -280,7 +281,7 @@ class Backups:
         """Hand a finished backup's report to every member; the names that took it."""
         names = list(self.service.view.by_name)
         results = await asyncio.gather(
-            *(asyncio.wait_for(self.service.call(n, "backup_report", asdict(report)), 5.0)
+            *(asyncio.wait_for(self.service.call(n, peerops.backup_report(asdict(report))), 5.0)
               for n in names),
             return_exceptions=True)
         return [n for n, r in zip(names, results, strict=True) if not isinstance(r, BaseException)]

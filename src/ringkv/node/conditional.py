@@ -40,6 +40,7 @@ from .coordinator import (
 )
 from .membership import View, needed
 from .paxos import Ballot, Promise, Proposal
+from .peerops import write_op
 from .records import Record
 from .ring import key_token
 from .storage import StorageFull
@@ -460,5 +461,5 @@ class Proposer:
 
 def repair_op(record: Record) -> list[Any]:
     """A plain replica write that merges (never refuses): what read repair sends."""
-    return ["w", record.to_wire(), False]
+    return write_op(record, False)
 

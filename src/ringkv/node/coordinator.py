@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
+from . import peerops
 from .membership import View, needed
+from .peerops import Request, read_op, write_op
 from .records import Record, expiry
 from .ring import key_token
 from .storage import KeyInfo, StorageFull
@@ -119,7 +121,7 @@ class Cluster(Protocol):
 
     def repaired(self, name: str) -> None: ...
 
-    async def call(self, name: str, method: str, args: Any) -> Any: ...
+    async def call(self, name: str, request: Request) -> Any: ...
 
 
 @dataclass
@@ -245,7 +247,7 @@ class Coordinator:
         """Send the record to every replica in the tally. With `refuse`, a replica holding a
         newer version refuses (rule 2); without, that replica counts as an ack."""
         decided = self._future()
-        op = ["w", rec.to_wire(), refuse]
+        op = write_op(rec, refuse)
         members = self.cluster.view.by_name
 
         def on_done(name: str, res: Any, exc: BaseException | None) -> None:
@@ -363,7 +365,7 @@ class Coordinator:
         """The full record of the newest version from a holder that answered a digest."""
         for name in [n for n, (version, _) in answers.items() if version == newest]:
             try:
-                res = await self.cluster.replica(name).submit(["r", key, True])
+                res = await self.cluster.replica(name).submit(read_op(key, True))
             except PeerError as exc:
                 self.cluster.replica_failed(name, exc)
                 continue
@@ -377,7 +379,7 @@ class Coordinator:
         if record is None or (version is not None and version >= record.version):
             return
         self.cluster.repaired(name)
-        self.cluster.replica(name).send(["w", record.to_wire(), False], _ignore_result)
+        self.cluster.replica(name).send(write_op(record, False), _ignore_result)
 
     # -- list ---------------------------------------------------------------------------
     async def list_keys(
@@ -391,7 +393,7 @@ class Coordinator:
         view = self.cluster.view
         names = list(view.by_name)
         results = await asyncio.gather(
-            *(self.cluster.call(n, "list", [prefix, after, limit]) for n in names),
+            *(self.cluster.call(n, peerops.list_keys(prefix, after, limit)) for n in names),
             return_exceptions=True,
         )
         pages: list[list[KeyInfo]] = []
@@ -431,7 +433,7 @@ class Coordinator:
         target = view.target.replicas_for_token(token)
         base = view.base.replicas_for_token(token)
         names = list(dict.fromkeys([*target, *base]))
-        futures = [self.cluster.replica(n).submit(["r", key, True]) for n in names]
+        futures = [self.cluster.replica(n).submit(read_op(key, True)) for n in names]
         results = await asyncio.gather(*futures, return_exceptions=True)
         now = self.cluster.clock.physical_ms()
         out = []
@@ -497,7 +499,7 @@ class _Read:
                 else:
                     self.done(name, record, None)
             else:
-                cluster.replica(name).send(["r", self.key, name == self.full_from],
+                cluster.replica(name).send(read_op(self.key, name == self.full_from),
                                            partial(self.done, name))
 
     def speculate(self) -> None:

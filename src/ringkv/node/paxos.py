@@ -31,6 +31,7 @@ from typing import Any
 
 import msgpack
 
+from .peerops import ACCEPT, COMMIT, PAXOS_OPS, PREPARE
 from .records import Record
 from .versions import MAX_HLC, ZERO, Version, valid_node_name
 
@@ -40,16 +41,15 @@ Ballot = Version
 # its own that reached some replicas but not a quorum from any replica that still does.
 RECENT = 32
 
-# The replica ops, as they travel in batch frames (plain msgpack lists, like "w" and "r"):
+# The replica ops (their kinds, beside every other peer op, are in `peerops`), as they
+# travel in batch frames (plain msgpack lists, like the writes and reads):
 #   [PREPARE, key, [hlc, node, recent]]          -> promise (`promise_reply`; the latest
 #                                                   decisions only if `recent`)
 #   [ACCEPT, key, [hlc, node, proposal]]         -> None (accepted) | [hlc, node] (the
 #                                                   promise that refuses it)
 #   [COMMIT, key, [hlc, node, proposal]]         -> None (learnt, record applied)
 # A proposal travels as [wire record, base hlc, base node]; None is the empty proposal
-# (accept only).
-PREPARE, ACCEPT, COMMIT = "pp", "pa", "pc"
-OPS = frozenset({PREPARE, ACCEPT, COMMIT})
+# (accept only). Built by `prepare_op`, `accept_op` and `commit_op`, read by `parse_op`.
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +260,7 @@ class Op:
 def parse_op(op: list[Any]) -> Op:
     """Check a paxos op from a peer; raises ValueError when it is malformed."""
     kind, key, arg = op
-    if kind not in OPS or not isinstance(key, bytes) or not key or not isinstance(arg, list) \
+    if kind not in PAXOS_OPS or not isinstance(key, bytes) or not key or not isinstance(arg, list) \
             or len(arg) != 3:
         raise ValueError("a paxos op is [kind, key, [hlc, node, arg]]")
     ballot = _ballot(arg[0], arg[1])

@@ -39,10 +39,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import paxos
+from . import paxos, peerops
 from .coverage import Coverage
 from .membership import View, intersecting
 from .pacer import Pacer, client_requests
+from .peerops import Cursor, Request
 from .records import Record
 from .ring import MAX_TOKEN, MIN_LO, TokenRange, key_token
 from .storage import bucket_range
@@ -70,7 +71,7 @@ class Host(Protocol):
     @property
     def trusted(self) -> bool: ...
 
-    async def call(self, name: str, method: str, args: Any) -> Any: ...
+    async def call(self, name: str, request: Request) -> Any: ...
 
     def caught_up(self, rebuilt: bool) -> None:
         """Catching up for the adopted epoch finished (`rebuilt`: every range it holds
@@ -257,7 +258,7 @@ class Rebalancer:
         while len(merged) < work.need:
             for source in [h for h in work.holders if h not in merged]:
                 try:
-                    await self.host.call(source, "membership", view.doc.to_json())
+                    await self.host.call(source, peerops.membership(view.doc.to_json()))
                     await self.merge_from(source, piece, self.progress)
                     await self.merge_paxos_from(source, piece)
                 except Exception as exc:
@@ -281,7 +282,7 @@ class Rebalancer:
         local = self.host.local
         async with self.pacer.turn():  # a digest scans the range on both nodes
             mine = await local.run(local.storage.digest, rng, DIGEST_BUCKETS)
-            theirs = await self.host.call(source, "digest", [rng.lo, rng.hi, DIGEST_BUCKETS])
+            theirs = await self.host.call(source, peerops.digest(rng.lo, rng.hi, DIGEST_BUCKETS))
         if not any(mine):
             return await self.pull(source, rng, progress) if any(theirs) else 0
         merged = 0
@@ -296,17 +297,17 @@ class Rebalancer:
         held = {key: (hlc, node) for _, key, hlc, node in
                 await local.run(local.storage.key_versions, rng, None, 1 << 62)}
         wanted: list[bytes] = []
-        after: list[Any] | None = None
+        after: Cursor | None = None
         while True:
             async with self.pacer.turn():
-                page = await self.host.call(source, "versions", [rng.lo, rng.hi, after, PAGE])
+                page = await self.host.call(source, peerops.versions(rng.lo, rng.hi, after, PAGE))
             for _token, key, hlc, node in page:
                 mine = held.get(key)
                 if mine is None or (hlc, node) > mine:
                     wanted.append(key)
             if len(page) < PAGE:
                 break
-            after = [page[-1][0], page[-1][1]]
+            after = (page[-1][0], page[-1][1])
         merged = 0
         for start in range(0, len(wanted), PAGE):
             merged += await self._fetch(source, wanted[start:start + PAGE], progress)
@@ -314,7 +315,7 @@ class Rebalancer:
 
     async def _fetch(self, source: str, keys: Sequence[bytes], progress: Progress | None) -> int:
         async with self.pacer.turn() as turn:
-            records = [Record.from_wire(w) for w in await self.host.call(source, "fetch", list(keys))]
+            records = [Record.from_wire(w) for w in await self.host.call(source, peerops.fetch(list(keys)))]
             await self.host.local.apply_repairs(records)
             turn.bytes = sum(len(r.key) + len(r.value) for r in records)
         self._received(records, turn.bytes, progress)
@@ -322,11 +323,11 @@ class Rebalancer:
 
     async def pull(self, source: str, rng: TokenRange, progress: Progress | None = None) -> int:
         """Stream one range from one source into local storage; LWW merge, never refuse."""
-        after: list[Any] | None = None
+        after: Cursor | None = None
         merged = 0
         while True:
             async with self.pacer.turn() as turn:
-                page = await self.host.call(source, "scan", [rng.lo, rng.hi, after, PAGE])
+                page = await self.host.call(source, peerops.scan(rng.lo, rng.hi, after, PAGE))
                 records = [Record.from_wire(w) for w in page]
                 await self.host.local.apply_repairs(records)
                 turn.bytes = sum(len(r.key) + len(r.value) for r in records)
@@ -337,7 +338,7 @@ class Rebalancer:
             if len(page) < PAGE:
                 return merged
             last = records[-1]
-            after = [last.token, last.key]
+            after = (last.token, last.key)
 
     def _received(self, records: list[Record], size: int, progress: Progress | None) -> None:
         """Count what catching up brought (anti-entropy counts its own, see its round)."""
@@ -352,15 +353,15 @@ class Rebalancer:
         decisions it learnt): whatever a round left on a quorum of the range's replicas is
         then on this node too, so the quorums of the new replicas still meet it (a range's
         replicas can change completely). The newer of each part wins (`paxos.merge`)."""
-        after: list[Any] | None = None
+        after: Cursor | None = None
         while True:
             async with self.pacer.turn():
-                page = await self.host.call(source, "paxos_scan", [rng.lo, rng.hi, after, PAGE])
+                page = await self.host.call(source, peerops.paxos_scan(rng.lo, rng.hi, after, PAGE))
                 rows = [(row[0], paxos.state_from_row(row[1:], trusted=False)) for row in page]
                 await self.host.local.merge_paxos(rows)
             if len(page) < PAGE:
                 return
-            after = [key_token(rows[-1][0]), rows[-1][0]]
+            after = (key_token(rows[-1][0]), rows[-1][0])
 
     async def cleanup(self, epoch: int) -> int:
         """Drop copies of ranges this node no longer replicates (only on a settled epoch)."""

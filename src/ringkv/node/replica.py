@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from . import paxos
 from .paxos import PaxosState
+from .peerops import ACCEPT, COMMIT, PAXOS_OPS, PREPARE, READ, WRITE
 from .records import Record
 from .storage import PaxosRow, Storage, StorageBusy, StorageFull
 from .transport import Done, RemoteError, future_done
@@ -31,10 +32,6 @@ from .versions import HybridClock, Version
 T = TypeVar("T")
 log = logging.getLogger("ringkv.replica")
 
-# Replica operations, as they travel in batch frames (and the Paxos ops of `paxos`):
-#   ["w", wire_record, refuse]  -> None (stored) | [hlc, node] (a newer version is stored)
-#   ["r", key, full]            -> None | wire_record (full) | [hlc, node, tombstone 0/1, expires]
-WRITE, READ = "w", "r"
 # Records committed on the event loop between two WAL checkpoints (on the storage thread;
 # SQLite's own automatic checkpoint would run inside a commit, on the loop). Writes wait
 # for a checkpoint, so its size is write latency: at 64 clients, 5,000 gave p99 45-53 ms,
@@ -89,12 +86,12 @@ class LocalReplica:
         self._thread.start()
 
     def send(self, op: list[Any], done: Done) -> None:
-        """The same interface as a peer link: a read completes at once (inside this call),
-        a write after its group commit."""
+        """The same interface as a peer link (the ops are `peerops`'): a read completes at
+        once (inside this call), a write after its group commit."""
         if op[0] == WRITE:  # from this node's coordinator or hint replay: trusted
             self.write(Record.from_wire(op[1], trusted=True), done)
             return
-        if op[0] in paxos.OPS:
+        if op[0] in PAXOS_OPS:
             self.paxos(paxos.parse_op(op), done)
             return
         try:
@@ -165,7 +162,7 @@ class LocalReplica:
                     records.append(rec)
                 elif op[0] == READ and isinstance(op[1], bytes):
                     results[i] = self.read(op[1], bool(op[2]))
-                elif op[0] in paxos.OPS:
+                elif op[0] in PAXOS_OPS:
                     parsed = paxos.parse_op(op)
                     waiting[0] += 1
                     self.paxos(parsed, partial(answered, i))
@@ -209,7 +206,7 @@ class LocalReplica:
         """Serve a Paxos op by the acceptor's rules (`paxos.on_*`); the answer goes once the
         state it depends on is committed."""
         try:
-            if op.kind != paxos.COMMIT and (not self.trusted or self._loop.time() < self.paxos_from):
+            if op.kind != COMMIT and (not self.trusted or self._loop.time() < self.paxos_from):
                 # Data the membership does not count on (lost, replaced, not merged yet):
                 # promises and accepted proposals may have gone with it, so it neither
                 # promises nor accepts. A commit is a decided write: applied as one.
@@ -222,14 +219,14 @@ class LocalReplica:
         self.clock.observe(op.ballot.hlc)
         key = op.key
         before = self.paxos_state(key)
-        if op.kind == paxos.PREPARE:
+        if op.kind == PREPARE:
             after, granted = paxos.on_prepare(before, op.ballot)
             # Read the record once the group commit is done: a decision still being
             # committed is then in it.
             self._persist(key, before, after, [],
                           lambda: paxos.promise_reply(granted, before, self.storage.get(key),
                                                       op.recent), done)
-        elif op.kind == paxos.ACCEPT:
+        elif op.kind == ACCEPT:
             after, accepted = paxos.on_accept(before, op.ballot, op.proposal)
             refusal = None if accepted else [before.promised.hlc, before.promised.node]
             self._persist(key, before, after, [], lambda: refusal, done)

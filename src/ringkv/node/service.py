@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from . import membership, paxos
+from . import membership, paxos, peerops
 from .backup import Backups
 from .changelog import ChangeLog
 from .conditional import Proposer
@@ -22,6 +22,7 @@ from .config import Settings
 from .coordinator import Coordinator
 from .membership import Document, InvalidDocument, View
 from .metrics import Metrics
+from .peerops import Request, write_op
 from .rebalance import Rebalancer
 from .records import Record
 from .replica import LocalReplica
@@ -293,18 +294,21 @@ class NodeService:
         except InvalidDocument as exc:
             log.warning("peer sent an invalid membership document: %s", exc)
 
-    async def call(self, name: str, method: str, args: Any) -> Any:
+    async def call(self, name: str, request: Request) -> Any:
+        """One unbatched RPC (built by `peerops`) to a member; this node serves its own."""
         if name == self.name:
-            handler = self.internal_handlers()[method]
-            return await handler(args)
-        return await self.link(name).call(method, args)
+            handler = self.internal_handlers()[request.method]
+            return await handler(request.args)
+        return await self.link(name).call(request.method, request.args)
 
     def internal_handlers(self) -> dict[str, Any]:
-        return {"membership": self._rpc_membership, "list": self._rpc_list,
-                "status": self._rpc_status, "scan": self._rpc_scan, "digest": self._rpc_digest,
-                "versions": self._rpc_versions, "fetch": self._rpc_fetch,
-                "paxos_scan": self._rpc_paxos_scan, "cleanup": self._rpc_cleanup,
-                "backup_report": self.backups.rpc_report, "stats": self._rpc_stats}
+        """The unbatched RPCs this node serves, one per `peerops.RPCS`."""
+        return {peerops.MEMBERSHIP: self._rpc_membership, peerops.LIST: self._rpc_list,
+                peerops.STATUS: self._rpc_status, peerops.SCAN: self._rpc_scan,
+                peerops.DIGEST: self._rpc_digest, peerops.VERSIONS: self._rpc_versions,
+                peerops.FETCH: self._rpc_fetch, peerops.PAXOS_SCAN: self._rpc_paxos_scan,
+                peerops.CLEANUP: self._rpc_cleanup, peerops.BACKUP_REPORT: self.backups.rpc_report,
+                peerops.STATS: self._rpc_stats}
 
     def replica_failed(self, name: str, exc: BaseException) -> None:
         self.metrics.replica_errors.labels(name, type(exc).__name__).inc()
@@ -333,25 +337,22 @@ class NodeService:
         return {"adopted": adopted, "epoch": self.epoch}
 
     async def _rpc_list(self, args: Any) -> list[Any]:
-        prefix, after, limit = args
-        infos = self.local.storage.list_keys(prefix, after, int(limit))
+        prefix, after, limit = peerops.list_args(args)
+        infos = self.local.storage.list_keys(prefix, after, limit)
         return [[i.key, i.version.hlc, i.version.node, i.tombstone, i.expires_ms] for i in infos]
 
     async def _rpc_status(self, args: Any) -> dict[str, Any]:
-        return await self.status(fresh=isinstance(args, dict) and bool(args.get("fresh")))
+        return await self.status(fresh=peerops.status_args(args))
 
     def _source(self) -> None:
         if not self.local.trusted:  # its ranges may be incomplete: never a source
             raise RemoteError("rebuilding", f"{self.name} is rebuilding its data")
 
     async def _page(self, read: Callable[..., Any], args: Any) -> Any:
-        """One page of a range from this node as a source: `args` is [lo, hi, after,
-        limit], `after` a (token, key) cursor or None, at most 5,000 entries a page."""
+        """One page of a range from this node as a source (`peerops.page_args`)."""
         self._source()
-        lo, hi, after, limit = args
-        return await self.local.run(read, TokenRange(lo, hi),
-                                    None if after is None else (after[0], after[1]),
-                                    min(int(limit), 5000))
+        page = peerops.page_args(args)
+        return await self.local.run(read, TokenRange(page.lo, page.hi), page.after, page.limit)
 
     async def _rpc_scan(self, args: Any) -> list[Any]:
         records = await self._page(self.local.storage.scan_range, args)
@@ -364,9 +365,8 @@ class NodeService:
 
     async def _rpc_digest(self, args: Any) -> list[int]:
         self._source()
-        lo, hi, buckets = args
-        return await self.local.run(self.local.storage.digest, TokenRange(lo, hi),
-                                    min(int(buckets), 4096))
+        lo, hi, buckets = peerops.digest_args(args)
+        return await self.local.run(self.local.storage.digest, TokenRange(lo, hi), buckets)
 
     async def _rpc_versions(self, args: Any) -> list[Any]:
         rows = await self._page(self.local.storage.key_versions, args)
@@ -374,14 +374,15 @@ class NodeService:
 
     async def _rpc_fetch(self, keys: Any) -> list[Any]:
         self._source()
-        records = await self.local.run(self.local.storage.get_many, list(keys)[:5000])
+        records = await self.local.run(self.local.storage.get_many,
+                                       peerops.fetch_args(keys))
         return [r.to_wire() for r in records]
 
     async def _rpc_cleanup(self, epoch: Any) -> int:
-        return await self.rebalancer.cleanup(int(epoch))
+        return await self.rebalancer.cleanup(peerops.cleanup_args(epoch))
 
     async def _rpc_stats(self, since: Any) -> dict[str, Any]:
-        return self.stats(since if type(since) is int else None)
+        return self.stats(peerops.stats_args(since))
 
     async def counts(self, fresh: bool = False) -> tuple[int, int, int]:
         """(records, tombstones, hints pending): exact when `fresh`, else at most
@@ -475,7 +476,7 @@ class NodeService:
                 hints = await self.local.run(storage.hints_for, target, HINT_BATCH)
                 if not hints:
                     break
-                futures = [link.submit(["w", h.record.to_wire(), False]) for h in hints]
+                futures = [link.submit(write_op(h.record, False)) for h in hints]
                 results = await asyncio.gather(*futures, return_exceptions=True)
                 done = [h.id for h, r in zip(hints, results, strict=True)
                         if not isinstance(r, BaseException)]

@@ -20,6 +20,7 @@ from kube_harness import (
     Emulator,
     Nodes,
     OperatorThread,
+    StatusNode,
     chart_role,
     eventually,
 )
@@ -78,3 +79,19 @@ def nodes(tmp_path: Path) -> Iterator[Nodes]:
         group.stop_all()
 
 
+
+
+@pytest.fixture
+async def status_node() -> AsyncIterator[Callable[..., Awaitable[StatusNode]]]:
+    """`await status_node(name)` starts a `StatusNode` (a node that answers the operator but
+    holds no data); all are stopped at teardown."""
+    started: list[StatusNode] = []
+
+    async def start(name: str, **kwargs: object) -> StatusNode:
+        node = await StatusNode(name, **kwargs).start()  # type: ignore[arg-type]
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        await node.stop()

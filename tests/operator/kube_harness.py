@@ -30,7 +30,9 @@ import rbac
 from harness import API_TOKEN, CLUSTER_TOKEN, NodeProcess, free_ports, http
 from helmchart import env_of, find, render
 
-from ringkv.node.membership import Document
+from ringkv.node import peerops
+from ringkv.node.membership import Document, InvalidDocument
+from ringkv.node.transport import Done, InternalServer, RemoteError
 from ringkv.operator.controller import Policy
 from ringkv.operator.kube import Config, LabelSelector, Operator, Pod
 
@@ -459,6 +461,84 @@ def make_config(addresses: dict[str, tuple[str, str]], interval: float = 0.5,
                   policy=Policy(rf=rf, down_grace=down_grace), interval=interval,
                   resync_interval=resync_interval, statefulset=statefulset,
                   metrics_port=metrics_port)
+
+
+# -- nodes that answer the controller but hold no data ----------------------------------------
+
+@dataclass
+class StatusNode:
+    """A node as the operator sees it, without data: a real `InternalServer` on 127.0.0.1,
+    authenticated with the cluster token, answering the peer protocol's `status`,
+    `membership` and `cleanup` calls as `NodeService` does (its name and data id, the epoch
+    it holds; a pushed document adopted only when newer; a request at an older epoch
+    answered "stale" with its document). The operator admits a node only once it answers
+    in its own name, so a pod that should join needs one of these (or a real node).
+
+    It holds no ranges and pulls nothing: it reports `caught_up` only when a test says so,
+    so a joining member stays joining while the test looks at it. Replica operations are
+    refused.
+    """
+
+    name: str
+    caught_up: bool = False
+    data_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    port: int = 0
+    doc: Document | None = None
+    adopted: list[int] = field(default_factory=list)
+    _server: InternalServer | None = field(default=None, init=False, repr=False)
+
+    @property
+    def epoch(self) -> int:
+        return self.doc.epoch if self.doc is not None else 0
+
+    @property
+    def address(self) -> tuple[str, str]:
+        """(peer address, API URL) for `make_config`; nothing listens on the API URL."""
+        return f"127.0.0.1:{self.port}", f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> StatusNode:
+        if not self.port:
+            (self.port,) = free_ports(1)
+        self._server = InternalServer(
+            self.name, CLUSTER_TOKEN, self._batch,
+            {peerops.STATUS: self._status, peerops.MEMBERSHIP: self._membership,
+             peerops.CLEANUP: self._cleanup},
+            epoch=lambda: self.epoch,
+            document=lambda: self.doc.to_json() if self.doc is not None else None)
+        await self._server.start("127.0.0.1", self.port)
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop()
+            self._server = None
+
+    def _batch(self, _ops: list[Any], reply: Done) -> None:
+        reply(None, RemoteError("rebuilding", f"{self.name} holds no data"))
+
+    async def _status(self, _args: Any) -> dict[str, Any]:
+        member = self.doc.member(self.name) if self.doc is not None else None
+        return {"node": self.name, "epoch": self.epoch, "ready": member is not None,
+                "caught_up": self.caught_up, "data_id": self.data_id,
+                "trusted": False, "waiting": [],
+                "settled_epoch_acked": self.epoch if self.doc is not None and self.doc.settled
+                else 0,
+                "records": 0, "tombstones": 0, "hints_pending": 0,
+                "rebuilding": member is not None, "disk_full": False}
+
+    async def _membership(self, args: Any) -> dict[str, Any]:
+        try:
+            doc = Document.from_json(args)
+        except InvalidDocument as exc:
+            raise RemoteError("bad_request", str(exc)) from exc
+        adopted = doc.epoch > self.epoch
+        if adopted:
+            self.doc = doc
+            self.adopted.append(doc.epoch)
+        return {"adopted": adopted, "epoch": self.epoch}
+
+    async def _cleanup(self, _epoch: Any) -> int:
+        return 0
 
 
 # -- node processes ---------------------------------------------------------------------------

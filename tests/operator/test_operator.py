@@ -2,8 +2,10 @@
 
 Pods here have no node processes behind them (their addresses are closed ports), so every
 status poll and push fails: the operator must still keep the membership right, and its
-failures must cost nothing but log lines. The tests with real nodes are in
-test_operator_nodes.py.
+failures must cost nothing but log lines. A pod that joins an existing membership is the
+exception: the operator adds a node only once it answers in its own name, so such a pod
+has a `StatusNode` behind it (our peer protocol, answering status and pushes, holding no
+data and never caught up). The tests with real nodes are in test_operator_nodes.py.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import contextlib
 from dataclasses import replace
 
 import aiohttp.web
-from harness import http
+from harness import free_ports, http
 from kube_harness import SELECTOR, eventually, make_config
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -39,12 +41,14 @@ def assert_pods_untouched(k8s) -> None:
     assert k8s.pod_versions_with_operator_marks() == []
 
 
-async def test_running_node_pods_form_the_cluster_and_new_ones_join(k8s, operators) -> None:
+async def test_running_node_pods_form_the_cluster_and_new_ones_join(
+        k8s, operators, status_node) -> None:
     for name in ("kv-0", "kv-1", "kv-2"):
         await k8s.create_pod(name)
     await k8s.create_pod("kv-3", phase="Pending")
     await k8s.create_pod("web-0", labels={"app.kubernetes.io/name": "web"})  # not a node
-    await operators(make_config({}))
+    kv3 = await status_node("kv-3")
+    await operators(make_config({"kv-3": kv3.address}))
 
     doc = await membership(k8s, lambda d: d.epoch == 1, "epoch 1")
     assert doc.names == ("kv-0", "kv-1", "kv-2")
@@ -53,6 +57,7 @@ async def test_running_node_pods_form_the_cluster_and_new_ones_join(k8s, operato
     await k8s.set_phase("kv-3", "Running")
     doc = await membership(k8s, lambda d: "kv-3" in d.names, "kv-3 to join")
     assert (doc.epoch, doc.member("kv-3").state, doc.settled) == (2, "joining", False)
+    assert doc.member("kv-3").data_id == kv3.data_id
     assert doc.base == ("kv-0", "kv-1", "kv-2")
     assert await eventually(lambda: _has(k8s, "NodeJoined"), 10, "a NodeJoined Event")
     assert (await reasons(k8s))[0] == "ClusterFormed"
@@ -67,10 +72,12 @@ async def _has(k8s, reason: str) -> bool:
     return reason in await reasons(k8s)
 
 
-async def test_a_terminating_pod_leaves_before_it_is_gone(k8s, operators) -> None:
+async def test_a_terminating_pod_leaves_before_it_is_gone(k8s, operators, status_node) -> None:
     for name in ("kv-0", "kv-1", "kv-2", "kv-3"):
         await k8s.create_pod(name)
-    await operators(make_config({}))
+    (port,) = free_ports(1)
+    address = (f"127.0.0.1:{port}", f"http://127.0.0.1:{port}")
+    await operators(make_config({"kv-1": address}))
     await membership(k8s, lambda d: d.epoch == 1, "epoch 1")
 
     await k8s.terminate_pod("kv-1")  # still listed, with a deletionTimestamp
@@ -79,8 +86,10 @@ async def test_a_terminating_pod_leaves_before_it_is_gone(k8s, operators) -> Non
     assert doc.base == ("kv-0", "kv-1", "kv-2", "kv-3")
     assert await eventually(lambda: _has(k8s, "NodeRemoved"), 10, "a NodeRemoved Event")
 
-    # The pod disappearing for good and coming back: it rejoins as a new member.
+    # The pod disappearing for good and coming back: it rejoins as a new member, once its
+    # node answers.
     await k8s.remove_pod("kv-1")
+    await status_node("kv-1", port=port)
     await k8s.create_pod("kv-1")
     doc = await membership(k8s, lambda d: "kv-1" in d.names, "kv-1 to rejoin")
     assert (doc.epoch, doc.member("kv-1").state) == (3, "joining")
@@ -125,12 +134,13 @@ async def test_pods_deleted_before_kopf_lists_them_are_found_by_a_re_list(k8s, o
     assert doc.names == ("kv-0", "kv-1", "kv-3") and deleted == ["kv-2"]
 
 
-async def test_pods_are_never_written_to(k8s, operators) -> None:
+async def test_pods_are_never_written_to(k8s, operators, status_node) -> None:
     """No finalizer, no annotation, no patch on any pod, across a full pod lifecycle."""
     for name in ("kv-0", "kv-2", "kv-3"):
         await k8s.create_pod(name)
     await k8s.create_pod("kv-1", phase="Pending")
-    await operators(make_config({}))
+    kv1 = await status_node("kv-1")
+    await operators(make_config({"kv-1": kv1.address}))
     await membership(k8s, lambda d: d.epoch == 1, "epoch 1")
     await k8s.set_phase("kv-1", "Running")
     await membership(k8s, lambda d: "kv-1" in d.names, "kv-1 to join")

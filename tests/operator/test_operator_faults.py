@@ -192,16 +192,19 @@ async def test_a_configmap_edited_by_hand_is_replaced_by_the_nodes_document(
 
 
 async def test_a_configmap_deleted_while_a_node_joins_keeps_it_joining(
-        k8s, nodes, operators) -> None:
-    """kv-3's pod is Running but its node does not answer yet, so it is a joining member
-    that has pulled nothing. The ConfigMap is deleted: the operator re-issues the nodes'
+        k8s, nodes, operators, status_node) -> None:
+    """kv-3's pod is Running and answers, but has pulled nothing yet (a `StatusNode` on
+    its address, which never catches up, stands in for its node), so it is a joining
+    member that holds no data. The ConfigMap is deleted: the operator re-issues the nodes'
     document, with kv-3 still joining, rather than a fresh one that would make it a
-    normal replica with no data."""
+    normal replica with no data. Then kv-3's real node takes over its address and joins."""
     _, before, written = await start_cluster(k8s, nodes, operators, sorted(STEADY),
                                              spare=("kv-3",))
+    pulling = await status_node("kv-3", port=nodes.procs["kv-3"].internal_port)
     await k8s.create_pod("kv-3")
     joining = await eventually(lambda: _joining(k8s, "kv-3"), 30, "kv-3 to be joining")
     assert joining.epoch == before.epoch + 1
+    assert joining.member("kv-3").data_id == pulling.data_id
 
     await k8s.call("DELETE", k8s.configmap_url)
     doc = await eventually(k8s.document, 30, "the ConfigMap to be back")
@@ -211,6 +214,7 @@ async def test_a_configmap_deleted_while_a_node_joins_keeps_it_joining(
     assert all(d.member("kv-3") is None or d.member("kv-3").state == "joining"
                for d in k8s.operator_documents())  # never normal before it pulled a thing
 
+    await pulling.stop()  # the real node takes its address, with its own data id
     await nodes.start("kv-3")
     await settled(k8s, nodes, {*STEADY, "kv-3"}, above=doc.epoch)
     await intact(nodes.procs["kv-3"], written)

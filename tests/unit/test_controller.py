@@ -240,14 +240,47 @@ def test_new_node_joins_as_joining_with_its_data_id() -> None:
                       settled=False, base=N5[:3])
 
 
+def test_new_node_is_added_only_once_it_answers_in_its_own_name() -> None:
+    """Two nodes started at once, observed alive before they listen: neither is a target
+    replica before it can acknowledge writes (issue 12, point 5)."""
+    cur = cluster(5, N5[:3])
+    seen = [*ALL5[:3], obs("node-5"), obs("node-6")]
+    assert step(cur, seen) is None
+    assert step(cur, seen, {"node-5": Report("node-9", 0, False, data_id="x")}) is None
+    assert waiting(cur, seen, {}, POLICY, {}) == [
+        f"{n}: not answering yet (it is added to the membership once it answers a status "
+        f"poll in its own name)" for n in ("node-5", "node-6")]
+    rs = reports(0, "node-5", caught_up=False)
+    new = step(cur, seen, rs)
+    assert new == doc(6, *(member(n) for n in N5[:3]), member("node-5", "joining"),
+                      settled=False, base=N5[:3])
+    assert [line.split(":")[0] for line in waiting(new, seen, rs, POLICY, {})] == ["node-6"]
+    both = step(new, seen, {**rs, **reports(0, "node-6", caught_up=False)})
+    assert both is not None and both.member("node-6") == member("node-6", "joining")
+    assert both.base == tuple(N5[:3])
+
+
+def test_removed_member_back_is_added_only_once_it_answers() -> None:
+    four = cluster(7, N5[:4])
+    assert step(four, [*ALL5[:4], obs("node-4")]) is None
+    new = step(four, [*ALL5[:4], obs("node-4")], reports(5, "node-4"))
+    assert new is not None and new.member("node-4") == member("node-4", "joining")
+
+
+def test_first_document_takes_every_alive_node_answering_or_not() -> None:
+    new = step(None, ALL5[:3], reports(0, "node-0"))
+    assert new is not None and new.names == tuple(N5[:3]) and new.settled
+
+
 def test_unwanted_new_node_is_not_added() -> None:
-    assert step(cluster(5, N5[:3]), [*ALL5[:3], obs("node-5", expected=False)]) is None
+    assert step(cluster(5, N5[:3]), [*ALL5[:3], obs("node-5", expected=False)],
+                reports(0, "node-5")) is None
 
 
 def test_changes_before_a_settle_keep_the_base_and_move_the_target() -> None:
     cur = doc(6, *(member(n) for n in N5[:4]), settled=False, base=N5)
-    new = step(cur, [*ALL5[:4], obs("node-6")])
-    assert new == doc(7, *(member(n) for n in N5[:4]), member("node-6", "joining", ""),
+    new = step(cur, [*ALL5[:4], obs("node-6")], reports(0, "node-6", caught_up=False))
+    assert new == doc(7, *(member(n) for n in N5[:4]), member("node-6", "joining"),
                       settled=False, base=N5)
     # node-4 is gone already: node-3 absent too leaves some of their ranges one live copy,
     # so node-3 is not dropped however long it is away.
@@ -264,7 +297,8 @@ def test_address_only_change_bumps_the_epoch_but_moves_no_range() -> None:
 
 
 def test_existing_document_keeps_its_own_rf() -> None:
-    new = step(settled5(), [*ALL5, obs("node-5")], policy=Policy(rf=5))
+    new = step(settled5(), [*ALL5, obs("node-5")], reports(0, "node-5", caught_up=False),
+               policy=Policy(rf=5))
     assert new is not None and new.rf == 3
 
 

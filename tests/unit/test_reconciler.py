@@ -274,6 +274,23 @@ async def test_failed_cleanup_is_retried_for_that_node_only() -> None:
     assert sorted(e[2] for e in w.cleanups()) == NAMES
 
 
+async def test_new_node_that_does_not_answer_yet_is_not_added_and_said_so() -> None:
+    w = make_world(NAMES[:3], Document(1, 3, tuple(member(n) for n in NAMES[:3])))
+    w.source.alive["node-3"] = True
+    w.nodes.nodes["node-3"] = FakeNode()
+    w.nodes.unreachable.add("node-3")  # running, not listening yet
+    for _ in range(2):
+        doc = await w.rec.reconcile_once()
+        assert doc is not None and doc.epoch == 1 and "node-3" not in doc.names
+    assert w.store.status["waiting"] == [
+        "node-3: not answering yet (it is added to the membership once it answers a status "
+        "poll in its own name)"]
+    w.nodes.unreachable.clear()
+    final = await w.settle()
+    assert final.names == tuple(NAMES) and w.store.status["waiting"] == []
+    assert w.changes[0] == "epoch 2: node-3 joined (joining)"
+
+
 async def test_unresponsive_node_gives_no_report_and_blocks_only_the_settle() -> None:
     w = make_world(NAMES, settled4())
     w.source.alive["node-0"] = False

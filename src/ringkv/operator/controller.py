@@ -22,6 +22,9 @@ The rules that keep acknowledged data reachable (issue: never settle without the
   when the epoch settles, so a scale-in hands its data off before the pod goes.
 - A member whose data is not the data it was admitted with (`data_id`: a new volume) is
   demoted to `joining` and rebuilds before it counts again.
+- A new node (or a removed one back) is added only once it answers a status poll in its
+  own name (`admissible`): one observed alive that does not listen yet would be a target
+  replica that acknowledges nothing. Only the very first document takes every alive node.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ class Observed:
     """A node as the member source sees it (a launcher child, or a Kubernetes pod).
 
     `alive` is "Running and not terminating" for a pod, "process running" locally: a pod
-    joins once Running, not Ready, because readiness itself needs membership. `expected`
+    is polled once Running, not Ready, because readiness itself needs membership, and is
+    added once its node answers (`admissible`). `expected`
     is False once the source no longer wants the node (an ordinal at or past the
     StatefulSet's replicas, a launcher node being removed): its absence is for good.
     `forced`: a person asked to remove it whatever it costs (Cassandra's `removenode`):
@@ -173,6 +177,11 @@ def next_document(
     not_wanted = frozenset(n for n in unwanted(observed) if n not in alive or not alive[n].expected)
 
     if current is None:
+        # The first document takes every alive node, answering or not (unlike an addition,
+        # `admissible`): no write was acknowledged before it, so a member that listens a few
+        # seconds later costs none; forming from the first to answer alone would make the
+        # others join one by one and stream ranges for nothing. (When the store was lost,
+        # the nodes' own documents replace this one once they answer: `restore`.)
         members = tuple(
             Member(o.name, o.url, o.api_url, "normal",
                    own[o.name].data_id if o.name in own else "")
@@ -256,7 +265,7 @@ def _membership_change(
     remove: frozenset[str],
 ) -> Document | None:
     """Drop members gone for good, hand off the ones leaving on purpose, add new or
-    returning ones as joining, refresh addresses.
+    returning ones as joining once they answer (`admissible`), refresh addresses.
 
     Removals and additions in one call collapse into one document. The base is the last
     settled membership: while unsettled it stays put and only the target moves (rule 3).
@@ -299,11 +308,8 @@ def _membership_change(
             moved = True
         else:
             kept.append(m)
-    names = set(current.names)
-    added = [Member(o.name, o.url, o.api_url, "joining",
-                    own[o.name].data_id if o.name in own else "")
-             for o in alive.values()
-             if o.name not in names and o.expected and o.name not in remove]
+    added = [Member(o.name, o.url, o.api_url, "joining", own[o.name].data_id)
+             for o in admissible(current, alive, own, remove)]
     if all(m.state == "leaving" for m in kept + added):
         return None  # never hand everything off: someone must stay to hold the data
     if not (moved or added or readdressed):
@@ -313,6 +319,38 @@ def _membership_change(
         return Document(current.epoch + 1, current.rf, members, settled=False,
                         base=current.base_names())
     return replace(current, epoch=current.epoch + 1, members=members)
+
+
+def _newcomers(current: Document, alive: Mapping[str, Observed],
+               remove: frozenset[str]) -> list[Observed]:
+    """Alive nodes the source wants that are not members."""
+    names = set(current.names)
+    return [o for o in alive.values()
+            if o.name not in names and o.expected and o.name not in remove]
+
+
+def admissible(current: Document, alive: Mapping[str, Observed], own: Mapping[str, Report],
+               remove: frozenset[str] = frozenset()) -> list[Observed]:
+    """The alive, wanted nodes that are not members and may be added: those that answered
+    a status poll in their own name (`own`), so they listen and serve from the epoch that
+    admits them (Cassandra adds a node to the ring only once it gossips).
+
+    A node observed alive (a Running pod, a started process) may not listen for seconds
+    yet. Admitted then, it would sit in the target ring without answering: a range whose
+    target replicas include two such nodes has one replica that can acknowledge a write,
+    and every quorum write there fails until both serve (two added at once). A member
+    that was removed and comes back is a new node again, under the same rule.
+    """
+    return [o for o in _newcomers(current, alive, remove) if o.name in own]
+
+
+def unanswered(current: Document, observed: Sequence[Observed],
+               reports: Mapping[str, Report]) -> list[str]:
+    """Alive, wanted nodes not added yet because they have not answered in their own name
+    (see `admissible`)."""
+    own = _own_reports(reports)
+    return sorted(o.name for o in _newcomers(current, alive_nodes(observed), forced(observed))
+                  if o.name not in own)
 
 
 def removal_safe(view: View, name: str, alive: Iterable[str]) -> bool:
@@ -385,7 +423,8 @@ def waiting(doc: Document, observed: Sequence[Observed], reports: Mapping[str, R
             policy: Policy, absent: Mapping[str, float]) -> list[str]:
     """Why the membership cannot move on, in words (for Events, logs and `/v1/cluster`):
     absent members that cannot be dropped without losing a range's last live copies,
-    absent members that gained ranges, and what live members say blocks their catch-up."""
+    absent members that gained ranges, what live members say blocks their catch-up, and
+    new nodes not added because they do not answer yet."""
     alive = alive_nodes(observed)
     not_wanted = unwanted(observed)
     view = View(doc, policy.vnodes)
@@ -408,5 +447,7 @@ def waiting(doc: Document, observed: Sequence[Observed], reports: Mapping[str, R
         for m in doc.members:
             if m.name in fresh:
                 out += [f"{m.name}: {line}" for line in fresh[m.name].waiting]
+    out += [f"{name}: not answering yet (it is added to the membership once it answers a "
+            f"status poll in its own name)" for name in unanswered(doc, observed, reports)]
     return out
 

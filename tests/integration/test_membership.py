@@ -254,3 +254,66 @@ def test_nodes_added_two_at_once_move_about_the_ideal(tmp_path: Path) -> None:
         assert not rebalance["active"] and rebalance["ranges_left"] == 0, rebalance
     finally:
         cluster.stop()
+
+
+class Writer:
+    """Writes new keys, round-robin through the given URLs, at a steady pace while the
+    membership changes; every answer that is not 200 is kept (status, error code). Plain
+    HTTP, one attempt per write: the client's retries would hide a failed quorum."""
+
+    def __init__(self, urls: list[str], pause: float = 0.02) -> None:
+        self.urls = urls
+        self.pause = pause
+        self.ok = 0
+        self.errors: list[tuple[int, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            url = self.urls[i % len(self.urls)]
+            try:
+                r = http("PUT", f"{url}/v1/kv/paced/{i:06d}", f"v{i}".encode(), timeout=30)
+            except OSError as exc:
+                self.errors.append((0, type(exc).__name__))
+            else:
+                if r.status == 200:
+                    self.ok += 1
+                else:
+                    self.errors.append((r.status, r.json().get("error", {}).get("code", "")))
+            i += 1
+            self._stop.wait(self.pause)  # the pace of the load, not a wait for anything
+
+    def __enter__(self) -> Writer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+
+def test_two_nodes_added_at_once_fail_no_write(tmp_path: Path) -> None:
+    """Issue 12, point 5: `ringkv node add` twice in a row under a steady write load. A
+    new node is admitted only once it answers the controller, so no range has target
+    replicas that cannot acknowledge: not one write fails, from before the first add to
+    after the settle. (The replica timeout is long so that only unanswering replicas, not
+    a loaded machine, could fail a write.)"""
+    cluster = LocalCluster(tmp_path, nodes=3, rf=3,
+                           extra_env={"RINGKV_REPLICA_TIMEOUT": "5.0"}).start()
+    try:
+        keys = write_keys(cluster, "before", 200)
+        epoch = cluster.cluster_info()["epoch"]
+        with Writer(cluster.urls()) as writer:
+            wait_for(lambda: writer.ok >= 20, 60, "writes before the change")
+            cluster.control.add()
+            cluster.control.add()
+            cluster.wait_settled(5, epoch)
+            settled_at = writer.ok
+            wait_for(lambda: writer.ok >= settled_at + 20, 60, "writes after the settle")
+        assert writer.errors == [], f"{len(writer.errors)} of {writer.ok + len(writer.errors)} " \
+                                    f"writes failed: {writer.errors[:10]}"
+        read_all(cluster, keys)
+    finally:
+        cluster.stop()

@@ -19,16 +19,30 @@ def status_wait(url: str, seconds: float) -> subprocess.CompletedProcess[str]:
 
 
 def test_status_wait_returns_once_a_joining_node_has_settled(local5: LocalCluster) -> None:
-    local5.control.add()
-    # Run it while the new member is joining: it must wait for the epoch that admits it.
-    wait_for(lambda: len(local5.cluster_info()["members"]) == 6, 60, "node-5 to join")
-    done = status_wait(local5.url(0), 120)
-    assert done.returncode == 0, done.stderr
-    doc = json.loads(done.stdout)
+    """The CLI waits, saying why, and returns once the epoch that admits node-5 settles.
+    node-1 is paused meanwhile, so that epoch cannot settle before the CLI has polled
+    (node-1 cannot report); it resumes once the CLI said it is waiting."""
+    local5.control.kill("node-1", "SIGSTOP")
+    try:
+        local5.control.add()
+        wait_for(lambda: len(local5.cluster_info()["members"]) == 6, 60, "node-5 to join")
+        cli = subprocess.Popen([*CLI, "status", "--url", local5.url(0), "--token", API_TOKEN,
+                                "--json", "--wait", "120"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert cli.stderr is not None
+            first = cli.stderr.readline()  # blocks until the CLI says something
+            assert first.startswith("waiting: "), first
+        finally:
+            local5.control.kill("node-1", "SIGCONT")
+        out, err = cli.communicate(timeout=180)
+    finally:
+        local5.control.kill("node-1", "SIGCONT")
+    assert cli.returncode == 0, first + err
+    doc = json.loads(out)
     assert doc["settled"] and len(doc["members"]) == 6
     assert all(m["state"] == "normal" and m["ready"] and m["reachable"] and m["epoch"] == doc["epoch"]
                for m in doc["members"]), doc["members"]
-    assert "waiting: " in done.stderr  # it did wait, and said why
 
 
 def test_status_wait_gives_up_with_exit_5_and_the_reason(cluster3: StaticCluster) -> None:

@@ -261,8 +261,8 @@ def test_a_stale_replica_does_not_leak_into_the_backup(tmp_path: Path,
                                                       clusters: list[StaticCluster]) -> None:
     """Each page is read from a quorum of replicas and the newest version wins, even when
     the node asked holds an old copy and coordinates the whole backup."""
-    # No hint replay and no anti-entropy: a node that missed writes stays behind.
-    a = start(tmp_path / "a", 3, RINGKV_HINT_INTERVAL="3600", RINGKV_ANTI_ENTROPY_INTERVAL="3600")
+    # No hints (they expire unsent) and no anti-entropy: a node that missed writes stays behind.
+    a = start(tmp_path / "a", 3, RINGKV_HINT_TTL="0", RINGKV_ANTI_ENTROPY_INTERVAL="3600")
     clusters.append(a)
     put_many(a, 200, size=3)
     a.nodes[2].stop()

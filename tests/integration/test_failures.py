@@ -95,8 +95,9 @@ def test_hints_bring_a_returning_node_up_to_date(cluster3: StaticCluster) -> Non
 
 
 def test_read_repair_fixes_a_stale_replica(tmp_path: Path) -> None:
-    # Hint replay effectively off: only read repair can fix the stale replica.
-    cluster = StaticCluster(tmp_path, extra_env={"RINGKV_HINT_INTERVAL": "3600",
+    # No hints (each expires before any replay round) and no anti-entropy: only read
+    # repair can fix the stale replica.
+    cluster = StaticCluster(tmp_path, extra_env={"RINGKV_HINT_TTL": "0",
                                                  "RINGKV_ANTI_ENTROPY_INTERVAL": "3600"})
     cluster.start()
     try:

@@ -79,6 +79,7 @@ class NodeService:
         self._was_member = False  # a membership document was saved here before this start
         self._rebuilt = False  # rebuilt every range it holds (see `caught_up`)
         self._started_at = 0.0  # loop time at `start`
+        self._hints_due = asyncio.Event()  # a peer with hints may be back: replay now
 
     # -- lifecycle ----------------------------------------------------------------------
     def _open_storage(self) -> Storage:
@@ -112,6 +113,7 @@ class NodeService:
             epoch=lambda: self.epoch,
             document=lambda: self._view.doc.to_json() if self._view else None,
             max_connections=self.settings.max_connections,
+            on_peer=self._peer_up,
         )
         tls = self.settings.tls
         await self.internal.start(
@@ -124,6 +126,7 @@ class NodeService:
             asyncio.create_task(self._anti_entropy_loop(), name="anti-entropy"),
             asyncio.create_task(self._stats_loop(), name="stats"),
         ]
+        self._greet_peers()
         # What exists now (modules, aiohttp, rings) lives as long as the process: keep the
         # garbage collector from walking it again in every full collection under load.
         gc.freeze()
@@ -450,10 +453,28 @@ class NodeService:
         return self.has_membership and self.local.trusted
 
     # -- background work ----------------------------------------------------------------
+    def _greet_peers(self) -> None:
+        """Connect to every member at start: each hello tells that peer we are back (see
+        `_peer_up`), so what it holds for us arrives now, not after its backoff."""
+        if self._view is not None:
+            for name in self._view.by_name:
+                if name != self.name:
+                    self.link(name).connect()
+
+    def _peer_up(self, name: str) -> None:
+        """A peer said hello on our peer port: it is up, whatever our link to it thought."""
+        link = self._links.get(name)
+        if link is not None and link.failures:
+            link.revive()
+            self._hints_due.set()
+
     async def _hint_loop(self) -> None:
-        """Replay hints to replicas that answer again; drop hints older than hint_ttl."""
+        """Replay hints to replicas that answer again (every hint_interval, and at once when
+        a suspected peer connects); drop hints older than hint_ttl."""
         while True:
-            await asyncio.sleep(self.settings.hint_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hints_due.wait(), self.settings.hint_interval)
+            self._hints_due.clear()
             try:
                 await self.replay_hints()
             except Exception:

@@ -295,6 +295,17 @@ class PeerLink:
     def suspected(self) -> bool:
         return self.failures >= SUSPECT_AFTER and self._loop.time() < self._retry_at
 
+    def revive(self) -> None:
+        """The peer just connected to us, so it is up: stop suspecting it now rather than
+        when the backoff runs out (up to MAX_BACKOFF later), so hints and requests reach a
+        restarted node the moment it is back."""
+        self.failures = 0  # `suspected` needs SUSPECT_AFTER failures in a row
+
+    def connect(self) -> None:
+        """Open the connection now (its hello tells the peer we are up), not on first use."""
+        if not self._closed and self._proto is None and not self.suspected:
+            self._ensure_connecting()
+
     def _failed(self) -> None:
         self.failures += 1
         if self.failures >= SUSPECT_AFTER:
@@ -499,6 +510,7 @@ class InternalServer:
         epoch: Callable[[], int],
         document: Callable[[], dict[str, Any] | None],
         max_connections: int = 1000,
+        on_peer: Callable[[str], None] = lambda name: None,
     ) -> None:
         self.node_name = node_name
         self._token = token.encode()
@@ -507,6 +519,7 @@ class InternalServer:
         self._epoch = epoch
         self._document = document
         self.max_connections = max_connections
+        self._on_peer = on_peer  # called with a peer's name once its hello is accepted
         self._pending: dict[FrameProtocol, None] = {}  # anonymous, oldest first
         self._authed: set[FrameProtocol] = set()
         self._server: asyncio.AbstractServer | None = None
@@ -574,6 +587,7 @@ class InternalServer:
             proto.max_frame = MAX_FRAME
             proto.peer = str(args.get("node", ""))
             proto.send([msg_id, OK, {"node": self.node_name}])
+            self._on_peer(proto.peer)
             return
         if epoch and epoch < self._epoch():
             proto.send([msg_id, STALE, self._document()])

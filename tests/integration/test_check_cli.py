@@ -75,12 +75,14 @@ SHORT = "--duration 5 --workers 4 --interval 1 --fault-duration 1.5 --max-skew 1
 
 # pytest's default 300 s: the module's cluster (up to 60 s to be ready, as the first test
 # pays for it) plus `ringkv check` (at most 150 s) plus stopping the cluster.
-@pytest.mark.parametrize("nemesis", ["kill", "pause", "restart-wipe", "skew", "partition"])
+@pytest.mark.parametrize("nemesis", ["kill", "pause", "restart-wipe", "skew", "partition", "bounce",
+                                     "restart-all", "restart-staggered"])
 def test_every_nemesis_faults_the_cluster_and_the_history_stays_valid(
     nemesis: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     up: UpProcess = request.getfixturevalue("netns_up" if nemesis == "partition" else "local_up")
     restarts_before = sum(n["restarts"] for n in up.control.nodes())
+    pids_before = {n["name"]: n["pid"] for n in up.control.nodes()}
     result, history, summary_file = run_check(up, tmp_path, *SHORT.split(), "--nemesis", nemesis)
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{output}\n--- ringkv up log ---\n{up.log_tail()}"
@@ -108,6 +110,9 @@ def test_every_nemesis_faults_the_cluster_and_the_history_stays_valid(
         assert all(60_000 <= abs(s) <= 120_000 for s in skews), skews
     elif nemesis == "partition":
         assert {f["note"] for f in faults} <= {"isolate", "split", "one-way"}, faults
+    elif nemesis in ("bounce", "restart-all", "restart-staggered"):  # new processes
+        replaced = {n["name"] for n in up.control.nodes() if n["pid"] != pids_before[n["name"]]}
+        assert replaced >= ({f["node"] for f in faults} if nemesis == "bounce" else set(pids_before))
     assert all(n["alive"] and n["clock_skew_ms"] == 0 for n in up.control.nodes())
 
     summary = json.loads(summary_file.read_text())

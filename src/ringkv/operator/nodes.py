@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ringkv.node import peerops
 from ringkv.node.membership import Document, InvalidDocument, Member
+from ringkv.node.peerops import Request
 from ringkv.node.security import TlsFiles, client_context
 from ringkv.node.transport import PeerLink, StaleEpoch
 
@@ -38,14 +40,13 @@ class NodeClient:
             self._links[member.name] = link
         return link
 
-    async def _call(self, member: Member, method: str, args: Any) -> Any:
+    async def _call(self, member: Member, request: Request) -> Any:
         link = self._link(member)
-        # The controller must reach a node that just restarted: never wait out suspicion.
-        link.failures = 0
-        return await link.call(method, args, check_epoch=False)
+        link.revive()  # the controller must reach a node that just restarted: never wait out suspicion
+        return await link.call(request.method, request.args, check_epoch=False)
 
     async def status(self, member: Member) -> Report:
-        s = await self._call(member, "status", None)
+        s = await self._call(member, peerops.status())
         epoch = int(s["epoch"])
         return Report(
             name=str(s["node"]),  # the node's own word: a reused address cannot speak for another
@@ -62,9 +63,10 @@ class NodeClient:
         a request sent at an epoch below any a node can hold (-1; 0 means "unchecked") is
         answered "stale epoch" with the node's document. Other calls send 0."""
         link = self._link(member)
-        link.failures = 0
+        link.revive()
+        request = peerops.status()
         try:
-            await link.call("status", None, check_epoch=True)
+            await link.call(request.method, request.args, check_epoch=True)
         except StaleEpoch as stale:
             try:
                 return Document.from_json(stale.doc)
@@ -73,10 +75,10 @@ class NodeClient:
         return None
 
     async def push(self, member: Member, doc: Document) -> None:
-        await self._call(member, "membership", doc.to_json())
+        await self._call(member, peerops.membership(doc.to_json()))
 
     async def cleanup(self, member: Member, epoch: int) -> None:
-        await self._call(member, "cleanup", epoch)
+        await self._call(member, peerops.cleanup(epoch))
 
     def close(self) -> None:
         for link in self._links.values():

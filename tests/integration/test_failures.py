@@ -17,6 +17,11 @@ def replica_versions(cluster: StaticCluster, key: str, via: int = 0) -> dict[str
     return {r["node"]: r.get("version") for r in reps}
 
 
+def hints_replayed(cluster: StaticCluster, i: int) -> float:
+    text = http("GET", cluster.url(i) + "/metrics", token=None).body.decode()
+    return sum(float(m.group(1)) for m in re.finditer(r"^ringkv_hints_replayed_total (\S+)$", text, re.M))
+
+
 def hints_pending(cluster: StaticCluster, i: int) -> float:
     text = http("GET", cluster.url(i) + "/metrics", token=None).body.decode()
     return sum(float(m.group(1)) for m in re.finditer(r"^ringkv_hints_pending\{.*\} (\S+)$", text, re.M))
@@ -92,6 +97,31 @@ def test_hints_bring_a_returning_node_up_to_date(cluster3: StaticCluster) -> Non
              60, "hints to reach the returning node")
     metrics = http("GET", cluster3.url(0) + "/metrics", token=None).body.decode()
     assert "ringkv_hints_replayed_total" in metrics
+
+
+def test_hints_reach_a_returning_node_as_it_connects(tmp_path: Path) -> None:
+    """Replay rounds an hour apart: only the returning node's hellos (it greets every
+    member as it starts; a peer whose link to it had failed replays at once) can make the
+    others send their hints before the next round, and they send every one. (Its first
+    anti-entropy sync, 5 s after its start, would bring it the data too, but sends no hint.)"""
+    cluster = StaticCluster(tmp_path, extra_env={"RINGKV_HINT_INTERVAL": "3600",
+                                                 "RINGKV_ANTI_ENTROPY_INTERVAL": "3600"})
+    cluster.start()
+    try:
+        down = cluster.nodes[2]
+        down.kill()
+        versions = {}
+        for i in range(30):
+            r = http("PUT", f"{cluster.url(i % 2)}/v1/kv/g{i}", b"while-down")
+            assert r.status == 200
+            versions[f"g{i}"] = r.json()["version"]
+        down.start()
+        cluster.wait_ready(down)
+        wait_for(lambda: hints_replayed(cluster, 0) + hints_replayed(cluster, 1) == len(versions),
+                 60, "the others to replay their hints without waiting for a round")
+        assert all(replica_versions(cluster, k)[down.name] == v for k, v in versions.items())
+    finally:
+        cluster.stop()
 
 
 def test_read_repair_fixes_a_stale_replica(tmp_path: Path) -> None:

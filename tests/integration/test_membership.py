@@ -275,13 +275,12 @@ class Writer:
             url = self.urls[i % len(self.urls)]
             try:
                 r = http("PUT", f"{url}/v1/kv/paced/{i:06d}", f"v{i}".encode(), timeout=30)
-            except OSError as exc:
-                self.errors.append((0, type(exc).__name__))
-            else:
                 if r.status == 200:
                     self.ok += 1
                 else:
                     self.errors.append((r.status, r.json().get("error", {}).get("code", "")))
+            except Exception as exc:  # kept, not raised: a dead thread would only time out
+                self.errors.append((0, f"{type(exc).__name__}: {exc}"))
             i += 1
             self._stop.wait(self.pause)  # the pace of the load, not a wait for anything
 

@@ -31,11 +31,16 @@ def test_status_wait_returns_once_a_joining_node_has_settled(local5: LocalCluste
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             assert cli.stderr is not None
-            first = cli.stderr.readline()  # blocks until the CLI says something
+            # Blocks until the CLI says something; its first poll answers within the
+            # nodes' 5 s status timeout (node-1 paused), and it exits within 120 s anyway.
+            first = cli.stderr.readline()
             assert first.startswith("waiting: "), first
-        finally:
             local5.control.kill("node-1", "SIGCONT")
-        out, err = cli.communicate(timeout=180)
+            out, err = cli.communicate(timeout=180)
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+                cli.wait()
     finally:
         local5.control.kill("node-1", "SIGCONT")
     assert cli.returncode == 0, first + err

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from ringkv.local.ports import free_ports
+from ringkv.node import transport
 from ringkv.node.transport import SUSPECT_AFTER, InternalServer, PeerLink, PeerUnavailable
 
 TOKEN = "t" * 32
@@ -63,6 +64,22 @@ async def suspect(ln: PeerLink) -> None:
     assert ln.failures >= SUSPECT_AFTER
 
 
+async def suspect_for_an_hour(ln: PeerLink, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Suspect the peer with a backoff no test outlives: a link that has failed many times
+    in a row (as one does while its peer is away for minutes) fails once more."""
+    monkeypatch.setattr(transport, "MAX_BACKOFF", 3600.0)
+    await suspect(ln)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE
+    while ln.suspected:  # the first backoff is 0.1 s: let it pass, then fail again
+        assert loop.time() < deadline, "the first backoff never ended"
+        await asyncio.sleep(0.01)
+    ln.failures = SUSPECT_AFTER + 20
+    with pytest.raises(PeerUnavailable):
+        await asyncio.wait_for(ln.call("echo", 1), DEADLINE)
+    assert ln.suspected
+
+
 async def test_an_accepted_hello_names_the_peer(nodes: tuple[Node, Node]) -> None:
     a, b = nodes
     await a.start()
@@ -84,15 +101,14 @@ async def test_a_bad_token_is_not_a_peer(nodes: tuple[Node, Node]) -> None:
 
 
 async def test_a_suspected_peer_that_connects_to_us_is_trusted_again_at_once(
-        nodes: tuple[Node, Node]) -> None:
-    """b is down: a's link to it fails until it suspects b (calls fail fast for the
-    backoff). b starts and connects to a; a revives its link, as NodeService does on
+        nodes: tuple[Node, Node], monkeypatch: pytest.MonkeyPatch) -> None:
+    """b is down: a's link to it fails until it suspects b for a long backoff (calls fail
+    fast meanwhile). b starts and connects to a; a revives its link, as NodeService does on
     `on_peer`, and the very next call reaches b, with no wait for the backoff."""
     a, b = nodes
     await a.start()
     to_b = a.link_to(b)
-    await suspect(to_b)
-    assert to_b.suspected
+    await suspect_for_an_hour(to_b, monkeypatch)
     await b.start()
     b.link_to(a).connect()
     loop = asyncio.get_running_loop()
@@ -100,6 +116,7 @@ async def test_a_suspected_peer_that_connects_to_us_is_trusted_again_at_once(
     while "b" not in a.greeted:
         assert loop.time() < deadline, "b's hello never reached a"
         await asyncio.sleep(0.01)
+    assert to_b.suspected
     to_b.revive()
     assert not to_b.suspected
     assert await asyncio.wait_for(to_b.call("echo", "back"), DEADLINE) == "back"

@@ -406,7 +406,7 @@ class Proposer:
                                        _judge_ack, already=holders)
             holders |= commit.yes.keys() & set(late)
         if reading.behind and reading.current is not None:
-            repair = await self._phase(rings, reading.behind, repair_op(reading.current),
+            repair = await self._phase(rings, reading.behind, write_op(reading.current, False),
                                        _judge_ack, already=holders)
             holders |= repair.yes.keys()
         return rings.enough(holders)
@@ -457,9 +457,3 @@ class Proposer:
         delay = self._rng.uniform(min(cap, 2 * self._phase_s), cap)
         await asyncio.sleep(max(0.0, min(delay, deadline - loop.time())))
         return lost + 1
-
-
-def repair_op(record: Record) -> list[Any]:
-    """A plain replica write that merges (never refuses): what read repair sends."""
-    return write_op(record, False)
-

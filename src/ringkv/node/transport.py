@@ -587,7 +587,10 @@ class InternalServer:
             proto.max_frame = MAX_FRAME
             proto.peer = str(args.get("node", ""))
             proto.send([msg_id, OK, {"node": self.node_name}])
-            self._on_peer(proto.peer)
+            try:
+                self._on_peer(proto.peer)
+            except Exception:
+                log.exception("peer hello callback failed for %s", proto.peer)
             return
         if epoch and epoch < self._epoch():
             proto.send([msg_id, STALE, self._document()])

@@ -41,9 +41,9 @@ class Observed:
 
     `alive` is "Running and not terminating" for a pod, "process running" locally: a pod
     is polled once Running, not Ready, because readiness itself needs membership, and is
-    added once its node answers (`admissible`). `expected`
-    is False once the source no longer wants the node (an ordinal at or past the
-    StatefulSet's replicas, a launcher node being removed): its absence is for good.
+    added once its node answers (`admissible`). `expected` is False once the source no
+    longer wants the node (an ordinal at or past the StatefulSet's replicas, a launcher
+    node being removed): its absence is for good.
     `forced`: a person asked to remove it whatever it costs (Cassandra's `removenode`):
     dropped even where that leaves a range without a read quorum of copies.
     """
@@ -178,10 +178,11 @@ def next_document(
 
     if current is None:
         # The first document takes every alive node, answering or not (unlike an addition,
-        # `admissible`): no write was acknowledged before it, so a member that listens a few
-        # seconds later costs none; forming from the first to answer alone would make the
-        # others join one by one and stream ranges for nothing. (When the store was lost,
-        # the nodes' own documents replace this one once they answer: `restore`.)
+        # `admissible`): a cluster forming holds no acknowledged write, so a member that
+        # listens a few seconds later costs none, while forming from the first to answer
+        # would make the others join one by one and stream ranges for nothing. Where the
+        # store was lost instead, the nodes' own documents replace this one once they
+        # answer (`restore`).
         members = tuple(
             Member(o.name, o.url, o.api_url, "normal",
                    own[o.name].data_id if o.name in own else "")

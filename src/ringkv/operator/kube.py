@@ -124,8 +124,8 @@ class Pod:
 
     @property
     def alive(self) -> bool:
-        """Running and not terminating: a pod joins once Running, not Ready, because
-        readiness itself needs membership."""
+        """Running and not terminating: a pod is polled once Running, not Ready, because
+        readiness itself needs membership (and added once its node answers)."""
         return self.phase == "Running" and not self.deleting
 
     def serving(self, expected: bool) -> bool:

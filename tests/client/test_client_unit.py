@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import select
 import socket
 import sys
@@ -37,6 +38,7 @@ from ringkv.client import (
     Unavailable,
     cli,
     encode_key,
+    wire,
 )
 from ringkv.client.errors import error_from_response
 
@@ -793,3 +795,14 @@ def test_cli_hints_fit_where_it_is_pointed(
                 Unavailable("closed", [remote], dropped=True)):
         assert "make run" not in cli.describe(exc, url=remote)
     assert "kubectl get secret" in cli.describe(Unauthorized("unauthorized", "m", 401), url=remote)
+
+
+def test_update_pauses_grow_up_to_a_quarter_second_and_end_at_the_deadline() -> None:
+    """`update`'s compare-and-set loop: random pauses that grow with each 412 up to 0.25 s,
+    and ConflictRetryExhausted (naming the key) once the next try would start too late."""
+    rng = random.Random(7)
+    first = [wire.update_pause(1, rng, 60.0, "k", 10.0) for _ in range(200)]
+    late = [wire.update_pause(12, rng, 60.0, "k", 10.0) for _ in range(200)]
+    assert max(first) <= 0.01 < max(late) <= 0.25
+    with pytest.raises(ConflictRetryExhausted, match="other writers of 'k' kept changing it for 10s"):
+        wire.update_pause(12, rng, 0.0, "k", 10.0)

@@ -23,7 +23,7 @@ import aiohttp
 from yarl import URL
 
 from ringkv.client import wire
-from ringkv.client.errors import ConflictRetryExhausted, NotFound, PreconditionFailed, RingkvError
+from ringkv.client.errors import NotFound, PreconditionFailed, RingkvError
 from ringkv.client.wire import Base, Call, Entry, Meta, Page, Reply, TransportFailure
 
 
@@ -151,12 +151,8 @@ class AsyncClient:
                                       if_none_match=step.if_match is None), step.value
             except PreconditionFailed:
                 attempt += 1
-                pause = wire.update_backoff(attempt, self._rng)
-                if loop.time() + pause >= deadline:
-                    raise ConflictRetryExhausted(
-                        "conflict_retry_exhausted",
-                        f"other writers of {key!r} kept changing it for {timeout:g}s") from None
-                await asyncio.sleep(pause)
+            # Outside the except: a ConflictRetryExhausted is not raised "during" the 412.
+            await asyncio.sleep(wire.update_pause(attempt, self._rng, deadline - loop.time(), key, timeout))
 
     async def list(self, prefix: str = "", limit: int | None = None, cursor: str | None = None) -> Page:
         """One page of keys, sorted bytewise; pass ``page.cursor`` back for the next."""

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 
 from ringkv.client import wire
-from ringkv.client.errors import ConflictRetryExhausted, NotFound, PreconditionFailed
+from ringkv.client.errors import NotFound, PreconditionFailed
 from ringkv.client.wire import Base, Call, Entry, Meta, Page, Reply, TransportFailure
 
 
@@ -129,12 +129,8 @@ class Client:
                                 ), step.value
             except PreconditionFailed:
                 attempt += 1
-                pause = wire.update_backoff(attempt, self._rng)
-                if time.monotonic() + pause >= deadline:
-                    raise ConflictRetryExhausted(
-                        "conflict_retry_exhausted",
-                        f"other writers of {key!r} kept changing it for {timeout:g}s") from None
-                time.sleep(pause)
+            # Outside the except: a ConflictRetryExhausted is not raised "during" the 412.
+            time.sleep(wire.update_pause(attempt, self._rng, deadline - time.monotonic(), key, timeout))
 
     def list(self, prefix: str = "", limit: int | None = None, cursor: str | None = None) -> Page:
         """One page of keys, sorted bytewise; pass ``page.cursor`` back for the next."""

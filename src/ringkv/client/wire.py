@@ -29,7 +29,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import msgpack
 
-from ringkv.client.errors import RingkvError, Unavailable, error_from_response
+from ringkv.client.errors import ConflictRetryExhausted, RingkvError, Unavailable, error_from_response
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT = 10.0
@@ -239,10 +239,17 @@ def update_step(current: Entry | None, fn: Callable[[bytes | None], bytes | str]
     return Update(fn(current.value), current.version)
 
 
-def update_backoff(attempt: int, rng: random.Random) -> float:
+def update_pause(attempt: int, rng: random.Random, remaining: float, key: str,
+                 timeout: float) -> float:
     """Pause before ``update``'s next try (1-based): random, growing, at most 0.25 s, so
-    writers that keep meeting each other spread out."""
-    return rng.uniform(0, min(0.005 * (1 << min(attempt, 8)), 0.25))
+    writers that keep meeting each other spread out. ConflictRetryExhausted when the try
+    after it would begin past the deadline (``remaining`` seconds from now)."""
+    pause = rng.uniform(0, min(0.005 * (1 << min(attempt, 8)), 0.25))
+    if pause >= remaining:
+        raise ConflictRetryExhausted(
+            "conflict_retry_exhausted",
+            f"other writers of {key!r} kept changing it for {timeout:g}s")
+    return pause
 
 
 def list_call(prefix: str, limit: int | None, cursor: str | None) -> Call:

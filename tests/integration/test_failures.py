@@ -82,16 +82,24 @@ def test_a_write_at_one_can_be_missed_by_a_quorum_read(cluster3: StaticCluster) 
              60, "hints to deliver the write")
 
 
-def test_hints_bring_a_returning_node_up_to_date(cluster3: StaticCluster) -> None:
-    down = cluster3.nodes[2]
+def miss_writes(cluster: StaticCluster, prefix: str) -> dict[str, str]:
+    """SIGKILL node-2, write 30 keys through the other two, start node-2 again and wait
+    until it serves: the versions it missed, by key."""
+    down = cluster.nodes[2]
     down.kill()
     versions = {}
     for i in range(30):
-        r = http("PUT", f"{cluster3.url(i % 2)}/v1/kv/h{i}", b"while-down")
+        r = http("PUT", f"{cluster.url(i % 2)}/v1/kv/{prefix}{i}", b"while-down")
         assert r.status == 200
-        versions[f"h{i}"] = r.json()["version"]
+        versions[f"{prefix}{i}"] = r.json()["version"]
     down.start()
-    cluster3.wait_ready(down)
+    cluster.wait_ready(down)
+    return versions
+
+
+def test_hints_bring_a_returning_node_up_to_date(cluster3: StaticCluster) -> None:
+    down = cluster3.nodes[2]
+    versions = miss_writes(cluster3, "h")
     # Hints are replayed without any client reading the keys.
     wait_for(lambda: all(replica_versions(cluster3, k)[down.name] == v for k, v in versions.items()),
              60, "hints to reach the returning node")
@@ -109,14 +117,7 @@ def test_hints_reach_a_returning_node_as_it_connects(tmp_path: Path) -> None:
     cluster.start()
     try:
         down = cluster.nodes[2]
-        down.kill()
-        versions = {}
-        for i in range(30):
-            r = http("PUT", f"{cluster.url(i % 2)}/v1/kv/g{i}", b"while-down")
-            assert r.status == 200
-            versions[f"g{i}"] = r.json()["version"]
-        down.start()
-        cluster.wait_ready(down)
+        versions = miss_writes(cluster, "g")
         wait_for(lambda: hints_replayed(cluster, 0) + hints_replayed(cluster, 1) == len(versions),
                  60, "the others to replay their hints without waiting for a round")
         assert all(replica_versions(cluster, k)[down.name] == v for k, v in versions.items())

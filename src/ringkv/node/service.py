@@ -470,7 +470,8 @@ class NodeService:
 
     async def _hint_loop(self) -> None:
         """Replay hints to replicas that answer again (every hint_interval, and at once when
-        a suspected peer connects); drop hints older than hint_ttl."""
+        a peer our link had failed to reach connects: `_peer_up`); drop hints older than
+        hint_ttl."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._hints_due.wait(), self.settings.hint_interval)
